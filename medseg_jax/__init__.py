@@ -1,0 +1,1 @@
+"""medseg_jax: pure-functional JAX/Flax medical image segmentation."""
