@@ -1,0 +1,33 @@
+# Two commands on a fresh machine:
+#   make demo   set up .venv, build the synthetic dataset, train, evaluate
+#   make test   set up .venv, run the test suite
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO_WORKDIR ?= workdirs/demo
+export MEDSEG_DATA_DIR ?= $(CURDIR)/data_cache/tensorflow_datasets
+
+.PHONY: demo test lint format clean-demo
+
+$(VENV)/.installed: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+demo: $(VENV)/.installed
+	$(PY) -m medseg_jax.main --config=configs/unet_synthetic.py \
+	  --workdir=$(DEMO_WORKDIR)
+
+test: $(VENV)/.installed
+	$(PY) -m pytest tests
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check medseg_jax configs tests benchmarks
+	$(VENV)/bin/ruff format --check medseg_jax configs tests benchmarks
+
+format: $(VENV)/.installed
+	$(VENV)/bin/ruff format medseg_jax configs tests benchmarks
+
+clean-demo:
+	rm -rf $(DEMO_WORKDIR)

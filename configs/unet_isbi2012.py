@@ -1,0 +1,42 @@
+r"""2-D U-Net on the ISBI 2012 EM membranes (Ronneberger et al. 2015 data).
+
+The data needs a manual directory (no download): either the PNG layout
+``membrane/train/{image,label}/N.png`` or the organisers' TIFF stacks.
+
+  python -m medseg_jax.main --config=configs/unet_isbi2012.py \
+      --workdir=workdirs/unet_isbi2012 \
+      --config.manual_dir=../shared/data/isbi2012_em_membrane
+
+Fixed validation fold: slices 24-29 (a contiguous block, since neighbouring
+sections are correlated); training uses slices 0-23. Classes: 0 cell
+interior, 1 membrane.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, runlocal=False, steps=0)
+  config = common.base_config()
+  config.dataset = "isbi2012_em"
+  config.manual_dir = "../shared/data/isbi2012_em_membrane"
+  config.test_split = "validation"  # The ISBI test labels were never released.
+  config.data.patch_size = (256, 256)
+  config.data.train_transforms = [
+    dict(op="normalize", mode="zscore"),
+    dict(op="random_crop_or_pad"),
+    dict(op="random_flip", axes=(0, 1)),
+  ]
+  config.model.features = (16, 32, 64, 128, 256)
+  config.batch_size = 4
+  config.eval_batch_size = 2
+  config.num_train_steps = 1500
+  config.eval_every_steps = 250
+  config.checkpoint_every_steps = 250
+  config.optimizer.learning_rate = 1e-3
+  if args.runlocal:
+    common.shrink_for_local_run(config)
+    config.data.patch_size = (128, 128)
+  if args.steps:
+    config.num_train_steps = args.steps
+  return config

@@ -1,0 +1,29 @@
+r"""2-D U-Net on the embedded synthetic phantoms (the `make demo` job).
+
+  python -m medseg_jax.main --config=configs/unet_synthetic.py \
+      --workdir=workdirs/unet_synthetic
+
+  # seconds on a laptop CPU:
+  python -m medseg_jax.main --config=configs/unet_synthetic.py:runlocal \
+      --workdir=/tmp/unet_synthetic_local
+
+Classes: background, organ, lesion (inside the organ), vessel.
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, runlocal=False, steps=0)
+  config = common.base_config()
+  config.dataset = "synthetic_phantoms/2d"
+  config.data.patch_size = (96, 96)
+  config.model.features = (16, 32, 64, 128)
+  config.num_train_steps = 600
+  config.eval_every_steps = 200
+  config.checkpoint_every_steps = 200
+  if args.runlocal:
+    common.shrink_for_local_run(config)
+  if args.steps:
+    config.num_train_steps = args.steps
+  return config

@@ -1,0 +1,148 @@
+"""grain input pipelines over TFDS ArrayRecord data sources.
+
+Training: ``MapDataset`` over ``tfds.data_source`` -> seeded shuffle (a new
+order each epoch) -> infinite repeat -> this process's slice -> per-example
+transforms -> batch -> iterator. Everything is a pure function of the seed
+and the position, so the iterator state (a few integers) is all that a
+checkpoint needs to resume the exact batch sequence.
+
+Evaluation: cases in order, normalised and padded, batched with a validity
+flag so that a last partial batch can be padded to a fixed shape.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import grain
+import jax
+import ml_collections
+import numpy as np
+
+from medseg_jax.data import registry
+from medseg_jax.data import transforms as transforms_lib
+
+
+def train_dataset(
+  config: ml_collections.ConfigDict,
+  data_dir: str,
+  *,
+  local_batch_size: int,
+  process_index: int | None = None,
+  process_count: int | None = None,
+) -> grain.IterDataset:
+  """Infinite, shuffled, transformed and batched training dataset.
+
+  Each batch is ``image: f32[B_local, *S, C]``, ``label: i32[B_local, *S]``
+  and ``mask: f32[B_local, *S]``.
+  """
+  process_index = (
+    jax.process_index() if process_index is None else process_index
+  )
+  process_count = (
+    jax.process_count() if process_count is None else process_count
+  )
+  source = registry.data_source(config.dataset, config.train_split, data_dir)
+  if len(source) == 0:
+    raise ValueError(
+      f"Split {config.train_split!r} of {config.dataset!r} is empty."
+    )
+  ds = grain.MapDataset.source(source).seed(config.seed)
+  ds = ds.shuffle().repeat()
+  # Interleaved rows: process p reads positions p, p + P, p + 2P, ...
+  ds = ds[process_index::process_count]
+  specs = []
+  for spec in config.data.train_transforms:
+    spec = dict(spec)
+    if spec.get("op") == "random_crop_or_pad" and "size" not in spec:
+      spec["size"] = tuple(config.data.patch_size)
+    specs.append(spec)
+  for transform in transforms_lib.build(specs):
+    if isinstance(transform, grain.transforms.RandomMap):
+      ds = ds.random_map(transform)
+    else:
+      ds = ds.map(transform)
+  ds = ds.map(transforms_lib.ToModelInputs())
+  ds = ds.batch(local_batch_size, drop_remainder=True)
+  read_options = grain.ReadOptions(
+    num_threads=config.data.get("read_threads", 2),
+    prefetch_buffer_size=config.data.get("prefetch_buffer_size", 8),
+  )
+  iter_ds = ds.to_iter_dataset(read_options)
+  workers = config.data.get("worker_count", 0)
+  if workers:
+    iter_ds = iter_ds.mp_prefetch(
+      grain.MultiprocessingOptions(num_workers=workers)
+    )
+  return iter_ds
+
+
+def eval_examples(
+  config: ml_collections.ConfigDict,
+  data_dir: str,
+  split: str,
+  *,
+  pad_multiple: int,
+) -> Iterator[dict[str, Any]]:
+  """Yields evaluation examples in order, normalised and padded.
+
+  Each example keeps ``case_id`` (str), ``spacing`` and the unpadded
+  ``shape`` so predictions can be cropped back.
+  """
+  source = registry.data_source(config.dataset, split, data_dir)
+  specs = [s for s in config.data.train_transforms if s["op"] == "normalize"]
+  normalize = transforms_lib.build(specs)
+  pad = transforms_lib.CenterPad(multiple=pad_multiple)
+  for index in range(len(source)):
+    raw = source[index]
+    example = dict(raw)
+    for transform in normalize:
+      example = transform.map(example)
+    shape = tuple(np.asarray(raw["label"]).shape)
+    example = pad.map(example)
+    case_id = raw.get("case_id", str(index))
+    if isinstance(case_id, bytes):
+      case_id = case_id.decode()
+    yield {
+      "image": np.asarray(example["image"], np.float32),
+      "label": np.asarray(example["label"], np.int32),
+      "mask": np.asarray(example["mask"], np.float32),
+      "raw_image": np.asarray(raw["image"], np.float32),
+      "shape": shape,
+      "spacing": np.asarray(raw.get("spacing", np.ones(len(shape))), float),
+      "case_id": str(case_id),
+    }
+
+
+def batch_eval_examples(
+  examples: Iterator[dict[str, Any]], batch_size: int
+) -> Iterator[tuple[dict[str, np.ndarray], list[dict[str, Any]]]]:
+  """Groups examples into fixed-size batches.
+
+  Yields ``(arrays, metas)``: ``arrays`` has ``image``, ``label``, ``mask``
+  and ``valid: bool[B]``; a last partial batch is padded with copies of its
+  first example marked invalid. ``metas`` lists the real examples.
+  """
+  pending: list[dict[str, Any]] = []
+
+  def emit(items):
+    fill = batch_size - len(items)
+    rows = items + [items[0]] * fill
+    arrays = {
+      key: np.stack([row[key] for row in rows])
+      for key in ("image", "label", "mask")
+    }
+    arrays["valid"] = np.array([True] * len(items) + [False] * fill)
+    return arrays, items
+
+  for example in examples:
+    if pending and example["image"].shape != pending[0]["image"].shape:
+      yield emit(pending)
+      pending = []
+    pending.append(example)
+    if len(pending) == batch_size:
+      yield emit(pending)
+      pending = []
+  if pending:
+    yield emit(pending)

@@ -1,0 +1,200 @@
+"""Per-example grain transforms run on the host, in the input workers.
+
+An example is a dict with ``image: f32[*S, C]``, ``label: u8[*S]`` and
+optionally ``mask: f32[*S]`` (1 where the voxel is real data, 0 where it is
+padding), where ``S`` is ``(H, W)`` or ``(D, H, W)``. Every geometric
+transform moves image, label and mask together from a single random draw.
+
+Transforms are listed in a config as ``dict(op="name", **kwargs)`` and built
+by :func:`build`; classes live at module level so grain can pickle them into
+worker processes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+Example = dict[str, Any]
+
+NORMALIZE_MODES = ("zscore", "minmax", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalize(grain.transforms.Map):
+  """Per-example, per-channel intensity normalisation.
+
+  ``zscore``: ``(x - mean) / std`` over the example's voxels (optionally only
+  voxels where ``x > 0`` in any channel, as for skull-stripped MRI);
+  ``minmax``: rescale to ``[0, 1]``; ``none``: unchanged.
+  """
+
+  mode: str = "zscore"
+  nonzero: bool = False
+  eps: float = 1e-6
+
+  def __post_init__(self):
+    if self.mode not in NORMALIZE_MODES:
+      raise ValueError(
+        f"Unknown normalize mode {self.mode!r}; valid: {NORMALIZE_MODES}."
+      )
+
+  def map(self, example: Example) -> Example:
+    image = np.asarray(example["image"], np.float32)
+    if self.mode == "none":
+      return {**example, "image": image}
+    spatial_axes = tuple(range(image.ndim - 1))
+    if self.nonzero:
+      select = np.any(image > 0, axis=-1)
+      if not select.any():
+        select = np.ones_like(select)
+      values = image[select]  # [N, C]
+      axes = (0,)
+    else:
+      values, axes = image, spatial_axes
+    if self.mode == "zscore":
+      mean = values.mean(axis=axes)
+      std = values.std(axis=axes)
+      image = (image - mean) / np.maximum(std, self.eps)
+    else:
+      low, high = values.min(axis=axes), values.max(axis=axes)
+      image = (image - low) / np.maximum(high - low, self.eps)
+    return {**example, "image": image.astype(np.float32)}
+
+
+def _pad_to(
+  example: Example, size: Sequence[int], offsets: Sequence[int] | None
+) -> Example:
+  """Pads the spatial axes up to ``size``; the mask marks padded voxels 0."""
+  label = example["label"]
+  shape = label.shape
+  pads = []
+  for axis, (have, want) in enumerate(zip(shape, size, strict=True)):
+    extra = max(want - have, 0)
+    before = extra // 2 if offsets is None else offsets[axis] if extra else 0
+    pads.append((before, extra - before))
+  if not any(p for pair in pads for p in pair):
+    return example
+  image = np.pad(example["image"], pads + [(0, 0)])
+  return {
+    **example,
+    "image": image,
+    "label": np.pad(label, pads),
+    "mask": np.pad(example["mask"], pads),
+  }
+
+
+def _with_mask(example: Example) -> Example:
+  if "mask" in example:
+    return example
+  return {**example, "mask": np.ones(example["label"].shape, np.float32)}
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomCropOrPad(grain.transforms.RandomMap):
+  """Random spatial crop to ``size``, zero padding axes that are smaller.
+
+  The position is drawn uniformly; padding puts the image at a random offset
+  inside the patch. Padded voxels get ``mask = 0`` so losses ignore them.
+  """
+
+  size: tuple[int, ...] = ()
+
+  def random_map(self, example: Example, rng: np.random.Generator) -> Example:
+    example = _with_mask(example)
+    shape = example["label"].shape
+    if len(self.size) != len(shape):
+      raise ValueError(
+        f"Patch size {tuple(self.size)} has {len(self.size)} axes but the "
+        f"label has shape {shape} (case {example.get('case_id')!r})."
+      )
+    offsets = [int(rng.integers(0, max(w - h, 0) + 1))
+               for h, w in zip(shape, self.size, strict=True)]
+    example = _pad_to(example, self.size, offsets)
+    shape = example["label"].shape
+    starts = [int(rng.integers(0, h - w + 1))
+              for h, w in zip(shape, self.size, strict=True)]
+    window = tuple(slice(s, s + w)
+                   for s, w in zip(starts, self.size, strict=True))
+    return {
+      **example,
+      "image": example["image"][window],
+      "label": example["label"][window],
+      "mask": example["mask"][window],
+    }
+
+
+@dataclasses.dataclass(frozen=True)
+class CenterPad(grain.transforms.Map):
+  """Pads spatial axes to a multiple of ``multiple`` (for whole-image eval)."""
+
+  multiple: int = 1
+
+  def map(self, example: Example) -> Example:
+    example = _with_mask(example)
+    shape = example["label"].shape
+    size = [-(-s // self.multiple) * self.multiple for s in shape]
+    return _pad_to(example, size, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandomFlip(grain.transforms.RandomMap):
+  """Flips each listed spatial axis independently with probability ``p``."""
+
+  axes: tuple[int, ...] = (0, 1)
+  p: float = 0.5
+
+  def random_map(self, example: Example, rng: np.random.Generator) -> Example:
+    example = _with_mask(example)
+    flips = [axis for axis in self.axes if rng.random() < self.p]
+    if not flips:
+      return example
+    out = dict(example)
+    for key in ("image", "label", "mask"):
+      out[key] = np.ascontiguousarray(np.flip(example[key], axis=flips))
+    return out
+
+
+@dataclasses.dataclass(frozen=True)
+class ToModelInputs(grain.transforms.Map):
+  """Keeps the arrays the train step needs, with fixed dtypes.
+
+  Output: ``image: f32[*S, C]``, ``label: i32[*S]``, ``mask: f32[*S]``.
+  """
+
+  def map(self, example: Example) -> Example:
+    example = _with_mask(example)
+    return {
+      "image": np.asarray(example["image"], np.float32),
+      "label": np.asarray(example["label"], np.int32),
+      "mask": np.asarray(example["mask"], np.float32),
+    }
+
+
+TRANSFORMS = {
+  "normalize": Normalize,
+  "random_crop_or_pad": RandomCropOrPad,
+  "center_pad": CenterPad,
+  "random_flip": RandomFlip,
+}
+
+
+def build(specs: Sequence[dict[str, Any]]) -> list[grain.transforms.Map]:
+  """Turns ``[dict(op="normalize", mode="zscore"), ...]`` into transforms."""
+  out = []
+  for spec in specs:
+    spec = dict(spec)
+    op = spec.pop("op", None)
+    if op not in TRANSFORMS:
+      raise ValueError(
+        f"Unknown transform op {op!r}; valid: {sorted(TRANSFORMS)}."
+      )
+    for key in ("size", "axes"):
+      if key in spec:
+        spec[key] = tuple(spec[key])
+    out.append(TRANSFORMS[op](**spec))
+  return out

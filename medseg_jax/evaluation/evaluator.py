@@ -1,0 +1,229 @@
+"""Evaluation of a split: per-case, per-class overlap scores.
+
+The jitted predictor returns, per case, the label map and the confusion
+counts (TP, FP, FN, TN per class) computed on device over real voxels only;
+the host stacks the counts and divides once (see ``metrics.overlap``).
+Padded batch rows are dropped by their ``valid`` flag, padded voxels by the
+mask.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from etils import epath
+from jax.sharding import Mesh
+
+from medseg_jax import sharding
+from medseg_jax.data import pipeline
+from medseg_jax.metrics import overlap
+
+SCORE_NAMES = ("dice", "iou", "sensitivity", "specificity")
+
+
+@dataclasses.dataclass
+class CaseResult:
+  case_id: str
+  counts: dict[str, np.ndarray]  # each i64[C]
+  scores: dict[str, np.ndarray]  # each f64[C]
+  image: np.ndarray | None = None  # raw f32[*S, C], kept for overlays
+  label: np.ndarray | None = None  # i32[*S]
+  prediction: np.ndarray | None = None  # i32[*S]
+
+
+@dataclasses.dataclass
+class EvalResult:
+  class_names: tuple[str, ...]
+  cases: list[CaseResult]
+
+  def score_matrix(self, name: str) -> np.ndarray:
+    """``f64[num_cases, num_classes]`` of one score."""
+    return np.stack([case.scores[name] for case in self.cases])
+
+  def summary(self) -> dict[str, Any]:
+    """Mean and std per class of each score (NaN-aware), and the mean
+    foreground Dice (classes 1..C-1) that model selection uses."""
+    out: dict[str, Any] = {"num_cases": len(self.cases), "per_class": {}}
+    for index, name in enumerate(self.class_names):
+      entry = {}
+      for score in SCORE_NAMES:
+        values = self.score_matrix(score)[:, index]
+        defined = values[~np.isnan(values)]
+        entry[score] = {
+          "mean": float(defined.mean()) if defined.size else float("nan"),
+          "std": float(defined.std()) if defined.size else float("nan"),
+          "n": int(defined.size),
+        }
+      out["per_class"][name] = entry
+    dice = self.score_matrix("dice")[:, 1:]
+    per_case = np.nanmean(dice, axis=1) if dice.size else np.zeros(0)
+    out["mean_foreground_dice"] = (
+      float(np.nanmean(per_case)) if per_case.size else float("nan")
+    )
+    return out
+
+
+def make_predict_fn(
+  apply_fn: Callable[..., jax.Array], num_classes: int, mesh: Mesh
+) -> Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]:
+  """Jitted ``(variables, batch) -> {prediction, tp, fp, fn, tn}``.
+
+  ``batch`` has ``image: f32[B, *S, C]``, ``label: i32[B, *S]``,
+  ``mask: f32[B, *S]``; outputs are replicated so every process can read
+  them.
+  """
+
+  def predict(variables, batch):
+    logits = apply_fn(variables, batch["image"], train=False)
+    prediction = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    counts = overlap.confusion_counts(
+      prediction, batch["label"], num_classes, mask=batch["mask"]
+    )
+    return {"prediction": prediction, **counts}
+
+  return jax.jit(
+    predict,
+    in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
+    out_shardings=sharding.replicated(mesh),
+  )
+
+
+def _to_global(array: np.ndarray, mesh: Mesh) -> jax.Array:
+  # Every process holds the whole eval batch; each device takes its rows.
+  target = sharding.data_sharded(mesh)
+  return jax.make_array_from_callback(
+    array.shape, target, lambda index: array[index]
+  )
+
+
+def evaluate(
+  predict_fn: Callable[..., dict[str, jax.Array]],
+  variables: Any,
+  examples: Iterable[dict[str, Any]],
+  *,
+  class_names: Sequence[str],
+  batch_size: int,
+  mesh: Mesh,
+  keep_arrays: bool = False,
+) -> EvalResult:
+  """Runs ``predict_fn`` over ``examples`` and scores every case."""
+  cases: list[CaseResult] = []
+  for arrays, metas in pipeline.batch_eval_examples(examples, batch_size):
+    batch = {
+      key: _to_global(arrays[key], mesh) for key in ("image", "label", "mask")
+    }
+    out = jax.device_get(predict_fn(variables, batch))
+    for row, meta in enumerate(metas):
+      counts = {
+        key: np.asarray(out[key][row], np.int64)
+        for key in ("tp", "fp", "fn", "tn")
+      }
+      case = CaseResult(
+        case_id=meta["case_id"],
+        counts=counts,
+        scores=overlap.scores_from_counts(counts),
+      )
+      if keep_arrays:
+        window = _unpad_window(arrays["label"].shape[1:], meta["shape"])
+        case.image = meta["raw_image"]
+        case.label = np.asarray(arrays["label"][row][window])
+        case.prediction = np.asarray(out["prediction"][row][window])
+      cases.append(case)
+  if not cases:
+    raise ValueError("The evaluation split has no examples.")
+  return EvalResult(class_names=tuple(class_names), cases=cases)
+
+
+def _unpad_window(
+  padded: Sequence[int], shape: Sequence[int]
+) -> tuple[slice, ...]:
+  """The window of the original voxels inside a centre-padded array (the
+  padding rule of ``transforms.CenterPad``)."""
+  return tuple(
+    slice((p - s) // 2, (p - s) // 2 + s)
+    for p, s in zip(padded, shape, strict=True)
+  )
+
+
+# ---------------------------------------------------------------------------
+# Reports.
+# ---------------------------------------------------------------------------
+
+
+def per_case_rows(result: EvalResult) -> list[dict[str, Any]]:
+  rows = []
+  for case in result.cases:
+    for index, name in enumerate(result.class_names):
+      row = {"case_id": case.case_id, "class": name}
+      for score in ("dice", "iou", "sensitivity", "specificity", "precision"):
+        row[score] = float(case.scores[score][index])
+      for key in ("tp", "fp", "fn", "tn"):
+        row[key] = int(case.counts[key][index])
+      rows.append(row)
+  return rows
+
+
+def write_reports(
+  result: EvalResult, directory: str | epath.Path, split: str
+) -> dict[str, Any]:
+  """Writes ``<split>_per_case.csv`` and ``<split>_summary.json``.
+
+  Both are written to a temporary name first and renamed, so a reader never
+  sees a half-written file.
+  """
+  directory = epath.Path(directory)
+  directory.mkdir(parents=True, exist_ok=True)
+  rows = per_case_rows(result)
+  buffer = io.StringIO()
+  writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+  writer.writeheader()
+  writer.writerows(rows)
+  _atomic_write(directory / f"{split}_per_case.csv", buffer.getvalue())
+  summary = result.summary()
+  summary["split"] = split
+  summary["per_case"] = {
+    case.case_id: {
+      name: {s: float(case.scores[s][i]) for s in SCORE_NAMES}
+      for i, name in enumerate(result.class_names)
+    }
+    for case in result.cases
+  }
+  _atomic_write(
+    directory / f"{split}_summary.json",
+    json.dumps(summary, indent=2, sort_keys=True, allow_nan=True),
+  )
+  return summary
+
+
+def _atomic_write(path: epath.Path, text: str) -> None:
+  tmp = path.parent / (path.name + ".tmp")
+  tmp.write_text(text)
+  tmp.rename(path)
+
+
+def format_table(result: EvalResult) -> str:
+  """A per-class table of mean ± std over cases."""
+  summary = result.summary()
+  header = f"{'class':<16}" + "".join(f"{s:>20}" for s in SCORE_NAMES)
+  lines = [header, "-" * len(header)]
+  for name in result.class_names:
+    entry = summary["per_class"][name]
+    cells = []
+    for score in SCORE_NAMES:
+      mean, std = entry[score]["mean"], entry[score]["std"]
+      cells.append(f"{mean:>12.4f} ± {std:<6.4f}")
+    lines.append(f"{name:<16}" + "".join(f"{c:>20}" for c in cells))
+  lines.append("-" * len(header))
+  lines.append(
+    f"mean foreground Dice over {summary['num_cases']} cases: "
+    f"{summary['mean_foreground_dice']:.4f}"
+  )
+  return "\n".join(lines)

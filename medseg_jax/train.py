@@ -1,0 +1,440 @@
+"""Supervised training and evaluation of a segmentation model.
+
+``train_and_evaluate(config, workdir)`` is the whole job, read top to bottom:
+
+  mesh -> data -> model and optimizer -> restore -> jitted step -> loop
+  -> final evaluation of the held-out split with the best checkpoint.
+
+Initialisation order (the first that applies wins):
+  1. the latest checkpoint in ``workdir/checkpoints`` (automatic resume);
+  2. ``config.resume_from``: another run's checkpoint, full state and data
+     position (e.g. to branch a run);
+  3. ``config.init_from``: another run's weights only (transfer learning);
+  4. random initialisation from ``config.seed``.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from clu import metrics as clu_metrics
+from etils import epath
+from flax import struct
+from flax.training import train_state
+
+from medseg_jax import checkpointing
+from medseg_jax import losses as losses_lib
+from medseg_jax import models as models_lib
+from medseg_jax import optimizers
+from medseg_jax import sharding
+from medseg_jax import writers
+from medseg_jax.data import pipeline
+from medseg_jax.data import registry
+from medseg_jax.evaluation import evaluator
+from medseg_jax.evaluation import overlays
+
+
+class TrainState(train_state.TrainState):
+  """Params, optimizer state and BatchNorm statistics (``{}`` if none)."""
+
+  batch_stats: Any = struct.field(default_factory=dict)
+
+
+@struct.dataclass
+class TrainMetrics(clu_metrics.Collection):
+  loss: clu_metrics.Average.from_output("loss")
+  grad_norm: clu_metrics.Average.from_output("grad_norm")
+  learning_rate: clu_metrics.LastValue.from_output("learning_rate")
+
+
+class NonFiniteLossError(FloatingPointError):
+  """Raised when a loss or gradient becomes NaN or Inf."""
+
+
+class _StopSignal:
+  """Turns SIGTERM into a flag the loop polls, so it can checkpoint first."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    try:
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    except ValueError:  # Not the main thread (e.g. some notebook runners).
+      self._previous = None
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    logging.warning("Received signal %d: checkpointing, then stopping.", signum)
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def variables_of(state: TrainState) -> dict[str, Any]:
+  """The ``model.apply`` variables of a train state."""
+  if state.batch_stats:
+    return {"params": state.params, "batch_stats": state.batch_stats}
+  return {"params": state.params}
+
+
+def build_model(config: ml_collections.ConfigDict, spec: registry.DatasetSpec):
+  kwargs = {k: v for k, v in config.model.items() if k != "name"}
+  return models_lib.get_model(
+    config.model.name,
+    num_classes=spec.num_classes,
+    spatial_dims=spec.spatial_dims,
+    in_channels=spec.num_channels,
+    **kwargs,
+  )
+
+
+def pad_multiple(config: ml_collections.ConfigDict) -> int:
+  """Spatial sizes the model accepts are multiples of this."""
+  if "pad_multiple" in config.data and config.data.pad_multiple:
+    return int(config.data.pad_multiple)
+  return 2 ** (len(config.model.features) - 1)
+
+
+def _train_step(
+  state: TrainState,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  *,
+  loss_fn,
+  schedule,
+) -> tuple[TrainState, TrainMetrics, jax.Array]:
+  """One optimisation step; pure, so it is compiled once and donated."""
+  rng = jax.random.fold_in(rng, state.step)
+
+  def objective(params):
+    variables = {"params": params}
+    if state.batch_stats:
+      variables["batch_stats"] = state.batch_stats
+    logits, updates = state.apply_fn(
+      variables,
+      batch["image"],
+      train=True,
+      mutable=["batch_stats"],
+      rngs={"dropout": rng},
+    )
+    per_example = loss_fn(logits, batch["label"], batch["mask"])
+    return jnp.mean(per_example), updates
+
+  (loss, updates), grads = jax.value_and_grad(objective, has_aux=True)(
+    state.params
+  )
+  new_state = state.apply_gradients(grads=grads)
+  if state.batch_stats:
+    new_state = new_state.replace(batch_stats=updates["batch_stats"])
+  grad_norm = optax.global_norm(grads)
+  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  metrics = TrainMetrics.single_from_model_output(
+    loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step)
+  )
+  return new_state, metrics, finite
+
+
+def _check_finite(finite: jax.Array, step: int, last_good: int | None) -> None:
+  if not bool(jax.device_get(finite)):
+    where = (
+      f"the last good checkpoint (step {last_good}) is intact"
+      if last_good is not None
+      else "no checkpoint had been written yet"
+    )
+    raise NonFiniteLossError(
+      f"Loss or gradient became NaN/Inf at step {step}; training stopped and "
+      f"nothing after it was saved: {where}. Lower the learning rate, enable "
+      f"config.optimizer.grad_clip_norm, or check the input data."
+    )
+
+
+def _host_metrics(metrics: TrainMetrics) -> dict[str, float]:
+  return {k: float(v) for k, v in jax.device_get(metrics.compute()).items()}
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, Any]:
+  """Trains, checkpoints and evaluates; returns the test-split summary."""
+  workdir = epath.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  spec = registry.get_dataset_spec(config.dataset)
+  writer = writers.create_writer(str(workdir), config.get("writer", "tensorboard"))
+
+  # --------------------------------------------------------------------------
+  # Mesh: one "data" axis over every device of every process.
+  # --------------------------------------------------------------------------
+  mesh = sharding.make_mesh()
+  local_batch_size = sharding.check_batch_size(config.batch_size, mesh)
+  logging.info(
+    "Mesh %s over %d devices, %d processes; global batch %d.",
+    dict(mesh.shape), mesh.devices.size, jax.process_count(), config.batch_size,
+  )
+
+  # --------------------------------------------------------------------------
+  # Data: build the TFDS dataset once (process 0), then every process opens
+  # its own grain iterator over the ArrayRecord files.
+  # --------------------------------------------------------------------------
+  data_dir = str(epath.Path(config.data_dir).expanduser())
+  if jax.process_index() == 0:
+    registry.prepare(config.dataset, data_dir, config.get("manual_dir"))
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+    multihost_utils.sync_global_devices("dataset_prepared")
+  train_iter = iter(
+    pipeline.train_dataset(config, data_dir, local_batch_size=local_batch_size)
+  )
+
+  # --------------------------------------------------------------------------
+  # Model and optimizer.
+  # --------------------------------------------------------------------------
+  model = build_model(config, spec)
+  loss_kwargs = {k: v for k, v in config.loss.items() if k != "name"}
+  loss_fn = losses_lib.get_loss(config.loss.name, **loss_kwargs)
+  tx, schedule = optimizers.create(config.optimizer, config.num_train_steps)
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  patch = tuple(config.data.patch_size)
+  sample = jnp.zeros((1, *patch, spec.num_channels), jnp.float32)
+
+  def init_state(key):
+    variables = model.init(key, sample, train=False)
+    return TrainState.create(
+      apply_fn=model.apply,
+      params=variables["params"],
+      tx=tx,
+      batch_stats=variables.get("batch_stats", {}),
+    )
+
+  replicated = sharding.replicated(mesh)
+  state_sharding = jax.tree.map(
+    lambda _: replicated, jax.eval_shape(init_state, init_rng)
+  )
+  state = jax.jit(init_state, out_shardings=state_sharding)(init_rng)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info("Model %s: %d parameters.", config.model.name, num_params)
+
+  # --------------------------------------------------------------------------
+  # Restore, in the order of the module docstring.
+  # --------------------------------------------------------------------------
+  manager = checkpointing.create_manager(
+    workdir / "checkpoints", keep=config.get("keep_checkpoints", 3)
+  )
+  latest = manager.latest_step()
+  if latest is not None:
+    logging.info("Resuming from %s step %d.", manager.directory, latest)
+    state, iter_state = checkpointing.restore(manager, latest, state)
+    if iter_state:
+      train_iter.set_state(iter_state)
+  elif config.get("resume_from"):
+    source = checkpointing.create_manager(
+      epath.Path(config.resume_from) / "checkpoints", async_save=False
+    )
+    step = checkpointing.resolve_step(source, "latest")
+    logging.info("Resuming from %s step %d.", config.resume_from, step)
+    state, iter_state = checkpointing.restore(source, step, state)
+    if iter_state:
+      train_iter.set_state(iter_state)
+  elif config.get("init_from"):
+    params, batch_stats = checkpointing.load_params(config.init_from)
+    state = state.replace(
+      params=sharding.replicate(_merge_matching(state.params, params), mesh),
+      batch_stats=sharding.replicate(
+        _merge_matching(state.batch_stats, batch_stats), mesh
+      ),
+    )
+  last_good = latest
+
+  # --------------------------------------------------------------------------
+  # Jitted functions: the state is donated so its buffers are reused.
+  # --------------------------------------------------------------------------
+  train_step = jax.jit(
+    functools.partial(_train_step, loss_fn=loss_fn, schedule=schedule),
+    in_shardings=(state_sharding, sharding.data_sharded(mesh), replicated),
+    out_shardings=(state_sharding, replicated, replicated),
+    donate_argnums=(0,),
+  )
+  predict_fn = evaluator.make_predict_fn(model.apply, spec.num_classes, mesh)
+
+  def validate(current: TrainState, split: str, keep_arrays: bool = False):
+    examples = pipeline.eval_examples(
+      config, data_dir, split, pad_multiple=pad_multiple(config)
+    )
+    return evaluator.evaluate(
+      predict_fn,
+      variables_of(current),
+      examples,
+      class_names=spec.class_names,
+      batch_size=config.eval_batch_size,
+      mesh=mesh,
+      keep_arrays=keep_arrays,
+    )
+
+  # --------------------------------------------------------------------------
+  # Training loop.
+  # --------------------------------------------------------------------------
+  step = int(jax.device_get(state.step))
+  num_steps = config.num_train_steps
+  progress = writers.create_progress_hook(
+    writer, num_steps, config.get("writer", "tensorboard")
+  )
+  train_metrics = None
+  pending_finite = None  # Checked one step late so dispatch stays async.
+  start = time.time()
+  if step == 0:
+    writer.write_hparams(
+      {k: str(v) for k, v in config.to_dict().items() if not isinstance(v, dict)}
+    )
+  with _StopSignal() as stop:
+    while step < num_steps:
+      batch = sharding.to_global_batch(next(train_iter), mesh)
+      state, metrics, finite = train_step(state, batch, step_rng)
+      step += 1
+      if pending_finite is not None:
+        _check_finite(pending_finite[1], pending_finite[0], last_good)
+      pending_finite = (step, finite)
+      train_metrics = (
+        metrics if train_metrics is None else train_metrics.merge(metrics)
+      )
+      if progress is not None:
+        progress(step)
+
+      is_last = step == num_steps
+      if step % config.log_every_steps == 0 or is_last:
+        values = _host_metrics(train_metrics)
+        values["steps_per_sec"] = config.log_every_steps / max(
+          time.time() - start, 1e-9
+        )
+        writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
+        train_metrics, start = None, time.time()
+
+      is_eval = step % config.eval_every_steps == 0 or is_last
+      is_save = (
+        step % config.checkpoint_every_steps == 0
+        or is_eval
+        or stop.requested
+        or manager.reached_preemption(step)
+      )
+      if is_save:
+        _check_finite(finite, step, last_good)
+      ckpt_metrics = None
+      if is_eval:
+        result = validate(state, config.eval_split)
+        summary = result.summary()
+        scalars = {"val/mean_foreground_dice": summary["mean_foreground_dice"]}
+        for name, entry in summary["per_class"].items():
+          scalars[f"val/dice_{name}"] = entry["dice"]["mean"]
+        writer.write_scalars(step, scalars)
+        ckpt_metrics = {checkpointing.BEST_METRIC: summary["mean_foreground_dice"]}
+        logging.info(
+          "step %d: validation mean foreground Dice %.4f",
+          step, summary["mean_foreground_dice"],
+        )
+      if is_save:
+        checkpointing.save(
+          manager, step, state, train_iter.get_state(), ckpt_metrics
+        )
+        last_good = step
+      if stop.requested or manager.reached_preemption(step):
+        logging.warning("Stopping at step %d after a checkpoint.", step)
+        break
+    if pending_finite is not None:
+      _check_finite(pending_finite[1], pending_finite[0], last_good)
+  manager.wait_until_finished()
+  writer.flush()
+  if step < num_steps:
+    return {"stopped_at_step": step}
+
+  # --------------------------------------------------------------------------
+  # Final evaluation of the held-out split with the best checkpoint.
+  # --------------------------------------------------------------------------
+  best = checkpointing.resolve_step(manager, "best")
+  if best != step:
+    state, _ = checkpointing.restore(manager, best, state)
+  summary = evaluate_and_report(
+    config, workdir, validate(state, config.test_split, keep_arrays=True),
+    split=config.test_split, step=best, writer=writer,
+  )
+  writer.close()
+  return summary
+
+
+def evaluate_and_report(
+  config: ml_collections.ConfigDict,
+  workdir: epath.Path,
+  result: evaluator.EvalResult,
+  *,
+  split: str,
+  step: int,
+  writer: Any,
+) -> dict[str, Any]:
+  """Writes CSV/JSON reports and overlays of ``result`` and prints a table."""
+  summary = {"step": step}
+  if jax.process_index() == 0:
+    summary = evaluator.write_reports(result, workdir / "eval", split)
+    summary["step"] = step
+    table = evaluator.format_table(result)
+    print(f"\nEvaluation of split '{split}' (checkpoint step {step}):\n{table}")
+    dice = np.nanmean(result.score_matrix("dice")[:, 1:], axis=1)
+    order = np.argsort(dice)
+    chosen = list(order[-2:][::-1]) + [order[len(order) // 2]] + list(order[:2])
+    seen, picks = set(), []
+    for index in chosen[: config.get("num_overlays", 5)]:
+      if index in seen:
+        continue
+      seen.add(index)
+      case = result.cases[index]
+      picks.append(
+        (case.case_id, case.image, case.label, case.prediction, dice[index])
+      )
+    paths = overlays.write_overlays(picks, workdir / "eval" / f"{split}_overlays")
+    print(f"Reports and {len(paths)} overlays in {workdir / 'eval'}")
+    scalars = {
+      f"{split}/mean_foreground_dice": summary["mean_foreground_dice"]
+    }
+    for name, entry in summary["per_class"].items():
+      for score in evaluator.SCORE_NAMES:
+        scalars[f"{split}/{score}_{name}"] = entry[score]["mean"]
+    writer.write_scalars(step, scalars)
+    writer.flush()
+  return summary
+
+
+def _merge_matching(target: Any, source: Any) -> Any:
+  """Takes leaves from ``source`` where path and shape match ``target``."""
+  flat_source = {
+    jax.tree_util.keystr(path): leaf
+    for path, leaf in jax.tree_util.tree_leaves_with_path(source)
+  }
+  taken, skipped = [], []
+
+  def pick(path, leaf):
+    key = jax.tree_util.keystr(path)
+    other = flat_source.get(key)
+    if other is not None and np.shape(other) == leaf.shape:
+      taken.append(key)
+      return jnp.asarray(other, leaf.dtype)
+    skipped.append(key)
+    return leaf
+
+  merged = jax.tree_util.tree_map_with_path(pick, target)
+  logging.info(
+    "init_from: loaded %d arrays, kept fresh initialisation for %d: %s",
+    len(taken), len(skipped), skipped,
+  )
+  return merged

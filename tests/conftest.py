@@ -1,0 +1,26 @@
+"""Test-wide settings: fast compiles, quiet TensorFlow, shared data paths."""
+
+import os
+import pathlib
+
+# Compilation dominates tiny-model tests; skip XLA's expensive passes. Must
+# be set before JAX initialises its backend.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+_FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_XLA).strip()
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> pathlib.Path:
+  return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> pathlib.Path:
+  return SHARED_DATA

@@ -1,0 +1,96 @@
+"""Tests for the per-example grain transforms."""
+
+import numpy as np
+import pytest
+
+from medseg_jax.data import transforms
+
+
+def _example(shape=(10, 12), channels=2, seed=0):
+  rng = np.random.default_rng(seed)
+  image = rng.normal(5.0, 3.0, size=(*shape, channels)).astype(np.float32)
+  label = rng.integers(0, 4, size=shape).astype(np.uint8)
+  return {"image": image, "label": label, "case_id": b"c0"}
+
+
+def test_zscore_gives_zero_mean_unit_std_per_channel():
+  out = transforms.Normalize(mode="zscore").map(_example())
+  np.testing.assert_allclose(out["image"].mean(axis=(0, 1)), 0, atol=1e-5)
+  np.testing.assert_allclose(out["image"].std(axis=(0, 1)), 1, atol=1e-4)
+
+
+def test_minmax_range_and_constant_image_is_finite():
+  out = transforms.Normalize(mode="minmax").map(_example())
+  assert out["image"].min() == pytest.approx(0) and out["image"].max() == pytest.approx(1)
+  flat = {"image": np.full((4, 4, 1), 3.0, np.float32), "label": np.zeros((4, 4), np.uint8)}
+  for mode in ("minmax", "zscore"):
+    assert np.isfinite(transforms.Normalize(mode=mode).map(flat)["image"]).all()
+
+
+def test_normalize_nonzero_uses_foreground_only():
+  image = np.zeros((8, 8, 1), np.float32)
+  image[2:6, 2:6] = np.arange(16, dtype=np.float32).reshape(4, 4, 1) + 1
+  out = transforms.Normalize(mode="zscore", nonzero=True).map(
+    {"image": image, "label": np.zeros((8, 8), np.uint8)}
+  )
+  inside = out["image"][2:6, 2:6]
+  assert inside.mean() == pytest.approx(0, abs=1e-5)
+
+
+def test_crop_moves_image_label_and_mask_together():
+  example = _example((20, 30), channels=1)
+  # Encode the position in the image so the crop can be checked.
+  ys, xs = np.mgrid[:20, :30]
+  example["image"] = (ys * 100 + xs).astype(np.float32)[..., None]
+  example["label"] = ((ys * 100 + xs) % 4).astype(np.uint8)
+  crop = transforms.RandomCropOrPad(size=(8, 8))
+  out = crop.random_map(example, np.random.default_rng(3))
+  assert out["image"].shape == (8, 8, 1) and out["label"].shape == (8, 8)
+  np.testing.assert_array_equal(out["image"][..., 0].astype(int) % 4, out["label"])
+  assert out["mask"].shape == (8, 8) and out["mask"].all()
+
+
+def test_pad_marks_padding_in_mask_3d():
+  example = _example((3, 5, 6), channels=1)
+  out = transforms.RandomCropOrPad(size=(4, 8, 6)).random_map(
+    example, np.random.default_rng(0)
+  )
+  assert out["image"].shape == (4, 8, 6, 1)
+  assert out["mask"].sum() == 3 * 5 * 6
+  assert (out["label"][out["mask"] == 0] == 0).all()
+
+
+def test_crop_size_with_wrong_rank_is_a_clear_error():
+  with pytest.raises(ValueError, match="axes"):
+    transforms.RandomCropOrPad(size=(4, 4, 4)).random_map(
+      _example(), np.random.default_rng(0)
+    )
+
+
+def test_flip_is_consistent_and_random():
+  example = _example((6, 6), channels=1)
+  example["image"] = example["label"].astype(np.float32)[..., None]
+  flip = transforms.RandomFlip(axes=(0, 1), p=0.5)
+  seen = set()
+  for seed in range(20):
+    out = flip.random_map(example, np.random.default_rng(seed))
+    np.testing.assert_array_equal(out["image"][..., 0], out["label"])
+    seen.add(out["label"].tobytes())
+  assert len(seen) == 4  # none, axis 0, axis 1, both.
+
+
+def test_center_pad_to_multiple():
+  out = transforms.CenterPad(multiple=8).map(_example((10, 17)))
+  assert out["label"].shape == (16, 24)
+  assert out["mask"].sum() == 10 * 17
+
+
+def test_build_rejects_unknown_op_and_lists_valid():
+  with pytest.raises(ValueError, match="random_flip"):
+    transforms.build([dict(op="rotate")])
+
+
+def test_to_model_inputs_dtypes():
+  out = transforms.ToModelInputs().map(_example())
+  assert set(out) == {"image", "label", "mask"}
+  assert out["image"].dtype == np.float32 and out["label"].dtype == np.int32
