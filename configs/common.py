@@ -96,6 +96,10 @@ def shrink_for_local_run(config: ml_collections.ConfigDict) -> None:
   config.log_every_steps = 5
   config.eval_every_steps = 10
   config.checkpoint_every_steps = 10
-  config.batch_size = 4
-  config.eval_batch_size = 4
+  config.batch_size = 8
+  config.eval_batch_size = 8
+  config.eval_split = config.eval_split + "[:8]"
+  config.test_split = config.test_split + "[:8]"
   config.model.features = (8, 16)
+  config.data.patch_size = (64,) * len(config.data.patch_size)
+  config.writer = "logging"

@@ -36,7 +36,6 @@ def get_config(arg=None):
   config.optimizer.learning_rate = 1e-3
   if args.runlocal:
     common.shrink_for_local_run(config)
-    config.data.patch_size = (128, 128)
   if args.steps:
     config.num_train_steps = args.steps
   return config

@@ -20,7 +20,6 @@ validation Dice among the checkpoints that were saved with metrics.
 from __future__ import annotations
 
 import dataclasses
-import json
 from typing import Any
 
 import jax
@@ -54,6 +53,9 @@ def create_manager(
   ])
   options = ocp.CheckpointManagerOptions(
     preservation_policy=policy,
+    # best_fn also makes Orbax write the metrics next to each checkpoint.
+    best_fn=_best_metric,
+    best_mode="max",
     enable_async_checkpointing=async_save,
     create=True,
   )
@@ -145,8 +147,10 @@ def resolve_step(manager: ocp.CheckpointManager, which: str) -> int:
   return step
 
 
-def load_params(directory: str | epath.Path, which: str = "latest") -> Any:
-  """Reads the raw params pytree (host numpy) from another run's checkpoints.
+def load_params(
+  directory: str | epath.Path, which: str = "latest"
+) -> tuple[Any, Any]:
+  """Reads ``(params, batch_stats)`` (host numpy) from a run's checkpoints.
 
   Used for ``config.init_from``: only the weights are taken, not the
   optimizer, step or data position.
@@ -169,11 +173,3 @@ def load_params(directory: str | epath.Path, which: str = "latest") -> Any:
   if "params" not in state:
     raise ValueError(f"Checkpoint {directory}/{step} has no 'params'.")
   return state["params"], state.get("batch_stats") or {}
-
-
-def write_json(path: epath.Path, payload: Any) -> None:
-  """Writes JSON atomically (temporary file, then rename)."""
-  path = epath.Path(path)
-  tmp = path.parent / (path.name + ".tmp")
-  tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-  tmp.rename(path)

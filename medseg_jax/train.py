@@ -13,8 +13,8 @@ Initialisation order (the first that applies wins):
   4. random initialisation from ``config.seed``.
 """
 
-from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 import time
@@ -54,6 +54,14 @@ class TrainMetrics(clu_metrics.Collection):
   loss: clu_metrics.Average.from_output("loss")
   grad_norm: clu_metrics.Average.from_output("grad_norm")
   learning_rate: clu_metrics.LastValue.from_output("learning_rate")
+
+
+@contextlib.contextmanager
+def _finish_saves(manager):
+  try:
+    yield
+  finally:
+    manager.wait_until_finished()
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -140,8 +148,14 @@ def _train_step(
   new_state = state.apply_gradients(grads=grads)
   if state.batch_stats:
     new_state = new_state.replace(batch_stats=updates["batch_stats"])
-  grad_norm = optax.global_norm(grads)
-  finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+  grad_norm = optax.tree.norm(grads)
+  # The new parameters are checked too: finite gradients can still produce a
+  # non-finite update, and a checkpoint must never hold NaN weights.
+  finite = (
+    jnp.isfinite(loss)
+    & jnp.isfinite(grad_norm)
+    & jnp.isfinite(optax.tree.norm(new_state.params))
+  )
   metrics = TrainMetrics.single_from_model_output(
     loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step)
   )
@@ -172,7 +186,12 @@ def train_and_evaluate(
   """Trains, checkpoints and evaluates; returns the test-split summary."""
   workdir = epath.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  # Fail fast on bad names, before any data is built or compiled.
   spec = registry.get_dataset_spec(config.dataset)
+  model = build_model(config, spec)
+  loss_kwargs = {k: v for k, v in config.loss.items() if k != "name"}
+  loss_fn = losses_lib.get_loss(config.loss.name, **loss_kwargs)
+  tx, schedule = optimizers.create(config.optimizer, config.num_train_steps)
   writer = writers.create_writer(str(workdir), config.get("writer", "tensorboard"))
 
   # --------------------------------------------------------------------------
@@ -203,10 +222,6 @@ def train_and_evaluate(
   # --------------------------------------------------------------------------
   # Model and optimizer.
   # --------------------------------------------------------------------------
-  model = build_model(config, spec)
-  loss_kwargs = {k: v for k, v in config.loss.items() if k != "name"}
-  loss_fn = losses_lib.get_loss(config.loss.name, **loss_kwargs)
-  tx, schedule = optimizers.create(config.optimizer, config.num_train_steps)
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
   patch = tuple(config.data.patch_size)
@@ -300,7 +315,9 @@ def train_and_evaluate(
     writer.write_hparams(
       {k: str(v) for k, v in config.to_dict().items() if not isinstance(v, dict)}
     )
-  with _StopSignal() as stop:
+  # The finally clause lets an async save of a good state finish even when
+  # the loop stops on an error (e.g. a NaN loss) right after it.
+  with _StopSignal() as stop, _finish_saves(manager):
     while step < num_steps:
       batch = sharding.to_global_batch(next(train_iter), mesh)
       state, metrics, finite = train_step(state, batch, step_rng)

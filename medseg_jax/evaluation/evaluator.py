@@ -206,7 +206,7 @@ def write_reports(
 def _atomic_write(path: epath.Path, text: str) -> None:
   tmp = path.parent / (path.name + ".tmp")
   tmp.write_text(text)
-  tmp.rename(path)
+  tmp.replace(path)
 
 
 def format_table(result: EvalResult) -> str:

@@ -21,8 +21,13 @@ def test_zscore_gives_zero_mean_unit_std_per_channel():
 
 def test_minmax_range_and_constant_image_is_finite():
   out = transforms.Normalize(mode="minmax").map(_example())
-  assert out["image"].min() == pytest.approx(0) and out["image"].max() == pytest.approx(1)
-  flat = {"image": np.full((4, 4, 1), 3.0, np.float32), "label": np.zeros((4, 4), np.uint8)}
+  assert out["image"].min() == pytest.approx(0) and out[
+    "image"
+  ].max() == pytest.approx(1)
+  flat = {
+    "image": np.full((4, 4, 1), 3.0, np.float32),
+    "label": np.zeros((4, 4), np.uint8),
+  }
   for mode in ("minmax", "zscore"):
     assert np.isfinite(transforms.Normalize(mode=mode).map(flat)["image"]).all()
 
@@ -46,7 +51,9 @@ def test_crop_moves_image_label_and_mask_together():
   crop = transforms.RandomCropOrPad(size=(8, 8))
   out = crop.random_map(example, np.random.default_rng(3))
   assert out["image"].shape == (8, 8, 1) and out["label"].shape == (8, 8)
-  np.testing.assert_array_equal(out["image"][..., 0].astype(int) % 4, out["label"])
+  np.testing.assert_array_equal(
+    out["image"][..., 0].astype(int) % 4, out["label"]
+  )
   assert out["mask"].shape == (8, 8) and out["mask"].all()
 
 

@@ -1,0 +1,15 @@
+"""The `isbi2012_em` TFDS dataset; importing registers the builder."""
+
+from medseg_jax.data.isbi2012_em.isbi2012_em import (
+  CLASS_NAMES,
+  MANUAL_DOWNLOAD_INSTRUCTIONS,
+  SPLIT_SLICES,
+  Isbi2012Em,
+)
+
+__all__ = [
+  "CLASS_NAMES",
+  "MANUAL_DOWNLOAD_INSTRUCTIONS",
+  "SPLIT_SLICES",
+  "Isbi2012Em",
+]

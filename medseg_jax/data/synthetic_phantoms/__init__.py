@@ -1,0 +1,15 @@
+"""The `synthetic_phantoms` TFDS dataset; importing registers the builder."""
+
+from medseg_jax.data.synthetic_phantoms.synthetic_phantoms import (
+  SPLIT_SIZES_2D,
+  SPLIT_SIZES_3D,
+  SyntheticPhantoms,
+  SyntheticPhantomsConfig,
+)
+
+__all__ = [
+  "SPLIT_SIZES_2D",
+  "SPLIT_SIZES_3D",
+  "SyntheticPhantoms",
+  "SyntheticPhantomsConfig",
+]

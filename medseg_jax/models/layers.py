@@ -1,0 +1,242 @@
+"""Building blocks shared by the segmentation architectures.
+
+Everything here is dimension-agnostic: `spatial_dims` picks 2-D (`[B, H, W,
+C]`) or 3-D (`[B, D, H, W, C]`) operation, and kernel sizes are `(k,) *
+spatial_dims`. Arrays are channels-last throughout.
+
+Normalisation is selected by name (see `NORMS`):
+
+* `"batch"`: `flax.linen.BatchNorm`. Keeps running statistics in the
+  `batch_stats` collection; uses batch statistics when `train=True` and the
+  running averages otherwise. No `axis_name` is set: under `jax.jit` with a
+  batch sharded over devices the mean and variance are taken over the global
+  batch by the SPMD partitioner, so nothing else is needed.
+* `"group"`: `flax.linen.GroupNorm`, stateless. The number of groups is
+  `gcd(channels, 32)`, so narrow test-sized layers still work.
+* `"instance"`: `flax.linen.InstanceNorm` (per example, per channel), the
+  nnU-Net default; stateless.
+* `"none"`: identity.
+
+Convolutions that are followed by a normalisation with a learned shift carry
+no bias of their own (it would be cancelled by the mean subtraction); with
+`norm="none"` they do.
+"""
+
+import math
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+NORMS = ("batch", "group", "instance", "none")
+UPSAMPLE_MODES = ("transpose", "resize")
+
+# He et al. (2015) initialisation, fan-in, normal: what Ronneberger et al.
+# recommend for ReLU networks (U-Net paper, Sec. 3).
+conv_init = nn.initializers.he_normal()
+
+
+def check_norm(norm: str) -> None:
+  """Raises ValueError unless `norm` is one of `NORMS`."""
+  if norm not in NORMS:
+    raise ValueError(f"Unknown norm {norm!r}; expected one of {NORMS}.")
+
+
+def check_spatial_dims(spatial_dims: int) -> None:
+  """Raises ValueError unless `spatial_dims` is 2 or 3."""
+  if spatial_dims not in (2, 3):
+    raise ValueError(f"spatial_dims must be 2 or 3, got {spatial_dims!r}.")
+
+
+def make_norm(
+  norm: str,
+  *,
+  train: bool,
+  dtype: jax.typing.DTypeLike = jnp.float32,
+  num_groups: int = 32,
+  name: str | None = None,
+) -> Callable[[jax.Array], jax.Array]:
+  """Creates a normalisation layer by name.
+
+  Must be called inside the `@nn.compact` method of the module that owns the
+  layer (the layer becomes a child of that module).
+
+  Args:
+    norm: one of `NORMS`.
+    train: whether batch statistics are used and updated (`"batch"` only).
+    dtype: computation dtype; parameters and statistics stay float32.
+    num_groups: upper bound on the number of groups for `"group"`; the number
+      actually used is `gcd(channels, num_groups)`.
+    name: name of the child module.
+
+  Returns:
+    A callable mapping `f[B, *S, C]` to `f[B, *S, C]`.
+  """
+  check_norm(norm)
+  if norm == "batch":
+    # momentum 0.9 matches PyTorch's default (its momentum=0.1).
+    return nn.BatchNorm(
+      use_running_average=not train,
+      momentum=0.9,
+      epsilon=1e-5,
+      dtype=dtype,
+      name=name,
+    )
+  if norm == "instance":
+    return nn.InstanceNorm(epsilon=1e-5, dtype=dtype, name=name)
+  if norm == "group":
+
+    def group_norm(x: jax.Array) -> jax.Array:
+      groups = math.gcd(x.shape[-1], num_groups)
+      return nn.GroupNorm(
+        num_groups=groups, epsilon=1e-5, dtype=dtype, name=name
+      )(x)
+
+    return group_norm
+  return lambda x: x
+
+
+class ConvBlock(nn.Module):
+  """`num_convs` x (3^d convolution, normalisation, ReLU), 'SAME' padding.
+
+  Attributes:
+    features: output channels of every convolution.
+    spatial_dims: 2 or 3.
+    norm: one of `NORMS`.
+    num_convs: number of convolutions (two in U-Net).
+    kernel_size: edge length of the cubic/square kernel.
+    dtype: computation dtype; parameters are float32.
+  """
+
+  features: int
+  spatial_dims: int = 2
+  norm: str = "batch"
+  num_convs: int = 2
+  kernel_size: int = 3
+  dtype: jax.typing.DTypeLike = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Applies the block.
+
+    Args:
+      x: `f[B, *S, C_in]`.
+      train: training mode (affects batch norm only).
+
+    Returns:
+      `f[B, *S, features]` in `dtype`.
+    """
+    check_norm(self.norm)
+    for i in range(self.num_convs):
+      x = nn.Conv(
+        self.features,
+        (self.kernel_size,) * self.spatial_dims,
+        padding="SAME",
+        use_bias=self.norm == "none",
+        kernel_init=conv_init,
+        dtype=self.dtype,
+        name=f"conv_{i}",
+      )(x)
+      x = make_norm(self.norm, train=train, dtype=self.dtype, name=f"norm_{i}")(
+        x
+      )
+      x = nn.relu(x)
+    return x
+
+
+def max_pool(x: jax.Array, spatial_dims: int) -> jax.Array:
+  """2^d max pooling with stride 2: `f[B, *S, C] -> f[B, *S/2, C]`."""
+  window = (2,) * spatial_dims
+  return nn.max_pool(x, window, strides=window, padding="VALID")
+
+
+class UpConvTranspose(nn.Module):
+  """Transposed convolution with kernel 2^d and stride 2, as a matmul.
+
+  Computes exactly what `nn.ConvTranspose(features, (2,) * d, strides=(2,) *
+  d, padding="VALID")` computes, with the same parameters (`kernel: f32[2,
+  ..., 2, C_in, features]`, `bias: f32[features]`, same initialiser), so
+  weights are interchangeable. Because the kernel equals the stride, output
+  blocks do not overlap: one matmul maps every input voxel to its 2^d block
+  of output voxels (a 1^d convolution to `2^d * features` channels followed
+  by depth-to-space). On CPU this is 15-35x faster, forward plus backward,
+  than XLA's lowering of the transposed convolution (a convolution over a
+  zero-dilated input).
+
+  Attributes:
+    features: output channels.
+    spatial_dims: 2 or 3.
+    dtype: computation dtype; parameters are float32.
+  """
+
+  features: int
+  spatial_dims: int = 2
+  dtype: jax.typing.DTypeLike = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Upsamples `f[B, *S, C_in]` to `f[B, *2S, features]`."""
+    d = self.spatial_dims
+    kernel = self.param(
+      "kernel", conv_init, (2,) * d + (x.shape[-1], self.features)
+    )
+    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    # nn.ConvTranspose (transpose_kernel=False) applies the kernel flipped
+    # along every spatial axis: output offset a in a block uses tap 1 - a.
+    kernel = kernel[(slice(None, None, -1),) * d]
+    in_axes = "dhw"[-d:]
+    taps = "ijk"[:d]
+    interleaved = "".join(a + t for a, t in zip(in_axes, taps, strict=True))
+    y = jnp.einsum(f"b{in_axes}c,{taps}co->b{interleaved}o", x, kernel)
+    out_shape = (x.shape[0], *(2 * n for n in x.shape[1:-1]), self.features)
+    return y.reshape(out_shape) + bias
+
+
+class UpConv(nn.Module):
+  """Doubles every spatial size and maps the channels to `features`.
+
+  Two modes:
+
+  * `"transpose"`: transposed convolution, kernel 2^d, stride 2 (the
+    "up-convolution" of Ronneberger et al., 2015), see `UpConvTranspose`.
+    `2^d * C_in * features + features` parameters.
+  * `"resize"`: (bi/tri)linear interpolation followed by a 1^d convolution.
+    The two operations commute (interpolation weights sum to one), so the
+    convolution is applied first, at the low resolution, which is 2^d times
+    cheaper. `C_in * features + features` parameters.
+
+  Attributes:
+    features: output channels.
+    spatial_dims: 2 or 3.
+    mode: one of `UPSAMPLE_MODES`.
+    dtype: computation dtype; parameters are float32.
+  """
+
+  features: int
+  spatial_dims: int = 2
+  mode: str = "transpose"
+  dtype: jax.typing.DTypeLike = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Upsamples `f[B, *S, C_in]` to `f[B, *2S, features]`."""
+    d = self.spatial_dims
+    if self.mode == "transpose":
+      return UpConvTranspose(
+        self.features, spatial_dims=d, dtype=self.dtype, name="conv_transpose"
+      )(x)
+    if self.mode == "resize":
+      x = nn.Conv(
+        self.features,
+        (1,) * d,
+        kernel_init=conv_init,
+        dtype=self.dtype,
+        name="conv",
+      )(x)
+      shape = (x.shape[0], *(2 * s for s in x.shape[1:-1]), x.shape[-1])
+      return jax.image.resize(x, shape, method="linear")
+    raise ValueError(
+      f"Unknown upsample mode {self.mode!r}; expected one of {UPSAMPLE_MODES}."
+    )

@@ -1,0 +1,98 @@
+"""Tests for the split evaluator, its reports and the overlays."""
+
+import csv
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from PIL import Image
+
+from medseg_jax import sharding
+from medseg_jax.evaluation import evaluator
+from medseg_jax.evaluation import overlays
+
+CLASSES = ("background", "a", "b")
+
+
+def _apply_from_image(variables, image, train):
+  """A stand-in model: channel 0 of the image holds the predicted class."""
+  del variables, train
+  return jax.nn.one_hot(image[..., 0].astype(jnp.int32), len(CLASSES)) * 10.0
+
+
+def _examples(predictions, labels):
+  for index, (pred, label) in enumerate(zip(predictions, labels)):
+    yield {
+      "image": pred.astype(np.float32)[..., None],
+      "label": label.astype(np.int32),
+      "mask": np.ones(label.shape, np.float32),
+      "raw_image": pred.astype(np.float32)[..., None],
+      "shape": label.shape,
+      "spacing": np.ones(2),
+      "case_id": f"case{index}",
+    }
+
+
+def _run(predictions, labels, batch_size=2):
+  mesh = sharding.make_mesh()
+  predict = evaluator.make_predict_fn(_apply_from_image, len(CLASSES), mesh)
+  return evaluator.evaluate(
+    predict, {}, _examples(predictions, labels), class_names=CLASSES,
+    batch_size=batch_size, mesh=mesh, keep_arrays=True,
+  )
+
+
+def test_perfect_and_partial_cases_with_a_padded_last_batch():
+  label = np.zeros((8, 8), np.int32)
+  label[2:6, 2:6] = 1
+  label[0, :4] = 2
+  shifted = np.zeros_like(label)
+  shifted[2:6, 3:7] = 1  # 12 of 16 organ pixels overlap.
+  result = _run([label, shifted, label], [label, label, label], batch_size=2)
+  assert [c.case_id for c in result.cases] == ["case0", "case1", "case2"]
+  dice = result.score_matrix("dice")
+  np.testing.assert_allclose(dice[0], 1.0)
+  assert dice[1, 1] == pytest.approx(2 * 12 / 32)
+  assert dice[1, 2] == 0.0  # Class b missed entirely.
+  np.testing.assert_array_equal(result.cases[1].prediction, shifted)
+  summary = result.summary()
+  assert summary["num_cases"] == 3
+  assert summary["per_class"]["a"]["dice"]["mean"] == pytest.approx((2 + 0.75) / 3)
+
+
+def test_reports_are_written_and_consistent(tmp_path):
+  label = np.zeros((4, 4), np.int32)
+  label[:2] = 1
+  result = _run([label, np.zeros_like(label)], [label, label])
+  summary = evaluator.write_reports(result, tmp_path, "test")
+  rows = list(csv.DictReader(open(tmp_path / "test_per_case.csv")))
+  assert len(rows) == 2 * len(CLASSES)
+  assert {r["class"] for r in rows} == set(CLASSES)
+  loaded = json.loads((tmp_path / "test_summary.json").read_text())
+  assert loaded["per_case"]["case1"]["a"]["dice"] == 0.0
+  assert loaded["mean_foreground_dice"] == summary["mean_foreground_dice"]
+  assert not list(tmp_path.glob("*.tmp"))
+  table = evaluator.format_table(result)
+  assert "sensitivity" in table and "mean foreground Dice" in table
+
+
+def test_overlay_png_has_three_panels(tmp_path):
+  image = np.random.default_rng(0).normal(size=(16, 16, 1)).astype(np.float32)
+  label = np.zeros((16, 16), np.int32)
+  label[4:8, 4:8] = 1
+  paths = overlays.write_overlays([("c0", image, label, label, 1.0)], tmp_path)
+  picture = np.asarray(Image.open(paths[0]))
+  assert picture.shape[1] == (16 + 4) * 3 * 16  # Upscaled 16x.
+  # Ground-truth panel is coloured where the label is set.
+  assert picture.shape[2] == 3
+
+
+def test_volume_overlay_shows_the_slice_with_most_foreground():
+  label = np.zeros((5, 8, 8), np.int32)
+  label[3, 1:7, 1:7] = 2
+  label[1, 0, 0] = 1
+  assert overlays.pick_slice(label) == 3
+  picture = overlays.render(np.zeros((5, 8, 8, 1)), label, label)
+  assert picture.height == 8 + 14

@@ -1,0 +1,48 @@
+"""Tests for the model registry in medseg_jax.models."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import pytest
+
+from medseg_jax import models
+
+# Smallest working arguments per registered name; a new architecture must be
+# added here, which the first test enforces.
+TINY_KWARGS = {
+  "unet": {"num_classes": 2, "features": (4, 8)},
+}
+
+
+def test_every_model_has_tiny_kwargs():
+  assert set(TINY_KWARGS) == set(models.MODELS)
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_every_model_builds_and_runs(name):
+  model = models.get_model(name, **TINY_KWARGS[name])
+  assert isinstance(model, nn.Module)
+  x = jnp.zeros((1, 16, 16, 1))
+  variables = jax.eval_shape(
+    lambda x: model.init(jax.random.key(0), x, train=False), x
+  )
+  out = jax.eval_shape(
+    lambda v, x: model.apply(v, x, train=False), variables, x
+  )
+  assert out.shape == (1, 16, 16, TINY_KWARGS[name]["num_classes"])
+
+
+def test_kwargs_are_forwarded():
+  model = models.get_model(
+    "unet", num_classes=5, features=(8, 16, 32), spatial_dims=3
+  )
+  assert isinstance(model, models.UNet)
+  assert (model.num_classes, tuple(model.features)) == (5, (8, 16, 32))
+  assert model.spatial_dims == 3
+
+
+def test_unknown_name_lists_valid_names():
+  with pytest.raises(ValueError, match="valid names") as info:
+    models.get_model("unet++", num_classes=2)
+  for name in models.MODELS:
+    assert name in str(info.value)

@@ -1,0 +1,245 @@
+"""End-to-end trainer tests on the synthetic phantoms.
+
+In-process tests call ``train.train_and_evaluate``; the multi-device,
+SIGKILL and SIGTERM tests run ``python -m medseg_jax.main`` in a subprocess,
+because the device count and signals are per process.
+"""
+
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from configs import unet_synthetic
+from medseg_jax import checkpointing
+from medseg_jax import optimizers
+from medseg_jax import train
+from medseg_jax import writers
+from medseg_jax.data import registry
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+  path = tmp_path_factory.mktemp("tfds")
+  registry.prepare("synthetic_phantoms/2d", str(path))
+  return path
+
+
+def tiny_config(data_dir, **overrides):
+  config = unet_synthetic.get_config("runlocal")
+  config.data_dir = str(data_dir)
+  config.data.patch_size = (32, 32)
+  config.model.features = (4, 8)
+  config.num_train_steps = 6
+  config.log_every_steps = 1
+  config.eval_every_steps = 3
+  config.checkpoint_every_steps = 3
+  for key, value in overrides.items():
+    target = config
+    *parents, leaf = key.split(".")
+    for parent in parents:
+      target = target[parent]
+    target[leaf] = value
+  return config
+
+
+def run_main(workdir, data_dir, *flags, devices=1, wait=True, env=None):
+  cmd = [
+    sys.executable, "-m", "medseg_jax.main",
+    "--config=configs/unet_synthetic.py:runlocal",
+    f"--workdir={workdir}",
+    f"--config.data_dir={data_dir}",
+    "--config.model.features=(4, 8)",
+    "--config.data.patch_size=(32, 32)",
+    "--config.log_every_steps=1",
+    *flags,
+  ]
+  full_env = dict(os.environ)
+  full_env["XLA_FLAGS"] = (
+    full_env.get("XLA_FLAGS", "")
+    + f" --xla_force_host_platform_device_count={devices}"
+  )
+  full_env.update(env or {})
+  if wait:
+    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True,
+                           text=True, timeout=600)
+  return subprocess.Popen(cmd, cwd=REPO, env=full_env,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True)
+
+
+def train_losses(workdir):
+  records = writers.read_jsonl(pathlib.Path(workdir) / "metrics.jsonl")
+  return {r["step"]: r["train/loss"] for r in records if "train/loss" in r}
+
+
+def final_params(workdir):
+  params, _ = checkpointing.load_params(workdir, "latest")
+  return params
+
+
+def max_abs_diff(a, b):
+  diffs = jax.tree.map(lambda x, y: np.max(np.abs(np.asarray(x) - np.asarray(y))), a, b)
+  return max(jax.tree.leaves(diffs))
+
+
+def test_train_and_evaluate_writes_reports_overlays_and_checkpoints(
+  data_dir, tmp_path
+):
+  summary = train.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
+  assert set(summary["per_class"]) == {"background", "organ", "lesion", "vessel"}
+  assert 0.0 <= summary["mean_foreground_dice"] <= 1.0
+  assert (tmp_path / "eval" / "test[:8]_per_case.csv").exists()
+  assert (tmp_path / "eval" / "test[:8]_summary.json").exists()
+  assert list((tmp_path / "eval" / "test[:8]_overlays").glob("*.png"))
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert steps == [3, 6]
+  losses = train_losses(tmp_path)
+  assert sorted(losses) == list(range(1, 7))
+  assert all(np.isfinite(v) for v in losses.values())
+
+
+def test_same_seed_gives_identical_parameters(data_dir, tmp_path):
+  for name in ("a", "b"):
+    train.train_and_evaluate(
+      tiny_config(data_dir, num_train_steps=4), str(tmp_path / name)
+    )
+  assert max_abs_diff(final_params(tmp_path / "a"), final_params(tmp_path / "b")) == 0
+
+
+def test_finished_run_resumes_without_training_again(data_dir, tmp_path):
+  config = tiny_config(data_dir, num_train_steps=3)
+  train.train_and_evaluate(config, str(tmp_path))
+  before = final_params(tmp_path)
+  train.train_and_evaluate(config, str(tmp_path))
+  assert max_abs_diff(before, final_params(tmp_path)) == 0
+  assert sorted(train_losses(tmp_path)) == [1, 2, 3]
+
+
+def test_unknown_names_list_the_valid_ones(data_dir, tmp_path):
+  cases = {
+    "model.name": ("unet3000", "unet"),
+    "loss.name": ("focal_dice_xyz", "ce_dice"),
+    "dataset": ("nope/2d", "synthetic_phantoms/2d"),
+    "optimizer.name": ("adamz", "adamw"),
+  }
+  for key, (bad, valid) in cases.items():
+    with pytest.raises(ValueError, match=valid.replace("/", ".")):
+      train.train_and_evaluate(tiny_config(data_dir, **{key: bad}), str(tmp_path))
+
+
+def _nan_after(num_good_updates):
+  """An optax transformation whose updates turn NaN after some steps."""
+
+  def init(params):
+    return optax.ScaleByScheduleState(count=jax.numpy.zeros([], jax.numpy.int32))
+
+  def update(updates, state, params=None):
+    del params
+    poison = jax.numpy.where(state.count >= num_good_updates, jax.numpy.nan, 0.0)
+    updates = jax.tree.map(lambda u: u + poison, updates)
+    return updates, optax.ScaleByScheduleState(count=state.count + 1)
+
+  return optax.GradientTransformation(init, update)
+
+
+def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(
+  data_dir, tmp_path, monkeypatch
+):
+  real_create = optimizers.create
+
+  def create(config, steps):
+    tx, schedule = real_create(config, steps)
+    return optax.chain(tx, _nan_after(4)), schedule
+
+  monkeypatch.setattr(optimizers, "create", create)
+  config = tiny_config(
+    data_dir, num_train_steps=10, checkpoint_every_steps=2, eval_every_steps=100
+  )
+  with pytest.raises(train.NonFiniteLossError, match="step 5.*step 4"):
+    train.train_and_evaluate(config, str(tmp_path))
+  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
+                 if p.name.isdigit())
+  assert steps == [2, 4]
+  params = final_params(tmp_path)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
+
+
+def test_eight_devices_match_one_device(data_dir, tmp_path):
+  flags = ["--config.num_train_steps=5", "--config.eval_every_steps=5"]
+  for devices in (1, 8):
+    result = run_main(tmp_path / f"d{devices}", data_dir, *flags, devices=devices)
+    assert result.returncode == 0, result.stderr[-3000:]
+  one, eight = train_losses(tmp_path / "d1"), train_losses(tmp_path / "d8")
+  assert sorted(one) == sorted(eight) == [1, 2, 3, 4, 5]
+  for step in one:
+    assert abs(one[step] - eight[step]) <= 1e-4 * abs(one[step]), (step, one, eight)
+
+
+def _wait_for_checkpoint(workdir, proc, timeout=300):
+  deadline = time.time() + timeout
+  ckpt = pathlib.Path(workdir) / "checkpoints"
+  while time.time() < deadline:
+    if ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir()):
+      return True
+    if proc.poll() is not None:
+      return False
+    time.sleep(0.02)
+  return False
+
+
+def test_sigkill_then_resume_matches_uninterrupted_run(data_dir, tmp_path):
+  flags = [
+    "--config.num_train_steps=60",
+    "--config.checkpoint_every_steps=5",
+    "--config.eval_every_steps=1000",
+    "--config.log_every_steps=5",
+  ]
+  straight = run_main(tmp_path / "straight", data_dir, *flags)
+  assert straight.returncode == 0, straight.stderr[-3000:]
+
+  killed_dir = tmp_path / "killed"
+  proc = run_main(killed_dir, data_dir, *flags, wait=False)
+  assert _wait_for_checkpoint(killed_dir, proc), proc.communicate()[0][-3000:]
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "run finished before it was killed"
+  saved = [int(p.name) for p in (killed_dir / "checkpoints").iterdir()
+           if p.name.isdigit()]
+  assert saved and max(saved) < 60
+
+  resumed = run_main(killed_dir, data_dir, *flags)
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  diff = max_abs_diff(final_params(tmp_path / "straight"), final_params(killed_dir))
+  assert diff < 1e-6
+  # Same batches: the per-step losses after the resume point agree.
+  a, b = train_losses(tmp_path / "straight"), train_losses(killed_dir)
+  for step in range(max(saved) + 5, 61, 5):
+    assert a[step] == pytest.approx(b[step], rel=1e-6), step
+
+
+def test_sigterm_checkpoints_then_exits_cleanly(data_dir, tmp_path):
+  flags = [
+    "--config.num_train_steps=100000",
+    "--config.checkpoint_every_steps=5",
+    "--config.eval_every_steps=100000",
+  ]
+  proc = run_main(tmp_path, data_dir, *flags, wait=False)
+  assert _wait_for_checkpoint(tmp_path, proc), proc.communicate()[0][-3000:]
+  proc.send_signal(signal.SIGTERM)
+  output, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, output[-3000:]
+  steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir()
+           if p.name.isdigit()]
+  last_logged = max(train_losses(tmp_path))
+  assert max(steps) == last_logged  # The step it stopped at was saved.
