@@ -42,15 +42,17 @@ def create_manager(
   async_save: bool = True,
 ) -> ocp.CheckpointManager:
   """Returns a CheckpointManager for ``state`` and ``data_iter`` items."""
-  policy = cm.AnyPreservationPolicy([
-    cm.preservation_policy.LatestN(n=keep),
-    cm.preservation_policy.BestN(
-      get_metric_fn=_best_metric,
-      reverse=False,  # Ascending sort; the last entries are the highest.
-      n=1,
-      keep_checkpoints_without_metrics=False,
-    ),
-  ])
+  policy = cm.AnyPreservationPolicy(
+    [
+      cm.preservation_policy.LatestN(n=keep),
+      cm.preservation_policy.BestN(
+        get_metric_fn=_best_metric,
+        reverse=False,  # Ascending sort; the last entries are the highest.
+        n=1,
+        keep_checkpoints_without_metrics=False,
+      ),
+    ]
+  )
   options = ocp.CheckpointManagerOptions(
     preservation_policy=policy,
     # best_fn also makes Orbax write the metrics next to each checkpoint.

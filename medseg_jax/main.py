@@ -10,7 +10,9 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app  # noqa: E402
+from absl import flags  # noqa: E402
+from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -36,8 +38,12 @@ def main(argv):
     jax.distributed.initialize()
   from medseg_jax import train  # pylint: disable=g-import-not-at-top
 
-  logging.info("JAX process %d of %d; devices: %s",
-               jax.process_index(), jax.process_count(), jax.devices())
+  logging.info(
+    "JAX process %d of %d; devices: %s",
+    jax.process_index(),
+    jax.process_count(),
+    jax.devices(),
+  )
   train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 

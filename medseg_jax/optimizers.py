@@ -71,7 +71,9 @@ def create(
   """Returns ``(tx, schedule)`` for ``config.optimizer``."""
   name = config.get("name", "adamw")
   if name not in OPTIMIZERS:
-    raise ValueError(f"Unknown optimizer {name!r}; valid: {sorted(OPTIMIZERS)}.")
+    raise ValueError(
+      f"Unknown optimizer {name!r}; valid: {sorted(OPTIMIZERS)}."
+    )
   schedule_name = config.get("schedule", "cosine")
   if schedule_name not in SCHEDULES:
     raise ValueError(

@@ -13,7 +13,6 @@ Initialisation order (the first that applies wins):
   4. random initialisation from ``config.seed``.
 """
 
-
 import contextlib
 import functools
 import signal
@@ -192,7 +191,9 @@ def train_and_evaluate(
   loss_kwargs = {k: v for k, v in config.loss.items() if k != "name"}
   loss_fn = losses_lib.get_loss(config.loss.name, **loss_kwargs)
   tx, schedule = optimizers.create(config.optimizer, config.num_train_steps)
-  writer = writers.create_writer(str(workdir), config.get("writer", "tensorboard"))
+  writer = writers.create_writer(
+    str(workdir), config.get("writer", "tensorboard")
+  )
 
   # --------------------------------------------------------------------------
   # Mesh: one "data" axis over every device of every process.
@@ -201,7 +202,10 @@ def train_and_evaluate(
   local_batch_size = sharding.check_batch_size(config.batch_size, mesh)
   logging.info(
     "Mesh %s over %d devices, %d processes; global batch %d.",
-    dict(mesh.shape), mesh.devices.size, jax.process_count(), config.batch_size,
+    dict(mesh.shape),
+    mesh.devices.size,
+    jax.process_count(),
+    config.batch_size,
   )
 
   # --------------------------------------------------------------------------
@@ -313,7 +317,11 @@ def train_and_evaluate(
   start = time.time()
   if step == 0:
     writer.write_hparams(
-      {k: str(v) for k, v in config.to_dict().items() if not isinstance(v, dict)}
+      {
+        k: str(v)
+        for k, v in config.to_dict().items()
+        if not isinstance(v, dict)
+      }
     )
   # The finally clause lets an async save of a good state finish even when
   # the loop stops on an error (e.g. a NaN loss) right after it.
@@ -357,10 +365,13 @@ def train_and_evaluate(
         for name, entry in summary["per_class"].items():
           scalars[f"val/dice_{name}"] = entry["dice"]["mean"]
         writer.write_scalars(step, scalars)
-        ckpt_metrics = {checkpointing.BEST_METRIC: summary["mean_foreground_dice"]}
+        ckpt_metrics = {
+          checkpointing.BEST_METRIC: summary["mean_foreground_dice"]
+        }
         logging.info(
           "step %d: validation mean foreground Dice %.4f",
-          step, summary["mean_foreground_dice"],
+          step,
+          summary["mean_foreground_dice"],
         )
       if is_save:
         checkpointing.save(
@@ -384,8 +395,12 @@ def train_and_evaluate(
   if best != step:
     state, _ = checkpointing.restore(manager, best, state)
   summary = evaluate_and_report(
-    config, workdir, validate(state, config.test_split, keep_arrays=True),
-    split=config.test_split, step=best, writer=writer,
+    config,
+    workdir,
+    validate(state, config.test_split, keep_arrays=True),
+    split=config.test_split,
+    step=best,
+    writer=writer,
   )
   writer.close()
   return summary
@@ -419,11 +434,11 @@ def evaluate_and_report(
       picks.append(
         (case.case_id, case.image, case.label, case.prediction, dice[index])
       )
-    paths = overlays.write_overlays(picks, workdir / "eval" / f"{split}_overlays")
+    paths = overlays.write_overlays(
+      picks, workdir / "eval" / f"{split}_overlays"
+    )
     print(f"Reports and {len(paths)} overlays in {workdir / 'eval'}")
-    scalars = {
-      f"{split}/mean_foreground_dice": summary["mean_foreground_dice"]
-    }
+    scalars = {f"{split}/mean_foreground_dice": summary["mean_foreground_dice"]}
     for name, entry in summary["per_class"].items():
       for score in evaluator.SCORE_NAMES:
         scalars[f"{split}/{score}_{name}"] = entry[score]["mean"]
@@ -452,6 +467,8 @@ def _merge_matching(target: Any, source: Any) -> Any:
   merged = jax.tree_util.tree_map_with_path(pick, target)
   logging.info(
     "init_from: loaded %d arrays, kept fresh initialisation for %d: %s",
-    len(taken), len(skipped), skipped,
+    len(taken),
+    len(skipped),
+    skipped,
   )
   return merged

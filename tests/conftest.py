@@ -6,9 +6,13 @@ import pathlib
 # Compilation dominates tiny-model tests; skip XLA's expensive passes. Must
 # be set before JAX initialises its backend.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-_FAST_XLA = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+_FAST_XLA = (
+  "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+)
 if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_XLA).strip()
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " " + _FAST_XLA
+  ).strip()
 
 import pytest  # noqa: E402
 

@@ -54,7 +54,9 @@ def tiny_config(data_dir, **overrides):
 
 def run_main(workdir, data_dir, *flags, devices=1, wait=True, env=None):
   cmd = [
-    sys.executable, "-m", "medseg_jax.main",
+    sys.executable,
+    "-m",
+    "medseg_jax.main",
     "--config=configs/unet_synthetic.py:runlocal",
     f"--workdir={workdir}",
     f"--config.data_dir={data_dir}",
@@ -70,11 +72,17 @@ def run_main(workdir, data_dir, *flags, devices=1, wait=True, env=None):
   )
   full_env.update(env or {})
   if wait:
-    return subprocess.run(cmd, cwd=REPO, env=full_env, capture_output=True,
-                           text=True, timeout=600)
-  return subprocess.Popen(cmd, cwd=REPO, env=full_env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True)
+    return subprocess.run(
+      cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600
+    )
+  return subprocess.Popen(
+    cmd,
+    cwd=REPO,
+    env=full_env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
 
 
 def train_losses(workdir):
@@ -88,7 +96,9 @@ def final_params(workdir):
 
 
 def max_abs_diff(a, b):
-  diffs = jax.tree.map(lambda x, y: np.max(np.abs(np.asarray(x) - np.asarray(y))), a, b)
+  diffs = jax.tree.map(
+    lambda x, y: np.max(np.abs(np.asarray(x) - np.asarray(y))), a, b
+  )
   return max(jax.tree.leaves(diffs))
 
 
@@ -96,13 +106,21 @@ def test_train_and_evaluate_writes_reports_overlays_and_checkpoints(
   data_dir, tmp_path
 ):
   summary = train.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
-  assert set(summary["per_class"]) == {"background", "organ", "lesion", "vessel"}
+  assert set(summary["per_class"]) == {
+    "background",
+    "organ",
+    "lesion",
+    "vessel",
+  }
   assert 0.0 <= summary["mean_foreground_dice"] <= 1.0
   assert (tmp_path / "eval" / "test[:8]_per_case.csv").exists()
   assert (tmp_path / "eval" / "test[:8]_summary.json").exists()
   assert list((tmp_path / "eval" / "test[:8]_overlays").glob("*.png"))
-  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
-                 if p.name.isdigit())
+  steps = sorted(
+    int(p.name)
+    for p in (tmp_path / "checkpoints").iterdir()
+    if p.name.isdigit()
+  )
   assert steps == [3, 6]
   losses = train_losses(tmp_path)
   assert sorted(losses) == list(range(1, 7))
@@ -114,7 +132,10 @@ def test_same_seed_gives_identical_parameters(data_dir, tmp_path):
     train.train_and_evaluate(
       tiny_config(data_dir, num_train_steps=4), str(tmp_path / name)
     )
-  assert max_abs_diff(final_params(tmp_path / "a"), final_params(tmp_path / "b")) == 0
+  assert (
+    max_abs_diff(final_params(tmp_path / "a"), final_params(tmp_path / "b"))
+    == 0
+  )
 
 
 def test_finished_run_resumes_without_training_again(data_dir, tmp_path):
@@ -135,18 +156,24 @@ def test_unknown_names_list_the_valid_ones(data_dir, tmp_path):
   }
   for key, (bad, valid) in cases.items():
     with pytest.raises(ValueError, match=valid.replace("/", ".")):
-      train.train_and_evaluate(tiny_config(data_dir, **{key: bad}), str(tmp_path))
+      train.train_and_evaluate(
+        tiny_config(data_dir, **{key: bad}), str(tmp_path)
+      )
 
 
 def _nan_after(num_good_updates):
   """An optax transformation whose updates turn NaN after some steps."""
 
   def init(params):
-    return optax.ScaleByScheduleState(count=jax.numpy.zeros([], jax.numpy.int32))
+    return optax.ScaleByScheduleState(
+      count=jax.numpy.zeros([], jax.numpy.int32)
+    )
 
   def update(updates, state, params=None):
     del params
-    poison = jax.numpy.where(state.count >= num_good_updates, jax.numpy.nan, 0.0)
+    poison = jax.numpy.where(
+      state.count >= num_good_updates, jax.numpy.nan, 0.0
+    )
     updates = jax.tree.map(lambda u: u + poison, updates)
     return updates, optax.ScaleByScheduleState(count=state.count + 1)
 
@@ -168,8 +195,11 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(
   )
   with pytest.raises(train.NonFiniteLossError, match="step 5.*step 4"):
     train.train_and_evaluate(config, str(tmp_path))
-  steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir()
-                 if p.name.isdigit())
+  steps = sorted(
+    int(p.name)
+    for p in (tmp_path / "checkpoints").iterdir()
+    if p.name.isdigit()
+  )
   assert steps == [2, 4]
   params = final_params(tmp_path)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
@@ -178,12 +208,18 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(
 def test_eight_devices_match_one_device(data_dir, tmp_path):
   flags = ["--config.num_train_steps=5", "--config.eval_every_steps=5"]
   for devices in (1, 8):
-    result = run_main(tmp_path / f"d{devices}", data_dir, *flags, devices=devices)
+    result = run_main(
+      tmp_path / f"d{devices}", data_dir, *flags, devices=devices
+    )
     assert result.returncode == 0, result.stderr[-3000:]
   one, eight = train_losses(tmp_path / "d1"), train_losses(tmp_path / "d8")
   assert sorted(one) == sorted(eight) == [1, 2, 3, 4, 5]
   for step in one:
-    assert abs(one[step] - eight[step]) <= 1e-4 * abs(one[step]), (step, one, eight)
+    assert abs(one[step] - eight[step]) <= 1e-4 * abs(one[step]), (
+      step,
+      one,
+      eight,
+    )
 
 
 def _wait_for_checkpoint(workdir, proc, timeout=300):
@@ -214,13 +250,18 @@ def test_sigkill_then_resume_matches_uninterrupted_run(data_dir, tmp_path):
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert proc.returncode == -signal.SIGKILL, "run finished before it was killed"
-  saved = [int(p.name) for p in (killed_dir / "checkpoints").iterdir()
-           if p.name.isdigit()]
+  saved = [
+    int(p.name)
+    for p in (killed_dir / "checkpoints").iterdir()
+    if p.name.isdigit()
+  ]
   assert saved and max(saved) < 60
 
   resumed = run_main(killed_dir, data_dir, *flags)
   assert resumed.returncode == 0, resumed.stderr[-3000:]
-  diff = max_abs_diff(final_params(tmp_path / "straight"), final_params(killed_dir))
+  diff = max_abs_diff(
+    final_params(tmp_path / "straight"), final_params(killed_dir)
+  )
   assert diff < 1e-6
   # Same batches: the per-step losses after the resume point agree.
   a, b = train_losses(tmp_path / "straight"), train_losses(killed_dir)
@@ -239,7 +280,10 @@ def test_sigterm_checkpoints_then_exits_cleanly(data_dir, tmp_path):
   proc.send_signal(signal.SIGTERM)
   output, _ = proc.communicate(timeout=300)
   assert proc.returncode == 0, output[-3000:]
-  steps = [int(p.name) for p in (tmp_path / "checkpoints").iterdir()
-           if p.name.isdigit()]
+  steps = [
+    int(p.name)
+    for p in (tmp_path / "checkpoints").iterdir()
+    if p.name.isdigit()
+  ]
   last_logged = max(train_losses(tmp_path))
   assert max(steps) == last_logged  # The step it stopped at was saved.

@@ -25,7 +25,9 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
-from medseg_jax.data import isbi2012_em, phantoms, synthetic_phantoms
+from medseg_jax.data import isbi2012_em
+from medseg_jax.data import phantoms
+from medseg_jax.data import synthetic_phantoms
 
 _FILE_FORMAT = "array_record"
 

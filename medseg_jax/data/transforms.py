@@ -112,14 +112,19 @@ class RandomCropOrPad(grain.transforms.RandomMap):
         f"Patch size {tuple(self.size)} has {len(self.size)} axes but the "
         f"label has shape {shape} (case {example.get('case_id')!r})."
       )
-    offsets = [int(rng.integers(0, max(w - h, 0) + 1))
-               for h, w in zip(shape, self.size, strict=True)]
+    offsets = [
+      int(rng.integers(0, max(w - h, 0) + 1))
+      for h, w in zip(shape, self.size, strict=True)
+    ]
     example = _pad_to(example, self.size, offsets)
     shape = example["label"].shape
-    starts = [int(rng.integers(0, h - w + 1))
-              for h, w in zip(shape, self.size, strict=True)]
-    window = tuple(slice(s, s + w)
-                   for s, w in zip(starts, self.size, strict=True))
+    starts = [
+      int(rng.integers(0, h - w + 1))
+      for h, w in zip(shape, self.size, strict=True)
+    ]
+    window = tuple(
+      slice(s, s + w) for s, w in zip(starts, self.size, strict=True)
+    )
     return {
       **example,
       "image": example["image"][window],

@@ -13,7 +13,9 @@ import csv
 import dataclasses
 import io
 import json
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Sequence
 from typing import Any
 
 import jax

@@ -11,7 +11,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from etils import epath
-from PIL import Image, ImageDraw
+from PIL import Image
+from PIL import ImageDraw
 
 # Class 0 (background) is transparent; then red, green, blue, yellow, ...
 PALETTE = np.array(

@@ -13,7 +13,9 @@ from collections.abc import Callable
 
 import jax
 
-from medseg_jax.losses.segmentation import ce_dice, cross_entropy, soft_dice
+from medseg_jax.losses.segmentation import ce_dice
+from medseg_jax.losses.segmentation import cross_entropy
+from medseg_jax.losses.segmentation import soft_dice
 
 LossFn = Callable[..., jax.Array]
 

@@ -138,10 +138,10 @@ class ConvBlock(nn.Module):
         dtype=self.dtype,
         name=f"conv_{i}",
       )(x)
-      x = make_norm(self.norm, train=train, dtype=self.dtype, name=f"norm_{i}")(
-        x
+      norm = make_norm(
+        self.norm, train=train, dtype=self.dtype, name=f"norm_{i}"
       )
-      x = nn.relu(x)
+      x = nn.relu(norm(x))
     return x
 
 

@@ -13,7 +13,8 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from medseg_jax.data import checks, registry
+from medseg_jax.data import checks
+from medseg_jax.data import registry
 from medseg_jax.data.synthetic_phantoms import synthetic_phantoms as sp
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -176,7 +177,7 @@ def test_build_and_read_without_tensorflow(tmp_path):
       config.split_sizes = {{"train": 1, "validation": 1, "test": 1}}
     data_dir = {str(tmp_path / "tfds")!r}
     shapes = {{}}
-    for name in ("synthetic_phantoms/2d", "synthetic_phantoms/3d", "isbi2012_em"):
+    for name in registry.DATASETS:
       registry.prepare(name, data_dir, manual_dir={str(tmp_path / "em")!r})
       example = registry.data_source(name, "train", data_dir)[0]
       shapes[name] = {{k: [str(v.dtype), list(v.shape)] for k, v in

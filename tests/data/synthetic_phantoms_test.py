@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from medseg_jax.data import checks, phantoms
+from medseg_jax.data import checks
+from medseg_jax.data import phantoms
 from medseg_jax.data.synthetic_phantoms import synthetic_phantoms as sp
 
 SMALL_SIZES = {

@@ -23,7 +23,7 @@ def _apply_from_image(variables, image, train):
 
 
 def _examples(predictions, labels):
-  for index, (pred, label) in enumerate(zip(predictions, labels)):
+  for index, (pred, label) in enumerate(zip(predictions, labels, strict=True)):
     yield {
       "image": pred.astype(np.float32)[..., None],
       "label": label.astype(np.int32),
@@ -39,8 +39,13 @@ def _run(predictions, labels, batch_size=2):
   mesh = sharding.make_mesh()
   predict = evaluator.make_predict_fn(_apply_from_image, len(CLASSES), mesh)
   return evaluator.evaluate(
-    predict, {}, _examples(predictions, labels), class_names=CLASSES,
-    batch_size=batch_size, mesh=mesh, keep_arrays=True,
+    predict,
+    {},
+    _examples(predictions, labels),
+    class_names=CLASSES,
+    batch_size=batch_size,
+    mesh=mesh,
+    keep_arrays=True,
   )
 
 
@@ -59,7 +64,9 @@ def test_perfect_and_partial_cases_with_a_padded_last_batch():
   np.testing.assert_array_equal(result.cases[1].prediction, shifted)
   summary = result.summary()
   assert summary["num_cases"] == 3
-  assert summary["per_class"]["a"]["dice"]["mean"] == pytest.approx((2 + 0.75) / 3)
+  assert summary["per_class"]["a"]["dice"]["mean"] == pytest.approx(
+    (2 + 0.75) / 3
+  )
 
 
 def test_reports_are_written_and_consistent(tmp_path):

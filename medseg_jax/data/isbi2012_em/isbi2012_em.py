@@ -10,8 +10,10 @@ The data must be fetched by hand (see `MANUAL_DOWNLOAD_INSTRUCTIONS`), then:
 import dataclasses
 import os
 import pathlib
-from collections.abc import Iterator, Sequence
-from typing import Any, NoReturn
+from collections.abc import Iterator
+from collections.abc import Sequence
+from typing import Any
+from typing import NoReturn
 
 import numpy as np
 import tensorflow_datasets as tfds

@@ -1,9 +1,11 @@
 """The `synthetic_phantoms` TFDS dataset; importing registers the builder."""
 
+from medseg_jax.data.synthetic_phantoms.synthetic_phantoms import SPLIT_SIZES_2D
+from medseg_jax.data.synthetic_phantoms.synthetic_phantoms import SPLIT_SIZES_3D
 from medseg_jax.data.synthetic_phantoms.synthetic_phantoms import (
-  SPLIT_SIZES_2D,
-  SPLIT_SIZES_3D,
   SyntheticPhantoms,
+)
+from medseg_jax.data.synthetic_phantoms.synthetic_phantoms import (
   SyntheticPhantomsConfig,
 )
 

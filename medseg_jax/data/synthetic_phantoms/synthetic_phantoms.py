@@ -12,13 +12,15 @@ Build and read it without TensorFlow:
 """
 
 import dataclasses
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 import tensorflow_datasets as tfds
 
-from medseg_jax.data import checks, phantoms
+from medseg_jax.data import checks
+from medseg_jax.data import phantoms
 
 # Split sizes of the registered configs. Change them here (and bump VERSION).
 SPLIT_SIZES_2D = {"train": 256, "validation": 32, "test": 64}
