@@ -63,7 +63,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.name = "unet"
   config.model.features = (32, 64, 128, 256)
   config.model.norm = "instance"
-  config.model.upsample = "resize"
+  config.model.upsample = "transpose"  # The paper's 2x2 up-convolution.
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "ce_dice"

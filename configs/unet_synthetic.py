@@ -17,7 +17,10 @@ def get_config(arg=None):
   args = common.parse_arg(arg, runlocal=False, steps=0)
   config = common.base_config()
   config.dataset = "synthetic_phantoms/2d"
-  config.data.patch_size = (96, 96)
+  # Whole 128x128 images: the context beats more, smaller patches here.
+  config.data.patch_size = (128, 128)
+  config.batch_size = 8
+  config.eval_batch_size = 16
   config.model.features = (16, 32, 64, 128)
   config.num_train_steps = 600
   config.eval_every_steps = 200
