@@ -3,7 +3,8 @@
 ``config.optimizer`` fields: ``name`` (see ``OPTIMIZERS``),
 ``learning_rate``, ``schedule`` (see ``SCHEDULES``), ``warmup_steps``,
 ``weight_decay`` (adamw only), ``momentum`` (sgd only) and
-``grad_clip_norm`` (0 disables).
+``grad_clip_norm`` (0 disables) and ``param_groups`` (freezing and
+per-group learning rates by parameter-name pattern, see ``transfer``).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from collections.abc import Callable
 
 import ml_collections
 import optax
+
+from medseg_jax import transfer
 
 
 def _constant(lr: float, steps: int, warmup: int) -> optax.Schedule:
@@ -82,7 +85,13 @@ def create(
   schedule = SCHEDULES[schedule_name](
     config.learning_rate, num_train_steps, config.get("warmup_steps", 0)
   )
-  tx = OPTIMIZERS[name](config, schedule)
+  groups = list(config.get("param_groups", None) or [])
+  if groups:
+    tx = transfer.grouped_optimizer(
+      lambda sched: OPTIMIZERS[name](config, sched), schedule, groups
+    )
+  else:
+    tx = OPTIMIZERS[name](config, schedule)
   clip = config.get("grad_clip_norm", 0.0)
   if clip:
     tx = optax.chain(optax.clip_by_global_norm(clip), tx)

@@ -35,6 +35,7 @@ from medseg_jax import losses as losses_lib
 from medseg_jax import models as models_lib
 from medseg_jax import optimizers
 from medseg_jax import sharding
+from medseg_jax import transfer
 from medseg_jax import writers
 from medseg_jax.data import pipeline
 from medseg_jax.data import registry
@@ -135,11 +136,14 @@ def _train_step(
       variables,
       batch["image"],
       train=True,
-      mutable=["batch_stats"],
+      mutable=["batch_stats", "aux_logits"],
       rngs={"dropout": rng},
     )
-    per_example = loss_fn(logits, batch["label"], batch["mask"])
-    return jnp.mean(per_example), updates
+    loss = jnp.mean(loss_fn(logits, batch["label"], batch["mask"]))
+    aux = jax.tree.leaves(updates.get("aux_logits", {}))
+    if aux:
+      loss = _deep_supervision_loss(loss, aux, batch, loss_fn)
+    return loss, updates
 
   (loss, updates), grads = jax.value_and_grad(objective, has_aux=True)(
     state.params
@@ -159,6 +163,32 @@ def _train_step(
     loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step)
   )
   return new_state, metrics, finite
+
+
+def _deep_supervision_loss(
+  main_loss: jax.Array,
+  aux_logits: list[jax.Array],
+  batch: dict[str, jax.Array],
+  loss_fn,
+) -> jax.Array:
+  """nnU-Net-style deep supervision: the loss at each lower resolution
+  (labels and mask subsampled by nearest neighbour) with weights halving per
+  level, normalised so the weights sum to one."""
+  labels, mask = batch["label"], batch["mask"]
+  aux_logits = sorted(aux_logits, key=lambda a: -a.shape[1])
+  total, weight_sum = main_loss, 1.0
+  for level, logits in enumerate(aux_logits, start=1):
+    factors = [
+      full // low
+      for full, low in zip(labels.shape[1:], logits.shape[1:-1], strict=True)
+    ]
+    window = (slice(None),) + tuple(slice(None, None, f) for f in factors)
+    weight = 0.5**level
+    total = total + weight * jnp.mean(
+      loss_fn(logits, labels[window], mask[window])
+    )
+    weight_sum += weight
+  return total / weight_sum
 
 
 def _check_finite(finite: jax.Array, step: int, last_good: int | None) -> None:
@@ -245,6 +275,9 @@ def train_and_evaluate(
     lambda _: replicated, jax.eval_shape(init_state, init_rng)
   )
   state = jax.jit(init_state, out_shardings=state_sharding)(init_rng)
+  groups = list(config.optimizer.get("param_groups", None) or [])
+  if groups:
+    transfer.check_groups(state.params, groups)
   num_params = sum(x.size for x in jax.tree.leaves(state.params))
   logging.info("Model %s: %d parameters.", config.model.name, num_params)
 
@@ -271,12 +304,20 @@ def train_and_evaluate(
       train_iter.set_state(iter_state)
   elif config.get("init_from"):
     params, batch_stats = checkpointing.load_params(config.init_from)
-    state = state.replace(
-      params=sharding.replicate(_merge_matching(state.params, params), mesh),
-      batch_stats=sharding.replicate(
-        _merge_matching(state.batch_stats, batch_stats), mesh
-      ),
+    options = dict(
+      include=list(config.get("init_include", None) or []),
+      exclude=list(config.get("init_exclude", None) or []),
+      rename=[tuple(pair) for pair in config.get("init_rename", None) or []],
     )
+    new_params, report = transfer.merge(state.params, params, **options)
+    new_stats, _ = transfer.merge(state.batch_stats, batch_stats, **options)
+    logging.info("init_from %s: %s", config.init_from, report.summary())
+    state = state.replace(
+      params=sharding.replicate(new_params, mesh),
+      batch_stats=sharding.replicate(new_stats, mesh),
+    )
+    if jax.process_index() == 0:
+      (workdir / "init_from_report.txt").write_text(report.summary() + "\n")
   last_good = latest
 
   # --------------------------------------------------------------------------
@@ -445,30 +486,3 @@ def evaluate_and_report(
     writer.write_scalars(step, scalars)
     writer.flush()
   return summary
-
-
-def _merge_matching(target: Any, source: Any) -> Any:
-  """Takes leaves from ``source`` where path and shape match ``target``."""
-  flat_source = {
-    jax.tree_util.keystr(path): leaf
-    for path, leaf in jax.tree_util.tree_leaves_with_path(source)
-  }
-  taken, skipped = [], []
-
-  def pick(path, leaf):
-    key = jax.tree_util.keystr(path)
-    other = flat_source.get(key)
-    if other is not None and np.shape(other) == leaf.shape:
-      taken.append(key)
-      return jnp.asarray(other, leaf.dtype)
-    skipped.append(key)
-    return leaf
-
-  merged = jax.tree_util.tree_map_with_path(pick, target)
-  logging.info(
-    "init_from: loaded %d arrays, kept fresh initialisation for %d: %s",
-    len(taken),
-    len(skipped),
-    skipped,
-  )
-  return merged

@@ -28,3 +28,13 @@ def repo_root() -> pathlib.Path:
 @pytest.fixture(scope="session")
 def shared_data() -> pathlib.Path:
   return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def synthetic_2d_dir(tmp_path_factory):
+  """The 2-D synthetic phantoms, built once per test session."""
+  from medseg_jax.data import registry  # pylint: disable=g-import-not-at-top
+
+  path = tmp_path_factory.mktemp("tfds")
+  registry.prepare("synthetic_phantoms/2d", str(path))
+  return path

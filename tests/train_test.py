@@ -22,16 +22,13 @@ from medseg_jax import checkpointing
 from medseg_jax import optimizers
 from medseg_jax import train
 from medseg_jax import writers
-from medseg_jax.data import registry
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-  path = tmp_path_factory.mktemp("tfds")
-  registry.prepare("synthetic_phantoms/2d", str(path))
-  return path
+@pytest.fixture
+def data_dir(synthetic_2d_dir):
+  return synthetic_2d_dir
 
 
 def tiny_config(data_dir, **overrides):
