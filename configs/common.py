@@ -75,6 +75,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.optimizer.warmup_steps = 50
   config.optimizer.weight_decay = 1e-4
   config.optimizer.grad_clip_norm = 1.0
+  # [dict(pattern=regex, freeze=True) or dict(pattern=regex, lr_scale=0.1)].
+  config.optimizer.param_groups = []
 
   config.batch_size = 16
   config.eval_batch_size = 16
@@ -86,7 +88,10 @@ def base_config() -> ml_collections.ConfigDict:
   config.num_overlays = 5
   config.writer = "tensorboard"
   config.resume_from = ""
-  config.init_from = ""
+  config.init_from = ""  # Another run's workdir: weights only.
+  config.init_include = []  # Regexes over parameter paths (empty: all).
+  config.init_exclude = []  # e.g. ["^head/"] to re-learn the classifier.
+  config.init_rename = []  # [(pattern, replacement)] target -> source name.
   return config
 
 
