@@ -97,15 +97,151 @@ def make_norm(
   return lambda x: x
 
 
+def conv(
+  features: int,
+  kernel_size: int,
+  *,
+  spatial_dims: int,
+  norm: str,
+  strides: int = 1,
+  padding: str = "SAME",
+  dtype: jax.typing.DTypeLike = jnp.float32,
+  name: str | None = None,
+) -> nn.Conv:
+  """A k^d convolution with the house defaults.
+
+  He-normal kernel initialisation; a bias only when `norm == "none"` (a
+  normalisation with a learned shift makes it redundant).
+
+  Args:
+    features: output channels.
+    kernel_size: edge length of the cubic/square kernel.
+    spatial_dims: 2 or 3.
+    norm: the normalisation that follows (one of `NORMS`); decides the bias.
+    strides: stride along every spatial axis.
+    padding: `"SAME"` or `"VALID"`.
+    dtype: computation dtype; parameters are float32.
+    name: name of the child module.
+
+  Returns:
+    An `nn.Conv` mapping `f[B, *S, C_in]` to `f[B, *S / strides, features]`.
+  """
+  return nn.Conv(
+    features,
+    (kernel_size,) * spatial_dims,
+    strides=(strides,) * spatial_dims,
+    padding=padding,
+    use_bias=norm == "none",
+    kernel_init=conv_init,
+    dtype=dtype,
+    name=name,
+  )
+
+
+_AXIS_NAMES = {2: "H, W", 3: "D, H, W"}
+
+
+def check_image(
+  x: jax.Array,
+  *,
+  model: str,
+  spatial_dims: int,
+  in_channels: int | None = None,
+) -> None:
+  """Static rank and channel checks for a model input, run at trace time.
+
+  Args:
+    x: the input, expected `[B, H, W, C]` (2-D) or `[B, D, H, W, C]` (3-D).
+    model: model name used in the message, e.g. `"UNet"`.
+    spatial_dims: 2 or 3.
+    in_channels: if set, the required size of the last axis.
+
+  Raises:
+    ValueError: naming the expected shape if the rank or channels differ.
+  """
+  expected = f"[B, {_AXIS_NAMES[spatial_dims]}, C]"
+  if x.ndim != spatial_dims + 2:
+    raise ValueError(
+      f"{model} with spatial_dims={spatial_dims} expects inputs of shape "
+      f"{expected} ({spatial_dims + 2} dims), got shape {tuple(x.shape)}."
+    )
+  if in_channels is not None and x.shape[-1] != in_channels:
+    raise ValueError(
+      f"{model} expects {in_channels} input channels (last axis of "
+      f"{expected}), got shape {tuple(x.shape)}."
+    )
+
+
+def padded_size(spatial: tuple[int, ...], multiple: int) -> tuple[int, ...]:
+  """Each size rounded up to a multiple of `multiple`."""
+  return tuple(-(-s // multiple) * multiple for s in spatial)
+
+
+def check_divisible(
+  x: jax.Array, *, model: str, num_downsamplings: int
+) -> None:
+  """Raises unless every spatial size of `x` is a multiple of 2^n.
+
+  Args:
+    x: `f[B, *S, C]`.
+    model: model name used in the message.
+    num_downsamplings: number of stride-2 downsamplings in the model.
+
+  Raises:
+    ValueError: naming the required multiple and the nearest padded size.
+  """
+  factor = 2**num_downsamplings
+  spatial = tuple(x.shape[1:-1])
+  if any(s % factor for s in spatial):
+    raise ValueError(
+      f"{model} downsamples {num_downsamplings} times by 2, so spatial sizes "
+      f"must be multiples of {factor}; got {spatial} in shape "
+      f"{tuple(x.shape)}. Crop, pad e.g. to {padded_size(spatial, factor)}, "
+      "or set pad_input=True."
+    )
+
+
+def pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
+  """Zero-pads the spatial axes of `x` at their ends to multiples.
+
+  Args:
+    x: `f[B, *S, C]`.
+    multiple: every output spatial size is the smallest multiple of this
+      that is >= the input size.
+
+  Returns:
+    `f[B, *S', C]` with `S'` = `padded_size(S, multiple)`; `x` itself if no
+    padding is needed. Undo with `x[:, :S_1, ..., :S_d]`.
+  """
+  spatial = tuple(x.shape[1:-1])
+  target = padded_size(spatial, multiple)
+  if target == spatial:
+    return x
+  pads = [(0, 0)] + [(0, t - s) for s, t in zip(spatial, target, strict=True)]
+  return jnp.pad(x, pads + [(0, 0)])
+
+
+def crop_spatial(x: jax.Array, spatial: tuple[int, ...]) -> jax.Array:
+  """`f[B, *S', C] -> f[B, *spatial, C]`, keeping the leading corner."""
+  return x[(slice(None), *(slice(0, s) for s in spatial), slice(None))]
+
+
 class ConvBlock(nn.Module):
-  """`num_convs` x (3^d convolution, normalisation, ReLU), 'SAME' padding.
+  """`num_convs` x (k^d convolution, normalisation, ReLU), 'SAME' padding.
+
+  The last convolution has `features` output channels; the ones before it
+  have `mid_features` (default `features`). 3-D U-Net (Cicek et al., 2016)
+  uses `mid_features = features // 2` in its encoder ("double the channels
+  within the level").
 
   Attributes:
-    features: output channels of every convolution.
+    features: output channels of the last convolution.
     spatial_dims: 2 or 3.
     norm: one of `NORMS`.
     num_convs: number of convolutions (two in U-Net).
     kernel_size: edge length of the cubic/square kernel.
+    mid_features: output channels of the other convolutions; `None` means
+      `features`.
     dtype: computation dtype; parameters are float32.
   """
 
@@ -114,6 +250,7 @@ class ConvBlock(nn.Module):
   norm: str = "batch"
   num_convs: int = 2
   kernel_size: int = 3
+  mid_features: int | None = None
   dtype: jax.typing.DTypeLike = jnp.float32
 
   @nn.compact
@@ -129,12 +266,12 @@ class ConvBlock(nn.Module):
     """
     check_norm(self.norm)
     for i in range(self.num_convs):
-      x = nn.Conv(
-        self.features,
-        (self.kernel_size,) * self.spatial_dims,
-        padding="SAME",
-        use_bias=self.norm == "none",
-        kernel_init=conv_init,
+      last = i == self.num_convs - 1
+      x = conv(
+        self.features if last else (self.mid_features or self.features),
+        self.kernel_size,
+        spatial_dims=self.spatial_dims,
+        norm=self.norm,
         dtype=self.dtype,
         name=f"conv_{i}",
       )(x)
@@ -143,6 +280,85 @@ class ConvBlock(nn.Module):
       )
       x = nn.relu(norm(x))
     return x
+
+
+class ResidualBlock(nn.Module):
+  """Residual version of `ConvBlock` (He et al., 2016, "basic block").
+
+  `y = relu(F(x) + P(x))`, where `F` is `num_convs` x (k^d convolution,
+  normalisation), with a ReLU after every normalisation but the last, and
+  the shortcut `P` is the identity when `x` already has `features` channels
+  and otherwise a 1^d convolution followed by normalisation (a projection).
+
+  Parameter names extend `ConvBlock`'s: `conv_i`, `norm_i`, plus
+  `shortcut` and `shortcut_norm` when a projection is needed.
+
+  Reference: K. He, X. Zhang, S. Ren, J. Sun. "Deep Residual Learning for
+  Image Recognition". CVPR 2016. https://arxiv.org/abs/1512.03385
+
+  Attributes:
+    features: output channels.
+    spatial_dims: 2 or 3.
+    norm: one of `NORMS`.
+    num_convs: number of convolutions on the residual branch.
+    kernel_size: edge length of the cubic/square kernel.
+    mid_features: output channels of all but the last convolution; `None`
+      means `features`.
+    dtype: computation dtype; parameters are float32.
+  """
+
+  features: int
+  spatial_dims: int = 2
+  norm: str = "batch"
+  num_convs: int = 2
+  kernel_size: int = 3
+  mid_features: int | None = None
+  dtype: jax.typing.DTypeLike = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    """Applies the block.
+
+    Args:
+      x: `f[B, *S, C_in]`.
+      train: training mode (affects batch norm only).
+
+    Returns:
+      `f[B, *S, features]` in `dtype`.
+    """
+    check_norm(self.norm)
+    x = x.astype(self.dtype)
+    shortcut = x
+    if x.shape[-1] != self.features:
+      shortcut = conv(
+        self.features,
+        1,
+        spatial_dims=self.spatial_dims,
+        norm=self.norm,
+        dtype=self.dtype,
+        name="shortcut",
+      )(x)
+      shortcut = make_norm(
+        self.norm, train=train, dtype=self.dtype, name="shortcut_norm"
+      )(shortcut)
+    y = x
+    for i in range(self.num_convs):
+      last = i == self.num_convs - 1
+      y = conv(
+        self.features if last else (self.mid_features or self.features),
+        self.kernel_size,
+        spatial_dims=self.spatial_dims,
+        norm=self.norm,
+        dtype=self.dtype,
+        name=f"conv_{i}",
+      )(y)
+      norm = make_norm(
+        self.norm, train=train, dtype=self.dtype, name=f"norm_{i}"
+      )
+      y = norm(y)
+      if not last:
+        y = nn.relu(y)
+    return nn.relu(y + shortcut)
 
 
 def max_pool(x: jax.Array, spatial_dims: int) -> jax.Array:
@@ -167,11 +383,14 @@ class UpConvTranspose(nn.Module):
   Attributes:
     features: output channels.
     spatial_dims: 2 or 3.
+    use_bias: whether to add a bias (drop it when a normalisation with a
+      learned shift follows).
     dtype: computation dtype; parameters are float32.
   """
 
   features: int
   spatial_dims: int = 2
+  use_bias: bool = True
   dtype: jax.typing.DTypeLike = jnp.float32
 
   @nn.compact
@@ -181,7 +400,9 @@ class UpConvTranspose(nn.Module):
     kernel = self.param(
       "kernel", conv_init, (2,) * d + (x.shape[-1], self.features)
     )
-    bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    bias = None
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.zeros, (self.features,))
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     # nn.ConvTranspose (transpose_kernel=False) applies the kernel flipped
     # along every spatial axis: output offset a in a block uses tap 1 - a.
@@ -191,7 +412,8 @@ class UpConvTranspose(nn.Module):
     interleaved = "".join(a + t for a, t in zip(in_axes, taps, strict=True))
     y = jnp.einsum(f"b{in_axes}c,{taps}co->b{interleaved}o", x, kernel)
     out_shape = (x.shape[0], *(2 * n for n in x.shape[1:-1]), self.features)
-    return y.reshape(out_shape) + bias
+    y = y.reshape(out_shape)
+    return y if bias is None else y + bias
 
 
 class UpConv(nn.Module):

@@ -1,22 +1,31 @@
 """U-Net (Ronneberger, Fischer and Brox, 2015), in 2-D and 3-D.
 
-Reference: O. Ronneberger, P. Fischer, T. Brox. "U-Net: Convolutional
-Networks for Biomedical Image Segmentation". MICCAI 2015.
-https://arxiv.org/abs/1505.04597
+References:
 
-Differences from the paper, all deliberate:
+* O. Ronneberger, P. Fischer, T. Brox. "U-Net: Convolutional Networks for
+  Biomedical Image Segmentation". MICCAI 2015.
+  https://arxiv.org/abs/1505.04597
+* O. Cicek, A. Abdulkadir, S. S. Lienkamp, T. Brox, O. Ronneberger. "3D
+  U-Net: Learning Dense Volumetric Segmentation from Sparse Annotation".
+  MICCAI 2016. https://arxiv.org/abs/1606.06650
+* F. Isensee et al. "nnU-Net: a self-configuring method for deep
+  learning-based biomedical image segmentation". Nature Methods 2021 (deep
+  supervision as used here).
+
+Differences from the papers, all deliberate:
 
 * Convolutions use 'SAME' padding, so the output has the input's spatial
-  size and no cropping of the skip connections is needed. The paper used
+  size and no cropping of the skip connections is needed. The papers used
   'valid' convolutions (572x572 in, 388x388 out) with overlap-tile inference.
   Padding does not change the number of parameters.
-* Optional normalisation after every 3^d convolution (the paper had none; it
-  predates batch norm's adoption in segmentation). `norm="none"` gives the
-  paper's network.
+* Optional normalisation after every 3^d convolution (Ronneberger et al.
+  had none; Cicek et al. used batch norm). `norm="none"` gives the 2015
+  network.
 * Optional `upsample="resize"` (linear interpolation + 1^d convolution)
-  instead of the paper's 2^d transposed convolution.
-* The same code builds the 3-D variant (Cicek et al., 2016 use the same
-  scheme with 3^3 kernels), selected by `spatial_dims=3`.
+  instead of the papers' 2^d transposed convolution.
+* The same code builds the 3-D variant, selected by `spatial_dims=3`;
+  `double_within_level=True` gives Cicek et al.'s channel layout.
+* Optional residual blocks and nnU-Net-style deep supervision.
 """
 
 from collections.abc import Sequence
@@ -27,22 +36,71 @@ import jax.numpy as jnp
 
 from medseg_jax.models import layers
 
-_AXIS_NAMES = {2: "H, W", 3: "D, H, W"}
+# Collection and name under which deep-supervision logits are sown.
+AUX_COLLECTION = "aux_logits"
+AUX_NAME = "deep_supervision"
 
 
 class UNet(nn.Module):
   """U-Net returning per-voxel class logits.
 
   Per resolution level (one entry of `features`): two 3^d convolutions, each
-  followed by normalisation and ReLU. The encoder halves the resolution with
-  2^d max pooling between levels; the decoder doubles it (`upsample`),
+  followed by normalisation and ReLU (or, with `residual=True`, a residual
+  block of the same two convolutions). The encoder halves the resolution
+  with 2^d max pooling between levels; the decoder doubles it (`upsample`),
   concatenates the encoder features of the same level (skip connection,
   `[skip, upsampled]` on the channel axis) and applies two more
   convolutions. A 1^d convolution maps to `num_classes` logits.
 
-  With the paper's settings (`features=(64, 128, 256, 512, 1024)`,
-  `norm="none"`, `upsample="transpose"`, 1 input channel, 2 classes) this
-  has 23 convolutional layers and 31,030,658 parameters.
+  Channel layout. With `double_within_level=False` (default, Ronneberger et
+  al.) both convolutions of level `k` have `features[k]` channels and the
+  up-convolution into level `k` maps to `features[k]` channels. With
+  `double_within_level=True` (Cicek et al., 2016, Fig. 2: "we avoid
+  bottlenecks by doubling the number of channels already before max
+  pooling") level `k` outputs `2 * features[k]` channels: in the encoder
+  and bottleneck its first convolution has `features[k]` channels and its
+  second `2 * features[k]`; the up-convolution keeps its input's channels;
+  both decoder convolutions have `2 * features[k]`. E.g. `features=(32, 64,
+  128, 256)` gives the paper's 3->32->64, 64->128, 128->256, 256->512 encoder
+  and 512+256->256, 256+128->128, 128+64->64 decoder.
+
+  Published sizes (checked in the tests, counted with 1^d head):
+
+  * Ronneberger et al.: `features=(64, 128, 256, 512, 1024)`,
+    `norm="none"`, 1 input channel, 2 classes: 23 convolutional layers,
+    31,030,658 parameters.
+  * Cicek et al.: `spatial_dims=3, features=(32, 64, 128, 256),
+    double_within_level=True`, 3 input channels, 3 classes. With
+    `norm="none"` 19,070,851 parameters; the paper states 19,069,955, which
+    is exactly this minus the 896 biases of the three up-convolutions
+    (512 + 256 + 128), i.e. the authors' up-convolutions had no bias. With
+    `norm="batch"` (as in the paper) 19,073,187: the 2,336 biases of the
+    convolutions followed by batch norm go, 2 x 2,336 scale and offset
+    parameters come.
+
+  Deep supervision (`deep_supervision=True`, nnU-Net style). Every decoder
+  level below full resolution, `k = 1, ..., len(features) - 2`, gets its own
+  1^d head (`aux_head_{k}`, float32). The main output is unchanged (the
+  full-resolution logits). The auxiliary logits are sown into the
+  collection `"aux_logits"` under the name `"deep_supervision"` as a tuple,
+  finest first:
+
+    (f32[B, *S/2, num_classes], f32[B, *S/4, num_classes], ...,
+     f32[B, *S/2^(L-2), num_classes])          # L = len(features)
+
+  Read them by making the collection mutable:
+
+    >>> logits, state = model.apply(
+    ...     variables, x, train=True, mutable=["batch_stats", "aux_logits"])
+    >>> aux = state["aux_logits"]["deep_supervision"]  # tuple, finest first
+
+  Pass only `params` (and `batch_stats`) as `variables`: sow appends to a
+  tuple already present in the input variables. `init` does not sow, so its
+  variables are clean. When `"aux_logits"` is not mutable (e.g. the plain
+  trainer, evaluation) the auxiliary heads are not computed at all, and
+  their parameters receive zero gradient. The labels for level `k` are the
+  full-resolution labels downsampled by 2^k (nnU-Net: nearest neighbour),
+  weighted e.g. by 1/2^k and normalised.
 
   Example:
 
@@ -61,16 +119,27 @@ class UNet(nn.Module):
     num_classes: number of output channels (logits).
     features: channels per resolution level, finest first; the last entry is
       the bottleneck. `len(features) - 1` poolings are applied, so spatial
-      sizes must be multiples of `2 ** (len(features) - 1)`.
+      sizes must be multiples of `2 ** (len(features) - 1)` (or see
+      `pad_input`). See "Channel layout" for `double_within_level`.
     spatial_dims: 2 (`[B, H, W, C]`) or 3 (`[B, D, H, W, C]`).
     norm: `"batch"`, `"group"`, `"instance"` or `"none"`; see
       `medseg_jax.models.layers`.
     upsample: `"transpose"` (2^d transposed convolution, stride 2, as in the
       paper) or `"resize"` (linear interpolation + 1^d convolution; fewer
-      parameters and much faster on CPU).
+      parameters).
     in_channels: if set, the number of input channels is checked.
     dtype: computation dtype (e.g. `jnp.bfloat16`). Parameters are float32
-      and the logits are always float32 (the head runs in float32).
+      and the logits are always float32 (the heads run in float32).
+    residual: use `layers.ResidualBlock` (identity or 1^d projection
+      shortcut) instead of `layers.ConvBlock` at every level. Parameter
+      names are unchanged apart from the added `shortcut`/`shortcut_norm`.
+    deep_supervision: add auxiliary heads and sow their logits (see above).
+      Needs at least three levels.
+    double_within_level: Cicek et al.'s channel layout (see above).
+    pad_input: zero-pad inputs whose spatial sizes are not multiples of
+      `2 ** (len(features) - 1)` at the end of each axis and crop the logits
+      back; if False such inputs raise a ValueError. Deep-supervision logits
+      at level `k` are cropped to `ceil(S / 2^k)`.
   """
 
   num_classes: int
@@ -80,6 +149,10 @@ class UNet(nn.Module):
   upsample: str = "transpose"
   in_channels: int | None = None
   dtype: jax.typing.DTypeLike = jnp.float32
+  residual: bool = False
+  deep_supervision: bool = False
+  double_within_level: bool = False
+  pad_input: bool = False
 
   def __post_init__(self):
     layers.check_spatial_dims(self.spatial_dims)
@@ -93,32 +166,17 @@ class UNet(nn.Module):
       raise ValueError("features must have at least one entry.")
     if self.num_classes < 1:
       raise ValueError(f"num_classes must be >= 1, got {self.num_classes}.")
+    if self.deep_supervision and len(self.features) < 3:
+      raise ValueError(
+        "deep_supervision needs at least 3 levels (a decoder level below "
+        f"full resolution), got features={tuple(self.features)}."
+      )
     super().__post_init__()
 
-  def _check_input(self, x: jax.Array) -> None:
-    """Static shape checks, run at trace time."""
-    d = self.spatial_dims
-    expected = f"[B, {_AXIS_NAMES[d]}, C]"
-    if x.ndim != d + 2:
-      raise ValueError(
-        f"UNet with spatial_dims={d} expects inputs of shape {expected} "
-        f"({d + 2} dims), got shape {tuple(x.shape)}."
-      )
-    if self.in_channels is not None and x.shape[-1] != self.in_channels:
-      raise ValueError(
-        f"UNet expects {self.in_channels} input channels (last axis of "
-        f"{expected}), got shape {tuple(x.shape)}."
-      )
-    factor = 2 ** (len(self.features) - 1)
-    spatial = tuple(x.shape[1:-1])
-    if any(s % factor for s in spatial):
-      padded = tuple(-(-s // factor) * factor for s in spatial)
-      raise ValueError(
-        f"UNet with {len(self.features)} resolution levels pools "
-        f"{len(self.features) - 1} times, so spatial sizes must be "
-        f"multiples of {factor}; got {spatial} in shape {tuple(x.shape)}. "
-        f"Crop, or pad e.g. to {padded}."
-      )
+  def _level_channels(self, level: int) -> int:
+    """Output channels of encoder/decoder level `level`."""
+    scale = 2 if self.double_within_level else 1
+    return scale * self.features[level]
 
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, *, train: bool) -> jax.Array:
@@ -131,48 +189,90 @@ class UNet(nn.Module):
 
     Returns:
       `f32[B, *S, num_classes]` logits with the input's spatial size `S`.
+      With `deep_supervision=True` and `"aux_logits"` mutable, lower
+      resolution logits are also sown (see the class docstring).
 
     Raises:
-      ValueError: if the input rank, channels or spatial sizes do not fit.
+      ValueError: if the input rank or channels do not fit, or the spatial
+        sizes are not multiples of `2 ** (len(features) - 1)` and
+        `pad_input` is False.
     """
     x = jnp.asarray(x)
-    self._check_input(x)
     d = self.spatial_dims
+    num_levels = len(self.features)
+    layers.check_image(
+      x, model="UNet", spatial_dims=d, in_channels=self.in_channels
+    )
+    spatial = tuple(x.shape[1:-1])
+    if self.pad_input:
+      x = layers.pad_to_multiple(x, 2 ** (num_levels - 1))
+    else:
+      layers.check_divisible(x, model="UNet", num_downsamplings=num_levels - 1)
     x = x.astype(self.dtype)
+    block_cls = layers.ResidualBlock if self.residual else layers.ConvBlock
 
-    def block(features: int, name: str) -> layers.ConvBlock:
-      return layers.ConvBlock(
-        features,
+    def block(level: int, name: str, *, encoder: bool) -> nn.Module:
+      mid = None
+      if self.double_within_level and encoder:
+        mid = self.features[level]
+      return block_cls(
+        self._level_channels(level),
         spatial_dims=d,
         norm=self.norm,
+        mid_features=mid,
         dtype=self.dtype,
         name=name,
       )
 
     skips = []
-    for level, features in enumerate(self.features[:-1]):
-      x = block(features, f"down_{level}")(x, train=train)
+    for level in range(num_levels - 1):
+      x = block(level, f"down_{level}", encoder=True)(x, train=train)
       skips.append(x)
       x = layers.max_pool(x, d)
 
-    x = block(self.features[-1], "bottleneck")(x, train=train)
+    x = block(num_levels - 1, "bottleneck", encoder=True)(x, train=train)
 
-    for level in reversed(range(len(self.features) - 1)):
-      features = self.features[level]
+    # Auxiliary heads cost a convolution per level; skip them unless the
+    # caller collects their output (init always builds them).
+    want_aux = self.deep_supervision and (
+      self.is_initializing() or self.is_mutable_collection(AUX_COLLECTION)
+    )
+    aux = {}
+    for level in reversed(range(num_levels - 1)):
+      up_features = (
+        x.shape[-1] if self.double_within_level else self.features[level]
+      )
       x = layers.UpConv(
-        features,
+        up_features,
         spatial_dims=d,
         mode=self.upsample,
         dtype=self.dtype,
         name=f"upsample_{level}",
       )(x)
       x = jnp.concatenate([skips[level], x.astype(self.dtype)], axis=-1)
-      x = block(features, f"up_{level}")(x, train=train)
+      x = block(level, f"up_{level}", encoder=False)(x, train=train)
+      if want_aux and level > 0:
+        aux[level] = self._head(x, f"aux_head_{level}")
 
+    logits = self._head(x, "head")
+    if self.pad_input:
+      logits = layers.crop_spatial(logits, spatial)
+    if want_aux and not self.is_initializing():
+      for level in sorted(aux):  # Finest first.
+        lowres = aux[level]
+        if self.pad_input:
+          lowres = layers.crop_spatial(
+            lowres, tuple(-(-s // 2**level) for s in spatial)
+          )
+        self.sow(AUX_COLLECTION, AUX_NAME, lowres)
+    return logits
+
+  def _head(self, x: jax.Array, name: str) -> jax.Array:
+    """1^d convolution to `num_classes` float32 logits."""
     return nn.Conv(
       self.num_classes,
-      (1,) * d,
+      (1,) * self.spatial_dims,
       kernel_init=layers.conv_init,
       dtype=jnp.float32,
-      name="head",
+      name=name,
     )(x.astype(jnp.float32))

@@ -15,8 +15,8 @@ from medseg_jax.models.unet import UNet
 # Tiny shapes keep compile times low: two levels, 4 and 8 channels.
 FEATURES = (4, 8)
 SHAPES = {2: (2, 16, 16, 1), 3: (2, 8, 8, 8, 1)}
-# Compile time dominates these tests (initialisers are 3 s to optimise,
-# 0.5 s not), so XLA optimisations are switched off for the jitted calls.
+# Compile time dominates these tests, so XLA optimisations are switched off
+# for the jitted calls.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
@@ -24,12 +24,40 @@ def _jit(fn):
   return jax.jit(fn, compiler_options=FAST_COMPILE)
 
 
-def _init(model: nn.Module, shape, key=0):
-  x = jax.random.normal(jax.random.key(key), shape)
-  variables = _jit(lambda k, x: model.init(k, x, train=False))(
-    jax.random.key(1), x
+def _init(model: nn.Module, shape, key=0, real_init=False):
+  """Random input and variables for `model`.
+
+  Compiling Flax's initialisers takes 2-3 s per model even unoptimised (a
+  truncated normal per kernel), four times an unoptimised forward pass. So
+  unless `real_init`, the variables get the structure of `model.init` (from
+  `jax.eval_shape`) and numpy values on the same scale: He-normal kernels,
+  unit norm scales and variances, zero biases and means.
+  """
+  rng = np.random.default_rng(key)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  if real_init:
+    variables = _jit(lambda k, x: model.init(k, x, train=False))(
+      jax.random.key(1), x
+    )
+    return variables, x
+  shapes = jax.eval_shape(
+    lambda x: model.init(jax.random.key(1), x, train=False), x
   )
-  return variables, x
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      std = np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
+      value = std * rng.normal(size=leaf.shape)
+    elif name in ("scale", "var"):
+      value = np.ones(leaf.shape)
+    elif name == "negative_slope":
+      value = np.full(leaf.shape, 0.25)
+    else:
+      value = np.zeros(leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes), x
 
 
 def _apply(model: nn.Module, variables, x, **kwargs):
@@ -40,14 +68,27 @@ def _num_params(tree) -> int:
   return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
+def _shapes(model: nn.Module, shape, mutable=False, train=False):
+  """Abstract init + apply: traces everything, compiles nothing."""
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  variables = jax.eval_shape(
+    lambda x: model.init(jax.random.key(0), x, train=False), x
+  )
+  out = jax.eval_shape(
+    lambda v, x: model.apply(v, x, train=train, mutable=mutable),
+    variables,
+    x,
+  )
+  return variables, out
+
+
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
 def test_output_shape_and_dtype(spatial_dims, dtype):
   model = UNet(
     num_classes=3, features=FEATURES, spatial_dims=spatial_dims, dtype=dtype
   )
-  variables, x = _init(model, SHAPES[spatial_dims])
-  logits = _apply(model, variables, x, train=False)
+  variables, logits = _shapes(model, SHAPES[spatial_dims])
   assert logits.shape == SHAPES[spatial_dims][:-1] + (3,)
   assert logits.dtype == jnp.float32
   for leaf in jax.tree.leaves(variables):
@@ -75,8 +116,8 @@ def test_each_norm(norm):
 def test_group_norm_uses_divisor_of_channels():
   # 12 channels: gcd(12, 32) = 4 groups of 3 channels.
   model = UNet(num_classes=2, features=(12, 24), norm="group")
-  variables, x = _init(model, SHAPES[2])
-  assert _apply(model, variables, x, train=False).shape == (2, 16, 16, 2)
+  _, logits = _shapes(model, SHAPES[2])
+  assert logits.shape == (2, 16, 16, 2)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -92,35 +133,11 @@ def test_upsample_modes(spatial_dims):
       norm="none",
       upsample=mode,
     )
-    variables, x = _init(model, shape)
-    assert _apply(model, variables, x, train=False).shape == shape[:-1] + (2,)
+    variables, logits = _shapes(model, shape)
+    assert logits.shape == shape[:-1] + (2,)
     counts[mode] = _num_params(variables["params"])
   # 8 -> 4 channels: transpose has a 2^d kernel, resize a 1^d kernel.
   assert counts["transpose"] - counts["resize"] == (2**d - 1) * 8 * 4
-
-
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_up_conv_transpose_equals_flax_conv_transpose(spatial_dims):
-  d = spatial_dims
-  x = jax.random.normal(jax.random.key(0), (2, *(3, 4, 5)[:d], 6))
-  ours = layers.UpConvTranspose(7, spatial_dims=d)
-  flax_tconv = nn.ConvTranspose(
-    7, (2,) * d, strides=(2,) * d, padding="VALID", kernel_init=layers.conv_init
-  )
-  variables = ours.init(jax.random.key(1), x)
-  # Same parameter names, shapes and initialiser.
-  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
-    jnp.shape, jax.eval_shape(flax_tconv.init, jax.random.key(1), x)
-  )
-  variables = jax.tree.map(  # A nonzero bias.
-    lambda v: v + 0.1 * jnp.arange(v.size).reshape(v.shape), variables
-  )
-  np.testing.assert_allclose(
-    ours.apply(variables, x),
-    flax_tconv.apply(variables, x),
-    rtol=1e-5,
-    atol=1e-5,
-  )
 
 
 @pytest.mark.parametrize("norm", ["batch", "instance"])
@@ -145,7 +162,8 @@ def test_gradients_finite(norm):
 @pytest.mark.parametrize("upsample", layers.UPSAMPLE_MODES)
 def test_jit_equals_eager(upsample):
   model = UNet(num_classes=2, features=FEATURES, upsample=upsample)
-  variables, x = _init(model, SHAPES[2])
+  # Also checks Flax's initialisers against the model once.
+  variables, x = _init(model, SHAPES[2], real_init=True)
   eager = model.apply(variables, x, train=False)
   # Fully optimised compile, unlike the other tests.
   jitted = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
@@ -221,6 +239,40 @@ def test_indivisible_size_raises():
   with pytest.raises(ValueError, match="multiples of 16") as info:
     model.init(jax.random.key(0), jnp.zeros((1, 40, 32, 1)), train=False)
   assert "(48, 32)" in str(info.value)  # Suggests a padded size.
+  assert "pad_input=True" in str(info.value)
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_pad_input_crops_back(spatial_dims):
+  shape = (1, 10, 7, 1) if spatial_dims == 2 else (1, 5, 10, 7, 1)
+  model = UNet(
+    num_classes=2,
+    features=(4, 8, 16),
+    spatial_dims=spatial_dims,
+    pad_input=True,
+    deep_supervision=True,
+  )
+  _, (logits, state) = _shapes(model, shape, mutable=["aux_logits"])
+  assert logits.shape == shape[:-1] + (2,)
+  # Level 1 of sizes S is ceil(S / 2).
+  (aux,) = state["aux_logits"]["deep_supervision"]
+  expected = (1, 5, 4, 2) if spatial_dims == 2 else (1, 3, 5, 4, 2)
+  assert aux.shape == expected
+  # Rank and channel errors are unaffected by padding.
+  with pytest.raises(ValueError, match="dims"):
+    _shapes(model, shape[1:])
+
+
+def test_pad_input_matches_manual_padding():
+  model = UNet(
+    num_classes=2, features=FEATURES, norm="instance", pad_input=True
+  )
+  variables, x = _init(model, (1, 13, 11, 1))
+  got = _apply(model, variables, x, train=False)
+  # Zeros at the end, to the next multiple of 2.
+  padded = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
+  expected = _apply(model, variables, padded, train=False)[:, :13, :11]
+  np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -230,6 +282,7 @@ def test_indivisible_size_raises():
     ({"upsample": "pixelshuffle"}, "upsample"),
     ({"spatial_dims": 1}, "spatial_dims"),
     ({"features": ()}, "features"),
+    ({"features": (4, 8), "deep_supervision": True}, "3 levels"),
   ],
 )
 def test_bad_config_raises(kwargs, message):
@@ -277,3 +330,210 @@ def test_paper_parameter_count():
   )
   assert set(shapes) == {"params"}
   assert _num_params(shapes["params"]) == 31_030_658
+
+
+# --- Options: residual blocks, deep supervision, Cicek channel layout. ---
+
+# Three levels: the smallest U-Net with a decoder level below full
+# resolution (deep supervision needs one). Sizes multiples of 4.
+FEATURES3 = (4, 8, 16)
+SHAPES3 = {2: (2, 8, 8, 1), 3: (1, 8, 4, 8, 1)}
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_deep_supervision_sows_lowres_logits_finest_first(spatial_dims):
+  shape = (2, 16, 8, 1) if spatial_dims == 2 else (1, 16, 8, 8, 1)
+  model = UNet(
+    num_classes=3,
+    features=(4, 8, 16, 32),
+    spatial_dims=spatial_dims,
+    deep_supervision=True,
+  )
+  variables, (logits, state) = _shapes(
+    model, shape, mutable=["batch_stats", "aux_logits"], train=True
+  )
+  # init sows nothing, so its variables can be passed straight to apply.
+  assert set(variables) == {"params", "batch_stats"}
+  assert {"aux_head_1", "aux_head_2"} <= set(variables["params"])
+  assert "aux_head_0" not in variables["params"]
+  assert logits.shape == shape[:-1] + (3,)
+  aux = state["aux_logits"]["deep_supervision"]
+  assert isinstance(aux, tuple)
+  spatial = shape[1:-1]
+  assert [a.shape for a in aux] == [
+    (shape[0], *(s // 2**k for s in spatial), 3) for k in (1, 2)
+  ]
+  assert all(a.dtype == jnp.float32 for a in aux)
+  # Not collected, not computed: the plain trainer's call is unchanged.
+  _, (_, state) = _shapes(model, shape, mutable=["batch_stats"], train=True)
+  assert set(state) == {"batch_stats"}
+
+
+def test_deep_supervision_heads_skipped_unless_collected():
+  model = UNet(num_classes=2, features=FEATURES3, deep_supervision=True)
+  x = jax.ShapeDtypeStruct(SHAPES3[2], jnp.float32)
+  variables = jax.eval_shape(
+    lambda x: model.init(jax.random.key(0), x, train=False), x
+  )
+
+  def num_convs(mutable):
+    jaxpr = jax.make_jaxpr(
+      lambda v, x: model.apply(v, x, train=False, mutable=mutable)
+    )(variables, x)
+    return str(jaxpr).count("conv_general_dilated")
+
+  assert num_convs(["aux_logits"]) == num_convs(False) + 1
+
+
+@pytest.mark.parametrize("norm", layers.NORMS)
+def test_options_with_each_norm(norm):
+  # Every option at once, run for real in training mode.
+  model = UNet(
+    num_classes=3,
+    features=FEATURES3,
+    norm=norm,
+    residual=True,
+    deep_supervision=True,
+    double_within_level=True,
+  )
+  variables, x = _init(model, SHAPES3[2])
+  assert set(variables) == (
+    {"params", "batch_stats"} if norm == "batch" else {"params"}
+  )
+  logits, state = _apply(
+    model, variables, x, train=True, mutable=["batch_stats", "aux_logits"]
+  )
+  assert logits.shape == (2, 8, 8, 3)
+  (aux,) = state["aux_logits"]["deep_supervision"]
+  assert aux.shape == (2, 4, 4, 3)
+  for out in (logits, aux):
+    assert bool(jnp.all(jnp.isfinite(out)))
+  assert ("batch_stats" in state) == (norm == "batch")
+
+
+def test_residual_and_deep_supervision_gradients():
+  # norm="none" keeps the backward pass small; norms are covered above.
+  model = UNet(
+    num_classes=3,
+    features=FEATURES3,
+    norm="none",
+    residual=True,
+    deep_supervision=True,
+  )
+  variables, x = _init(model, SHAPES3[2])
+  labels = jax.random.randint(jax.random.key(2), SHAPES3[2][:-1], 0, 3)
+
+  def xent(logits, labels):
+    one_hot = jax.nn.one_hot(labels, 3)
+    return -jnp.mean(jnp.sum(one_hot * jax.nn.log_softmax(logits), -1))
+
+  def loss_fn(params):
+    logits, state = model.apply(
+      {**variables, "params": params},
+      x,
+      train=True,
+      mutable=["batch_stats", "aux_logits"],
+    )
+    (aux,) = state["aux_logits"]["deep_supervision"]
+    # Nearest-neighbour downsampled labels for the half-resolution head.
+    return xent(logits, labels) + 0.5 * xent(aux, labels[:, ::2, ::2])
+
+  grads = _jit(jax.grad(loss_fn))(variables["params"])
+  leaves = jax.tree.leaves(grads)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+  assert all(bool(jnp.any(g != 0)) for g in leaves)
+  assert "shortcut" in grads["down_0"]  # 1 -> 4 channels: a projection.
+
+
+def test_residual_block_param_names():
+  model = UNet(num_classes=2, features=FEATURES, residual=True, norm="batch")
+  variables, _ = _shapes(model, SHAPES[2])
+  params = variables["params"]
+  # A projection wherever the channels change: 1->4, 4->8, [4+4]->4.
+  for name in ("down_0", "bottleneck", "up_0"):
+    assert {"shortcut", "shortcut_norm"} <= set(params[name])
+  # ConvBlock's names are kept for the two convolutions.
+  assert {"conv_0", "conv_1", "norm_0", "norm_1"} <= set(params["down_0"])
+  plain, _ = _shapes(UNet(num_classes=2, features=FEATURES), SHAPES[2])
+  extra = _num_params(params) - _num_params(plain["params"])
+  # Shortcut kernels (no bias before batch norm) plus scale and offset.
+  assert extra == (1 * 4 + 2 * 4) + (4 * 8 + 2 * 8) + (8 * 4 + 2 * 4)
+
+
+def test_double_within_level_channels():
+  model = UNet(
+    num_classes=2,
+    features=FEATURES3,
+    double_within_level=True,
+    norm="none",
+    spatial_dims=3,
+  )
+  variables, logits = _shapes(model, SHAPES3[3])
+  assert logits.shape == SHAPES3[3][:-1] + (2,)
+  kernels = {
+    name: tuple(p["conv_0"]["kernel"].shape[-2:])
+    + tuple(p["conv_1"]["kernel"].shape[-1:])
+    for name, p in variables["params"].items()
+    if "conv_0" in p
+  }
+  # (in, first conv, second conv): the encoder doubles within the level,
+  # the decoder keeps 2 * features[k].
+  assert kernels == {
+    "down_0": (1, 4, 8),
+    "down_1": (8, 8, 16),
+    "bottleneck": (16, 16, 32),
+    "up_1": (32 + 16, 16, 16),
+    "up_0": (16 + 8, 8, 8),
+  }
+  # The up-convolution keeps its input's channels.
+  kernel = variables["params"]["upsample_1"]["conv_transpose"]["kernel"]
+  assert kernel.shape == (2, 2, 2, 32, 32)
+
+
+@pytest.mark.parametrize(
+  "norm, expected", [("none", 19_070_851), ("batch", 19_073_187)]
+)
+def test_cicek_3d_unet_parameter_count(norm, expected):
+  # Cicek et al. (2016), "3D U-Net: Learning Dense Volumetric Segmentation
+  # from Sparse Annotation", Sec. 2 and Fig. 2: 3 input channels, 3 labels,
+  # 3x3x3 convolutions, channels doubled before each max pooling, 2x2x2
+  # up-convolutions with stride 2, batch norm before each ReLU, a 1x1x1
+  # head. The paper states "The architecture has 19069955 parameters".
+  #
+  # Hand count, 3^3 conv = 27 * c_in * c_out + c_out (bias):
+  #   analysis    3->32: 2,624          32->64: 55,360
+  #              64->64: 110,656        64->128: 221,312
+  #            128->128: 442,496       128->256: 884,992
+  #            256->256: 1,769,728     256->512: 3,539,456
+  #   analysis total 7,026,624
+  #   synthesis, up-conv 2^3 = 8 * c * c + c (keeps channels), then two
+  #   3^3 convs on the concatenation:
+  #     512: 2,097,664 + (768->256) 5,308,672 + (256->256) 1,769,728
+  #     256:   524,544 + (384->128) 1,327,232 + (128->128)   442,496
+  #     128:   131,200 + (192->64)    331,840 + (64->64)     110,656
+  #   head 64->3: 195
+  #   synthesis total 12,044,227; sum 19,070,851 (norm="none").
+  # The paper's 19,069,955 is exactly 896 = 512 + 256 + 128 less: the
+  # biases of the three up-convolutions, which the authors' implementation
+  # evidently did not have (and did not count batch-norm parameters).
+  # With batch norm, the 18 convolutions before a norm lose their biases
+  # (32+64+64+128+128+256+256+512 + 256+256+128+128+64+64 = 2,336) and each
+  # norm has a scale and an offset (2 * 2,336):
+  #   19,070,851 - 2,336 + 4,672 = 19,073,187.
+  model = UNet(
+    num_classes=3,
+    features=(32, 64, 128, 256),
+    spatial_dims=3,
+    norm=norm,
+    upsample="transpose",
+    double_within_level=True,
+    in_channels=3,
+  )
+  variables, _ = _shapes(model, (1, 8, 8, 8, 3))
+  params = variables["params"]
+  assert _num_params(params) == expected
+  up_biases = sum(
+    params[f"upsample_{k}"]["conv_transpose"]["bias"].size for k in range(3)
+  )
+  if norm == "none":
+    assert _num_params(params) - up_biases == 19_069_955

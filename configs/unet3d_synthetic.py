@@ -1,0 +1,36 @@
+r"""3-D U-Net (Cicek et al. 2016) on the synthetic 64^3 phantom volumes.
+
+  python -m medseg_jax.main --config=configs/unet3d_synthetic.py \
+      --workdir=workdirs/unet3d_synthetic
+
+  python -m medseg_jax.main --config=configs/unet3d_synthetic.py:runlocal \
+      --workdir=/tmp/unet3d_local
+"""
+
+from configs import common
+
+
+def get_config(arg=None):
+  args = common.parse_arg(arg, runlocal=False, steps=0)
+  config = common.base_config()
+  config.dataset = "synthetic_phantoms/3d"
+  config.data.patch_size = (64, 64, 64)
+  config.data.train_transforms = [
+    dict(op="normalize", mode="zscore"),
+    dict(op="random_crop_or_pad"),
+    dict(op="random_flip", axes=(0, 1, 2)),
+  ]
+  config.model.features = (8, 16, 32, 64)
+  config.batch_size = 2
+  config.eval_batch_size = 2
+  config.num_train_steps = 600
+  config.eval_every_steps = 200
+  config.checkpoint_every_steps = 200
+  if args.runlocal:
+    common.shrink_for_local_run(config)
+    config.data.patch_size = (32, 32, 32)
+    config.batch_size = 2
+    config.eval_batch_size = 2
+  if args.steps:
+    config.num_train_steps = args.steps
+  return config

@@ -1,0 +1,107 @@
+"""Tests for medseg_jax.models.layers."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from medseg_jax.models import layers
+
+
+def _zero_kernels(variables):
+  """Sets every convolution kernel to zero (a residual branch -> 0)."""
+  return jax.tree_util.tree_map_with_path(
+    lambda path, v: jnp.zeros_like(v) if path[-1].key == "kernel" else v,
+    variables,
+  )
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_up_conv_transpose_equals_flax_conv_transpose(spatial_dims):
+  d = spatial_dims
+  x = jax.random.normal(jax.random.key(0), (2, *(3, 4, 5)[:d], 6))
+  ours = layers.UpConvTranspose(7, spatial_dims=d)
+  flax_tconv = nn.ConvTranspose(
+    7, (2,) * d, strides=(2,) * d, padding="VALID", kernel_init=layers.conv_init
+  )
+  variables = ours.init(jax.random.key(1), x)
+  # Same parameter names, shapes and initialiser.
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+    jnp.shape, jax.eval_shape(flax_tconv.init, jax.random.key(1), x)
+  )
+  variables = jax.tree.map(  # A nonzero bias.
+    lambda v: v + 0.1 * jnp.arange(v.size).reshape(v.shape), variables
+  )
+  np.testing.assert_allclose(
+    ours.apply(variables, x),
+    flax_tconv.apply(variables, x),
+    rtol=1e-5,
+    atol=1e-5,
+  )
+
+
+def test_up_conv_transpose_without_bias():
+  x = jax.random.normal(jax.random.key(0), (1, 3, 4, 5))
+  with_bias = layers.UpConvTranspose(6, use_bias=True)
+  without = layers.UpConvTranspose(6, use_bias=False)
+  variables = without.init(jax.random.key(1), x)
+  assert set(variables["params"]) == {"kernel"}
+  biased = {"params": {**variables["params"], "bias": jnp.zeros(6)}}
+  np.testing.assert_allclose(
+    without.apply(variables, x), with_bias.apply(biased, x), atol=1e-6
+  )
+
+
+@pytest.mark.parametrize(
+  "in_channels, projected", [(6, False), (3, True)], ids=["identity", "proj"]
+)
+def test_residual_block_shortcut(in_channels, projected):
+  block = layers.ResidualBlock(6, norm="none")
+  x = jax.random.normal(jax.random.key(0), (2, 4, 4, in_channels))
+  variables = block.init(jax.random.key(1), x, train=False)
+  assert ("shortcut" in variables["params"]) == projected
+  # A zero residual branch leaves relu(shortcut(x)).
+  variables = _zero_kernels(variables)
+  y = block.apply(variables, x, train=False)
+  assert y.shape == (2, 4, 4, 6)
+  if projected:  # Zero kernel, zero bias: nothing left.
+    np.testing.assert_array_equal(y, 0.0)
+  else:
+    np.testing.assert_allclose(y, nn.relu(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("block_cls", [layers.ConvBlock, layers.ResidualBlock])
+def test_blocks_mid_features(block_cls):
+  block = block_cls(8, mid_features=4, norm="batch")
+  x = jnp.zeros((1, 4, 4, 2))
+  shapes = jax.eval_shape(
+    lambda x: block.init(jax.random.key(0), x, train=False), x
+  )
+  params = shapes["params"]
+  assert params["conv_0"]["kernel"].shape == (3, 3, 2, 4)
+  assert params["conv_1"]["kernel"].shape == (3, 3, 4, 8)
+  assert "bias" not in params["conv_0"]  # Batch norm follows.
+
+
+def test_pad_to_multiple_and_crop():
+  x = jnp.arange(2 * 5 * 6 * 3, dtype=jnp.float32).reshape(2, 5, 6, 3)
+  padded = layers.pad_to_multiple(x, 4)
+  assert padded.shape == (2, 8, 8, 3)
+  np.testing.assert_array_equal(padded[:, 5:], 0.0)
+  np.testing.assert_array_equal(padded[:, :, 6:], 0.0)
+  np.testing.assert_array_equal(layers.crop_spatial(padded, (5, 6)), x)
+  assert layers.pad_to_multiple(x, 1) is x
+  assert layers.padded_size((5, 6, 8), 4) == (8, 8, 8)
+
+
+def test_check_image_and_divisible_messages():
+  x = jnp.zeros((1, 8, 8, 2))
+  layers.check_image(x, model="M", spatial_dims=2, in_channels=2)
+  with pytest.raises(ValueError, match=r"M with spatial_dims=3 .*\[B, D, H"):
+    layers.check_image(x, model="M", spatial_dims=3)
+  with pytest.raises(ValueError, match="M expects 1 input channels"):
+    layers.check_image(x, model="M", spatial_dims=2, in_channels=1)
+  layers.check_divisible(x, model="M", num_downsamplings=3)
+  with pytest.raises(ValueError, match=r"multiples of 16.*\(16, 16\)"):
+    layers.check_divisible(x, model="M", num_downsamplings=4)

@@ -1,0 +1,149 @@
+"""Tests for medseg_jax.models.vgg."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from medseg_jax.models import vgg
+
+WIDTH = 1 / 16  # 4 ... 32 convolution channels, 256 in fc6/fc7.
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _jit(fn):
+  return jax.jit(fn, compiler_options=FAST_COMPILE)
+
+
+def _abstract(model: nn.Module, shape):
+  """(variables, outputs) shapes, computed without allocating weights."""
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  variables = jax.eval_shape(
+    lambda x: model.init(jax.random.key(0), x, train=False), x
+  )
+  out = jax.eval_shape(
+    lambda v, x: model.apply(v, x, train=False), variables, x
+  )
+  return variables, out
+
+
+def _num_params(tree) -> int:
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+def test_feature_shapes_for_indivisible_2d_size():
+  # 'SAME' pooling rounds up: 33 -> 17 -> 9 -> 5 -> 3 -> 2.
+  _, out = _abstract(vgg.VGG(width=WIDTH), (2, 33, 45, 1))
+  expected = {
+    "pool1": (2, 17, 23, 4),
+    "pool2": (2, 9, 12, 8),
+    "pool3": (2, 5, 6, 16),
+    "pool4": (2, 3, 3, 32),
+    "pool5": (2, 2, 2, 32),
+    "fc7": (2, 2, 2, 256),
+  }
+  assert {k: v.shape for k, v in out.items()} == expected
+
+
+def test_feature_shapes_3d():
+  model = vgg.VGG(width=WIDTH, spatial_dims=3, fc_kernel_size=3)
+  variables, out = _abstract(model, (1, 8, 16, 20, 2))
+  assert out["pool3"].shape == (1, 1, 2, 3, 16)
+  assert out["fc7"].shape == (1, 1, 1, 1, 256)
+  assert variables["params"]["fc6"]["kernel"].shape == (3, 3, 3, 32, 256)
+
+
+def test_without_fc():
+  model = vgg.VGG(width=WIDTH, fc=False)
+  variables, out = _abstract(model, (1, 32, 32, 1))
+  assert "fc7" not in out and "fc6" not in variables["params"]
+  assert model.output_channels == 32
+
+
+@pytest.mark.parametrize(
+  "depth, convs", [(11, 8), (13, 10), (16, 13), (19, 16)]
+)
+def test_depths(depth, convs):
+  variables, _ = _abstract(vgg.VGG(depth=depth, width=WIDTH), (1, 32, 32, 1))
+  names = [n for n in variables["params"] if n.startswith("conv")]
+  assert len(names) == convs
+
+
+def test_vgg16_parameter_count():
+  # torchvision.models.vgg16 has 138,357,544 parameters (`num_params` of
+  # VGG16_Weights.IMAGENET1K_V1, https://pytorch.org/vision/stable/models.html;
+  # also Simonyan & Zisserman, Table 2: 138M). Without fc8 (4096 * 1000 +
+  # 1000 = 4,097,000): 134,260,544. By hand, 3x3 convolutions with bias:
+  # 1,792 + 36,928 + 73,856 + 147,584 + 295,168 + 2 * 590,080 + 1,180,160
+  # + 5 * 2,359,808 = 14,714,688; fc6 7*7*512*4096 + 4096 = 102,764,544;
+  # fc7 4096*4096 + 4096 = 16,781,312.
+  model = vgg.VGG(depth=16, norm="none", in_channels=3)
+  variables, _ = _abstract(model, (1, 32, 32, 3))
+  assert set(variables) == {"params"}
+  assert _num_params(variables["params"]) == 138_357_544 - 4_097_000
+  conv_only, _ = _abstract(vgg.VGG(depth=16, fc=False), (1, 32, 32, 3))
+  assert _num_params(conv_only["params"]) == 14_714_688
+
+
+def test_batch_norm_replaces_biases():
+  variables, _ = _abstract(vgg.VGG(width=WIDTH, norm="batch"), (1, 32, 32, 1))
+  assert "bias" not in variables["params"]["conv1_1"]
+  assert set(variables["batch_stats"]["bn1_1"]) == {"mean", "var"}
+  assert set(variables["params"]["bn6"]) == {"scale", "bias"}
+
+
+def test_gradients_finite_dropout_and_jit():
+  model = vgg.VGG(width=WIDTH)
+  x = jax.random.normal(jax.random.key(0), (2, 33, 45, 1))
+  variables = _jit(lambda k, x: model.init(k, x, train=False))(
+    jax.random.key(1), x
+  )
+
+  def loss_fn(params, key):
+    out = model.apply({"params": params}, x, train=True, rngs={"dropout": key})
+    return jnp.mean(out["fc7"] ** 2) + jnp.mean(out["pool3"] ** 2)
+
+  grads = _jit(jax.grad(loss_fn))(variables["params"], jax.random.key(2))
+  leaves = jax.tree.leaves(grads)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+  assert all(bool(jnp.any(g != 0)) for g in leaves)
+
+  # Dropout is active in training only.
+  apply = jax.jit(
+    lambda v, x, key: (
+      model.apply(v, x, train=True, rngs={"dropout": key})["fc7"],
+      model.apply(v, x, train=False)["fc7"],
+    ),
+    compiler_options=FAST_COMPILE,
+  )
+  train_out, eval_out = apply(variables, x, jax.random.key(3))
+  assert bool(jnp.any(train_out != eval_out))
+  eager = model.apply(variables, x, train=False)["fc7"]
+  np.testing.assert_allclose(eval_out, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_wrong_ndim_raises():
+  with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
+    vgg.VGG().init(jax.random.key(0), jnp.zeros((32, 32, 1)), train=False)
+
+
+def test_wrong_channels_raises():
+  model = vgg.VGG(width=WIDTH, in_channels=3)
+  with pytest.raises(ValueError, match=r"3 input channels.*\[B, H, W, C\]"):
+    model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), train=False)
+
+
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
+    ({"depth": 17}, "depth"),
+    ({"norm": "layer"}, "norm"),
+    ({"spatial_dims": 4}, "spatial_dims"),
+    ({"fc_kernel_size": 4}, "odd"),
+    ({"width": -1.0}, "width"),
+  ],
+)
+def test_bad_config_raises(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    vgg.VGG(**kwargs)

@@ -1,0 +1,249 @@
+"""Tests for medseg_jax.models.vnet."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from medseg_jax.models import layers
+from medseg_jax.models.vnet import PReLU
+from medseg_jax.models.vnet import ResidualStage
+from medseg_jax.models.vnet import VNet
+
+# Tiny: three stages of 4, 8, 16 channels, one or two 5^d convolutions each.
+TINY = {"features": (4, 8, 16), "convs": (1, 2, 2)}
+SHAPES = {2: (2, 8, 12, 1), 3: (1, 8, 4, 8, 1)}
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+def _jit(fn):
+  return jax.jit(fn, compiler_options=FAST_COMPILE)
+
+
+def _init(model: nn.Module, shape, key=0):
+  """Random input and variables (see `tests/models/unet_test.py`).
+
+  The variables have `model.init`'s structure and numpy values on its
+  scale, which avoids compiling the initialisers (2-3 s per model).
+  """
+  rng = np.random.default_rng(key)
+  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
+  shapes = jax.eval_shape(
+    lambda x: model.init(jax.random.key(1), x, train=False), x
+  )
+
+  def fill(path, leaf):
+    name = path[-1].key
+    if name == "kernel":
+      std = np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
+      value = std * rng.normal(size=leaf.shape)
+    elif name in ("scale", "var"):
+      value = np.ones(leaf.shape)
+    elif name == "negative_slope":
+      value = np.full(leaf.shape, 0.25)
+    else:
+      value = np.zeros(leaf.shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(fill, shapes), x
+
+
+def _shapes(model: nn.Module, shape, mutable=False, train=False):
+  """Abstract init + apply: traces everything, compiles nothing."""
+  x = jax.ShapeDtypeStruct(shape, jnp.float32)
+  variables = jax.eval_shape(
+    lambda x: model.init(jax.random.key(0), x, train=False), x
+  )
+  out = jax.eval_shape(
+    lambda v, x: model.apply(v, x, train=train, mutable=mutable),
+    variables,
+    x,
+  )
+  return variables, out
+
+
+def _num_params(tree) -> int:
+  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize("norm", layers.NORMS)
+def test_output_shape_each_norm(spatial_dims, norm):
+  shape = SHAPES[spatial_dims]
+  model = VNet(num_classes=3, spatial_dims=spatial_dims, norm=norm, **TINY)
+  variables, (logits, state) = _shapes(
+    model, shape, mutable=["batch_stats"], train=True
+  )
+  assert logits.shape == shape[:-1] + (3,)
+  assert logits.dtype == jnp.float32
+  assert set(variables) == (
+    {"params", "batch_stats"} if norm == "batch" else {"params"}
+  )
+  assert set(state) == ({"batch_stats"} if norm == "batch" else set())
+  params = variables["params"]
+  assert params["encoder_0"]["conv_0"]["kernel"].shape == (
+    (5,) * spatial_dims + (1, 4)
+  )
+  # Convolutions before a norm carry no bias.
+  assert ("bias" in params["encoder_1"]["conv_0"]) == (norm == "none")
+  assert ("bias" in params["up_0"]["conv_transpose"]) == (norm == "none")
+
+
+def test_stage_layout():
+  model = VNet(num_classes=2, spatial_dims=2, norm="none", **TINY)
+  variables, _ = _shapes(model, SHAPES[2])
+  params = variables["params"]
+  assert set(params) == {
+    "encoder_0",
+    "down_0",
+    "encoder_1",
+    "down_1",
+    "encoder_2",
+    "up_1",
+    "decoder_1",
+    "up_0",
+    "decoder_0",
+    "head",
+  }
+
+  def convs(stage):
+    return sum(name.startswith("conv_") for name in params[stage])
+
+  # Encoder (1, 2, 2); decoder defaults to convs[:-1], finest first.
+  assert [convs(f"encoder_{k}") for k in range(3)] == [1, 2, 2]
+  assert [convs(f"decoder_{k}") for k in range(2)] == [1, 2]
+  # Strided convolution doubles the channels; the transposed one maps to
+  # features[k], concatenated with the skip to 2 * features[k].
+  assert params["down_0"]["conv"]["kernel"].shape == (2, 2, 4, 8)
+  assert params["up_1"]["conv_transpose"]["kernel"].shape == (2, 2, 16, 8)
+  assert params["decoder_1"]["conv_0"]["kernel"].shape == (5, 5, 16, 16)
+  assert params["decoder_0"]["conv_0"]["kernel"].shape == (5, 5, 8, 8)
+  assert params["head"]["kernel"].shape == (1, 1, 8, 2)
+  # Channel-wise PReLU slopes.
+  assert params["decoder_1"]["prelu_1"]["negative_slope"].shape == (16,)
+
+
+def test_prelu_is_channelwise():
+  x = jnp.array([[-2.0, -2.0], [3.0, 3.0]])
+  variables = {"params": {"negative_slope": jnp.array([0.1, 0.5])}}
+  np.testing.assert_allclose(
+    PReLU().apply(variables, x), [[-0.2, -1.0], [3.0, 3.0]], rtol=1e-6
+  )
+  default = PReLU().init(jax.random.key(0), x)
+  np.testing.assert_array_equal(default["params"]["negative_slope"], 0.25)
+
+
+@pytest.mark.parametrize(
+  "in_channels, projected", [(1, False), (6, False), (3, True)]
+)
+def test_residual_stage_adds_its_input(in_channels, projected):
+  stage = ResidualStage(6, num_convs=2, spatial_dims=2, norm="none")
+  x = jax.random.normal(jax.random.key(0), (1, 4, 4, in_channels))
+  variables = stage.init(jax.random.key(1), x, train=False)
+  assert ("shortcut" in variables["params"]) == projected
+  # With the convolutions zeroed only the residual is left:
+  # prelu(x), a 1-channel input broadcast over all 6 channels.
+  variables = jax.tree_util.tree_map_with_path(
+    lambda path, v: jnp.zeros_like(v) if path[-1].key == "kernel" else v,
+    variables,
+  )
+  y = stage.apply(variables, x, train=False)
+  assert y.shape == (1, 4, 4, 6)
+  if not projected:
+    expected = jnp.broadcast_to(jnp.where(x >= 0, x, 0.25 * x), y.shape)
+    np.testing.assert_allclose(y, expected, rtol=1e-6)
+
+
+def test_gradients_finite():
+  model = VNet(num_classes=3, spatial_dims=2, norm="batch", **TINY)
+  variables, x = _init(model, SHAPES[2])
+  labels = jax.random.randint(jax.random.key(2), SHAPES[2][:-1], 0, 3)
+
+  def loss_fn(params):
+    logits, _ = model.apply(
+      {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+    )
+    one_hot = jax.nn.one_hot(labels, 3)
+    return -jnp.mean(jnp.sum(one_hot * jax.nn.log_softmax(logits), -1))
+
+  grads = _jit(jax.grad(loss_fn))(variables["params"])
+  leaves = jax.tree.leaves(grads)
+  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+  assert all(bool(jnp.any(g != 0)) for g in leaves)
+
+
+def test_jit_equals_eager_3d():
+  model = VNet(num_classes=2, spatial_dims=3, norm="instance", **TINY)
+  variables, x = _init(model, SHAPES[3])
+  eager = model.apply(variables, x, train=False)
+  jitted = _jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  assert eager.shape == SHAPES[3][:-1] + (2,)
+  np.testing.assert_allclose(jitted, eager, rtol=1e-4, atol=1e-5)
+
+
+def test_input_errors_and_padding():
+  model = VNet(num_classes=2, in_channels=1, **TINY)  # 3-D by default.
+  with pytest.raises(ValueError, match=r"\[B, D, H, W, C\]"):
+    _shapes(model, (1, 8, 8, 1))
+  with pytest.raises(ValueError, match="1 input channels"):
+    _shapes(model, (1, 8, 8, 8, 2))
+  with pytest.raises(ValueError, match=r"multiples of 4.*\(8, 8, 12\)"):
+    _shapes(model, (1, 8, 8, 10, 1))
+  padded = VNet(num_classes=2, pad_input=True, **TINY)
+  assert _shapes(padded, (1, 5, 8, 10, 1))[1].shape == (1, 5, 8, 10, 2)
+
+
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
+    ({"norm": "layer"}, "norm"),
+    ({"spatial_dims": 1}, "spatial_dims"),
+    ({"features": (8,), "convs": (1,)}, "two entries"),
+    ({"features": (4, 8), "convs": (1, 2, 3)}, "one entry per stage"),
+    ({"features": (4, 8), "convs": (1, 2), "decoder_convs": (1, 1)}, "1 entr"),
+    ({"features": (4, 8), "convs": (0, 2)}, "at least one convolution"),
+  ],
+)
+def test_bad_config_raises(kwargs, message):
+  with pytest.raises(ValueError, match=message):
+    VNet(num_classes=2, **kwargs)
+
+
+def test_paper_parameter_count():
+  # Milletari et al. (2016), Fig. 2 and Sec. 2: 1 input channel, 2 classes,
+  # 5x5x5 convolutions, stages of 16, 32, 64, 128, 256 channels with 1, 2,
+  # 3, 3, 3 convolutions; 2x2x2 stride-2 down convolutions doubling the
+  # channels; decoder stages of 256, 128, 64, 32 channels with 3, 3, 2, 1
+  # convolutions, each after a 2x2x2 stride-2 transposed convolution to
+  # half of them concatenated with the skip; a 1x1x1 head. No norm, so
+  # every convolution has a bias. Counted abstractly (no weights).
+  #
+  # Hand count, 5^3 conv = 125 * c * c' + c', 2^3 conv = 8 * c * c' + c':
+  #   encoder   1->16: 2,016                 down 16->32: 4,128
+  #             2 x 32->32: 256,064          down 32->64: 16,448
+  #             3 x 64->64: 1,536,192        down 64->128: 65,664
+  #             3 x 128->128: 6,144,384      down 128->256: 262,400
+  #             3 x 256->256: 24,576,768
+  #   encoder total 32,864,064
+  #   decoder   up 256->128: 262,272   3 x 256->256: 24,576,768
+  #             up 256->64:  131,136   3 x 128->128:  6,144,384
+  #             up 128->32:   32,800   2 x 64->64:    1,024,128
+  #             up 64->16:     8,208   1 x 32->32:      128,032
+  #             head 32->2: 66
+  #   decoder total 32,307,794; convolutions 65,171,858.
+  #   PReLU, one slope per channel per convolution (incl. strided ones):
+  #     encoder 16 + 32 + 2*32 + 64 + 3*64 + 128 + 3*128 + 256 + 3*256
+  #     = 1,904; decoder 128 + 3*256 + 64 + 3*128 + 32 + 2*64 + 16 + 32
+  #     = 1,552; together 3,456.
+  #   total 65,175,314.
+  # The paper gives no count. The ~45.6M often quoted is for
+  # github.com/mattmacy/vnet.pytorch (45,600,316 by the same arithmetic):
+  # its stages have 1, 1, 2, 3, 2 (encoder) and 2, 2, 1, 1 (decoder)
+  # convolutions, following the authors' prototxt rather than Fig. 2, plus
+  # batch norm, ELUs and a 5x5x5 convolution before the head, so it is a
+  # different network and is not matched here.
+  model = VNet(num_classes=2, in_channels=1)
+  assert model.spatial_dims == 3 and model.norm == "none"
+  variables, _ = _shapes(model, (1, 16, 16, 16, 1))
+  assert _num_params(variables["params"]) == 65_175_314
