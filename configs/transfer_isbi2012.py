@@ -26,7 +26,11 @@ from configs import unet_synthetic
 
 def get_config(arg=None):
   args = common.parse_arg(
-    arg, pretrained="", freeze_encoder=False, slices=4, steps=300,
+    arg,
+    pretrained="",
+    freeze_encoder=False,
+    slices=4,
+    steps=300,
     runlocal=False,
   )
   config = unet_isbi2012.get_config("runlocal" if args.runlocal else None)

@@ -111,10 +111,17 @@ def build_model(config: ml_collections.ConfigDict, spec: registry.DatasetSpec):
 
 
 def pad_multiple(config: ml_collections.ConfigDict) -> int:
-  """Spatial sizes the model accepts are multiples of this."""
-  if "pad_multiple" in config.data and config.data.pad_multiple:
+  """Evaluation pads whole images to a multiple of this.
+
+  ``config.data.pad_multiple`` if set; else ``2 ** (levels - 1)`` for
+  encoder-decoder models with a ``features`` list; else 1 (models such as
+  FCN and DeepLab accept any size and pad or resize internally).
+  """
+  if config.data.get("pad_multiple"):
     return int(config.data.pad_multiple)
-  return 2 ** (len(config.model.features) - 1)
+  if "features" in config.model:
+    return 2 ** (len(config.model.features) - 1)
+  return 1
 
 
 def _train_step(
@@ -174,15 +181,14 @@ def _deep_supervision_loss(
   """nnU-Net-style deep supervision: the loss at each lower resolution
   (labels and mask subsampled by nearest neighbour) with weights halving per
   level, normalised so the weights sum to one."""
-  labels, mask = batch["label"], batch["mask"]
-  aux_logits = sorted(aux_logits, key=lambda a: -a.shape[1])
   total, weight_sum = main_loss, 1.0
+  labels, mask = batch["label"], batch["mask"]
+  ndim = labels.ndim - 1
+  # Level k (finest first, as the models sow them) is at stride 2**k; a
+  # strided slice of the labels is the nearest-neighbour subsampling, and
+  # matches the model's ceil(S / 2**k) size when it padded its input.
   for level, logits in enumerate(aux_logits, start=1):
-    factors = [
-      full // low
-      for full, low in zip(labels.shape[1:], logits.shape[1:-1], strict=True)
-    ]
-    window = (slice(None),) + tuple(slice(None, None, f) for f in factors)
+    window = (slice(None),) + (slice(None, None, 2**level),) * ndim
     weight = 0.5**level
     total = total + weight * jnp.mean(
       loss_fn(logits, labels[window], mask[window])

@@ -13,7 +13,9 @@ from medseg_jax.data import transforms
 
 CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
 CONFIGS = sorted(
-  p.stem for p in CONFIG_DIR.glob("*.py") if p.stem not in ("__init__", "common")
+  p.stem
+  for p in CONFIG_DIR.glob("*.py")
+  if p.stem not in ("__init__", "common")
 )
 
 
@@ -39,3 +41,33 @@ def test_unknown_config_argument_lists_valid_ones():
 
   with pytest.raises(ValueError, match="runlocal"):
     unet_synthetic.get_config("fastest")
+
+
+def _zoo_cases():
+  from configs import zoo
+
+  for model, (_, dims) in sorted(zoo.MODELS.items()):
+    for data, make in sorted(zoo.DATA.items()):
+      if len(make().data.patch_size) in dims:
+        yield f"model={model},data={data}"
+
+
+@pytest.mark.parametrize("arg", list(_zoo_cases()))
+def test_zoo_presets_build_their_model(arg):
+  """Every zoo preset's model traces on a small input of its data's rank."""
+  import jax
+  import jax.numpy as jnp
+
+  from configs import zoo
+  from medseg_jax import train
+
+  config = zoo.get_config(arg + ",runlocal")
+  spec = registry.get_dataset_spec(config.dataset)
+  model = train.build_model(config, spec)
+  size = (32,) * spec.spatial_dims
+  x = jnp.zeros((1, *size, spec.num_channels))
+  variables = jax.eval_shape(
+    lambda: model.init(jax.random.key(0), x, train=False)
+  )
+  out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
+  assert out.shape == (1, *size, spec.num_classes)

@@ -284,3 +284,20 @@ def test_sigterm_checkpoints_then_exits_cleanly(data_dir, tmp_path):
   ]
   last_logged = max(train_losses(tmp_path))
   assert max(steps) == last_logged  # The step it stopped at was saved.
+
+
+def test_deep_supervision_adds_auxiliary_losses(data_dir, tmp_path):
+  config = tiny_config(data_dir, num_train_steps=2, eval_every_steps=2)
+  config.model.features = (4, 8, 16)
+  config.model.deep_supervision = True
+  train.train_and_evaluate(config, str(tmp_path / "ds"))
+  config.model.deep_supervision = False
+  train.train_and_evaluate(config, str(tmp_path / "plain"))
+  with_aux, plain = (
+    train_losses(tmp_path / "ds"),
+    train_losses(tmp_path / "plain"),
+  )
+  assert all(np.isfinite(v) for v in with_aux.values())
+  # Same first batch and, apart from the auxiliary heads, the same weights:
+  # the first loss differs only by the weighted auxiliary terms.
+  assert with_aux[1] != pytest.approx(plain[1], rel=1e-6)

@@ -11,10 +11,20 @@ from collections.abc import Callable
 
 import flax.linen as nn
 
+from medseg_jax.models.attention_unet import AttentionUNet
+from medseg_jax.models.deeplab import DeepLabV3
+from medseg_jax.models.deeplab import DeepLabV3Plus
+from medseg_jax.models.fcn import FCN
 from medseg_jax.models.unet import UNet
+from medseg_jax.models.vnet import VNet
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
-  "unet": UNet,
+  "unet": UNet,  # 2-D U-Net and, with spatial_dims=3, the 3-D U-Net.
+  "attention_unet": AttentionUNet,
+  "vnet": VNet,
+  "fcn": FCN,  # variant="32s" | "16s" | "8s".
+  "deeplabv3": DeepLabV3,
+  "deeplabv3plus": DeepLabV3Plus,
 }
 
 

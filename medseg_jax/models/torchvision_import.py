@@ -5,16 +5,20 @@ with `torch.save(torchvision.models.resnet50(weights=...).state_dict(),
 path)` on a machine that has torch, or converted to `.npz` there (`np.load`
 returns a mapping that can be passed directly).
 
-Typical use, to start `DeepLabV3` from ImageNet weights:
+Typical use, to start a 1-channel `DeepLabV3(backbone="resnet50")` from
+ImageNet weights:
 
-  >>> state = load_torch_state_dict("resnet50-11ad3fa6.pth")
-  >>> params, stats, report = import_resnet(state, depth=50, in_channels=1)
-  >>> print(report.summary())          # fc.weight, fc.bias unused
-  >>> variables = model.init(key, x, train=False)
-  >>> variables = {
-  ...     "params": graft(variables["params"], params, "backbone"),
-  ...     "batch_stats": graft(variables["batch_stats"], stats, "backbone"),
-  ... }
+  state = load_torch_state_dict("resnet50-11ad3fa6.pth")
+  params, stats, report = import_resnet(state, depth=50, in_channels=1)
+  print(report.summary())  # fc.weight, fc.bias unused.
+  variables = model.init(key, x, train=False)
+  variables = {
+    "params": graft(variables["params"], params, "backbone"),
+    "batch_stats": graft(variables["batch_stats"], stats, "backbone"),
+  }
+
+Inputs should then be normalised as for the ImageNet model (torchvision:
+per-channel mean and std of RGB images in [0, 1]).
 
 Name and layout mapping (torchvision -> `ResNet`):
 
@@ -242,7 +246,9 @@ def _example_key(flax_name: str) -> str:
   return torchvision_key(collection, tuple(path))
 
 
-def graft(tree: Mapping[str, Any], subtree: Mapping[str, Any], prefix: str):
+def graft(
+  tree: Mapping[str, Any], subtree: Mapping[str, Any], prefix: str
+) -> dict[str, Any]:
   """Returns a copy of `tree` with the leaves of `subtree` placed at `prefix`.
 
   Use it to put an imported backbone into a full model's variables, once

@@ -152,7 +152,8 @@ def test_attention_maps(spatial_dims):
 
 
 def test_gradients_finite_and_reach_the_gates():
-  model = AttentionUNet(num_classes=3, features=FEATURES, norm="batch")
+  # Two levels, one gate: the backward pass dominates compile time.
+  model = AttentionUNet(num_classes=3, features=(4, 8), norm="batch")
   variables, x = _init(model, SHAPES[2])
   labels = jax.random.randint(jax.random.key(2), SHAPES[2][:-1], 0, 3)
 
@@ -166,9 +167,8 @@ def test_gradients_finite_and_reach_the_gates():
   grads = _jit(jax.grad(loss_fn))(variables["params"])
   leaves = jax.tree.leaves(grads)
   assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
-  for level in (0, 1):
-    for name in ("theta_x", "phi_g", "psi"):
-      assert bool(jnp.any(grads[f"gate_{level}"][name]["kernel"] != 0))
+  for name in ("theta_x", "phi_g", "psi", "project"):
+    assert bool(jnp.any(grads["gate_0"][name]["kernel"] != 0))
 
 
 def test_jit_equals_eager():

@@ -174,7 +174,8 @@ def test_deeplabv3plus_parameter_count():
 
 
 def test_gradients_finite_and_batch_stats_updated():
-  # DeepLabV3+ exercises everything DeepLabV3 has but its 3x3 head conv.
+  # DeepLabV3+ exercises everything DeepLabV3 has but its 3x3 head conv;
+  # output stride 8 dilates two stages.
   model = _model(
     deeplab.DeepLabV3Plus, num_classes=3, backbone="resnet18", output_stride=8
   )
@@ -211,8 +212,17 @@ def test_init_and_apply_under_jit():
   variables = _jit(lambda k, x: model.init(k, x, train=False))(
     jax.random.key(1), x
   )
+  # The real initialisers (other tests draw variables on the host).
+  expected = jax.eval_shape(
+    lambda x: model.init(jax.random.key(0), x, train=False), x
+  )
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, expected)
   for leaf in jax.tree.leaves(variables):
     assert leaf.dtype == jnp.float32
+    assert bool(jnp.all(jnp.isfinite(leaf)))
+  backbone_stats = variables["batch_stats"]["backbone"]
+  np.testing.assert_array_equal(backbone_stats["bn1"]["var"], 1.0)
+  np.testing.assert_array_equal(backbone_stats["layer2_0"]["bn1"]["mean"], 0.0)
   apply = _jit(lambda v, x: model.apply(v, x, train=False))
   logits = apply(variables, x)
   assert logits.shape == (2, 33, 45, 2)

@@ -11,6 +11,28 @@ from medseg_jax import models
 # added here, which the first test enforces.
 TINY_KWARGS = {
   "unet": {"num_classes": 2, "features": (4, 8)},
+  "attention_unet": {"num_classes": 2, "features": (4, 8)},
+  "vnet": {
+    "num_classes": 2,
+    "features": (4, 8),
+    "convs": (1, 1),
+    "spatial_dims": 2,
+  },
+  "fcn": {"num_classes": 2, "width": 1 / 16},
+  "deeplabv3": {
+    "num_classes": 2,
+    "backbone": "resnet18",
+    "width": 1 / 16,
+    "aspp_features": 8,
+  },
+  "deeplabv3plus": {
+    "num_classes": 2,
+    "backbone": "resnet18",
+    "width": 1 / 16,
+    "aspp_features": 8,
+    "low_level_features": 4,
+    "decoder_features": 8,
+  },
 }
 
 

@@ -12,10 +12,6 @@ WIDTH = 1 / 16  # 4 ... 32 convolution channels, 256 in fc6/fc7.
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 
 
-def _jit(fn):
-  return jax.jit(fn, compiler_options=FAST_COMPILE)
-
-
 def _abstract(model: nn.Module, shape):
   """(variables, outputs) shapes, computed without allocating weights."""
   x = jax.ShapeDtypeStruct(shape, jnp.float32)
@@ -93,23 +89,23 @@ def test_batch_norm_replaces_biases():
   assert set(variables["params"]["bn6"]) == {"scale", "bias"}
 
 
-def test_gradients_finite_dropout_and_jit():
+def test_dropout_in_training_only():
+  # Gradients through VGG are checked in fcn_test.py (FCN-8s over VGG-16)
+  # and its real initialisation there too; here the variables are drawn on
+  # the host to save the initialisers' compile time.
   model = vgg.VGG(width=WIDTH)
-  x = jax.random.normal(jax.random.key(0), (2, 33, 45, 1))
-  variables = _jit(lambda k, x: model.init(k, x, train=False))(
-    jax.random.key(1), x
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 33, 45, 1), np.float32))
+  shapes, _ = _abstract(model, x.shape)
+  variables = jax.tree_util.tree_map_with_path(
+    lambda path, leaf: (
+      rng.standard_normal(leaf.shape, np.float32)
+      * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
+      if path[-1].key == "kernel"
+      else np.zeros(leaf.shape, np.float32)
+    ),
+    shapes,
   )
-
-  def loss_fn(params, key):
-    out = model.apply({"params": params}, x, train=True, rngs={"dropout": key})
-    return jnp.mean(out["fc7"] ** 2) + jnp.mean(out["pool3"] ** 2)
-
-  grads = _jit(jax.grad(loss_fn))(variables["params"], jax.random.key(2))
-  leaves = jax.tree.leaves(grads)
-  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
-  assert all(bool(jnp.any(g != 0)) for g in leaves)
-
-  # Dropout is active in training only.
   apply = jax.jit(
     lambda v, x, key: (
       model.apply(v, x, train=True, rngs={"dropout": key})["fc7"],

@@ -1,0 +1,137 @@
+r"""The model zoo side by side: any registered architecture on any dataset.
+
+  python -m medseg_jax.main --config=configs/zoo.py:model=deeplabv3plus \
+      --workdir=workdirs/zoo/deeplabv3plus_synthetic2d
+  python -m medseg_jax.main --config=configs/zoo.py:model=fcn8s,data=isbi \
+      --workdir=workdirs/zoo/fcn8s_isbi
+  python -m medseg_jax.main --config=configs/zoo.py:model=vnet,data=synthetic3d \
+      --workdir=workdirs/zoo/vnet_synthetic3d
+
+Models (``model=``): see ``MODELS`` below; the widths are CPU-sized (the
+published sizes are the constructors' defaults and are what the parameter
+count tests check). Data (``data=``): ``synthetic2d`` (default),
+``synthetic3d``, ``isbi`` (needs ``--config.manual_dir``, default
+``../shared/data/isbi2012_em_membrane``). Add ``runlocal`` for a
+seconds-long smoke run.
+"""
+
+import ml_collections
+
+from configs import common
+from configs import unet3d_synthetic
+from configs import unet_isbi2012
+from configs import unet_synthetic
+
+# Preset name -> (model fields, spatial dims it supports).
+MODELS = {
+  "unet": (
+    dict(name="unet", features=(16, 32, 64, 128), norm="instance"),
+    (2, 3),
+  ),
+  "unet_residual_ds": (
+    dict(
+      name="unet",
+      features=(16, 32, 64, 128),
+      norm="instance",
+      residual=True,
+      deep_supervision=True,
+    ),
+    (2, 3),
+  ),
+  "attention_unet": (
+    dict(name="attention_unet", features=(16, 32, 64, 128), norm="instance"),
+    (2, 3),
+  ),
+  "fcn32s": (
+    dict(name="fcn", variant="32s", backbone="resnet50", width=0.25),
+    (2,),
+  ),
+  "fcn16s": (
+    dict(name="fcn", variant="16s", backbone="resnet50", width=0.25),
+    (2,),
+  ),
+  "fcn8s": (
+    dict(name="fcn", variant="8s", backbone="resnet50", width=0.25),
+    (2,),
+  ),
+  "fcn8s_vgg16": (
+    dict(name="fcn", variant="8s", backbone="vgg16", width=0.125),
+    (2,),
+  ),
+  "deeplabv3": (
+    dict(
+      name="deeplabv3",
+      backbone="resnet50",
+      width=0.25,
+      aspp_features=64,
+      output_stride=16,
+    ),
+    (2,),
+  ),
+  "deeplabv3plus": (
+    dict(
+      name="deeplabv3plus",
+      backbone="resnet50",
+      width=0.25,
+      aspp_features=64,
+      decoder_features=64,
+      low_level_features=16,
+      output_stride=16,
+    ),
+    (2,),
+  ),
+  "unet3d": (
+    dict(
+      name="unet",
+      features=(4, 8, 16, 32),
+      norm="instance",
+      double_within_level=True,
+    ),
+    (3,),
+  ),
+  "vnet": (
+    dict(
+      name="vnet",
+      features=(8, 16, 32, 64),
+      convs=(1, 2, 2, 2),
+      norm="instance",
+    ),
+    (3, 2),
+  ),
+}
+
+DATA = {
+  "synthetic2d": unet_synthetic.get_config,
+  "synthetic3d": unet3d_synthetic.get_config,
+  "isbi": unet_isbi2012.get_config,
+}
+
+
+def get_config(arg=None):
+  args = common.parse_arg(
+    arg, model="unet", data="synthetic2d", runlocal=False, steps=0
+  )
+  if args.model not in MODELS:
+    raise ValueError(
+      f"Unknown model preset {args.model!r}; valid: {sorted(MODELS)}."
+    )
+  if args.data not in DATA:
+    raise ValueError(f"Unknown data {args.data!r}; valid: {sorted(DATA)}.")
+  config = DATA[args.data]("runlocal" if args.runlocal else None)
+  fields, dims = MODELS[args.model]
+  spatial_dims = len(config.data.patch_size)
+  if spatial_dims not in dims:
+    raise ValueError(
+      f"Model preset {args.model!r} is for {dims}-D data; {args.data!r} is "
+      f"{spatial_dims}-D."
+    )
+  config.model = ml_collections.ConfigDict(fields)
+  if args.runlocal and "features" in fields:
+    config.model.features = (
+      (4, 8, 16) if fields.get("deep_supervision") else (8, 16)
+    )
+    if "convs" in fields:
+      config.model.convs = (1, 1)
+  if args.steps:
+    config.num_train_steps = args.steps
+  return config
