@@ -29,10 +29,10 @@ ENTRIES = [
   ("unet_paper", "unet", dict(features=(64, 128, 256, 512, 1024), norm="none"), (1, 512, 512, 1)),
   ("attention_unet", "attention_unet", dict(features=(16, 32, 64, 128)), (8, 128, 128, 1)),
   ("fcn8s_vgg16_w0.25", "fcn", dict(variant="8s", backbone="vgg16", width=0.25), (8, 128, 128, 1)),
-  ("deeplabv3_r50_w0.25", "deeplabv3", dict(depth=50, width=0.25), (8, 128, 128, 1)),
-  ("deeplabv3plus_r50_w0.25", "deeplabv3plus", dict(depth=50, width=0.25), (8, 128, 128, 1)),
-  ("unet3d", "unet", dict(features=(8, 16, 32, 64), norm="instance", spatial_dims=3), (2, 64, 64, 64, 1)),
-  ("vnet", "vnet", dict(spatial_dims=3), (2, 64, 64, 64, 1)),
+  ("deeplabv3_r50_w0.25", "deeplabv3", dict(backbone="resnet50", width=0.25, aspp_features=64), (8, 128, 128, 1)),
+  ("deeplabv3plus_r50_w0.25", "deeplabv3plus", dict(backbone="resnet50", width=0.25, aspp_features=64), (8, 128, 128, 1)),
+  ("unet3d", "unet", dict(features=(4, 8, 16, 32), norm="instance", double_within_level=True, spatial_dims=3), (4, 32, 32, 32, 1)),
+  ("vnet", "vnet", dict(features=(8, 16, 32, 64), convs=(1, 2, 2, 2), norm="instance", spatial_dims=3), (2, 32, 32, 32, 1)),
 ]
 
 

@@ -20,6 +20,7 @@ validation Dice among the checkpoints that were saved with metrics.
 from __future__ import annotations
 
 import dataclasses
+import os
 from typing import Any
 
 import jax
@@ -29,6 +30,14 @@ from etils import epath
 from orbax.checkpoint import checkpoint_managers as cm
 
 BEST_METRIC = "val_dice"
+
+
+def absolute(path: str | epath.PathLike) -> epath.Path:
+  """Orbax needs absolute paths; cloud paths (``gs://...``) are left as is."""
+  text = os.fspath(path)
+  if "://" in text:
+    return epath.Path(text)
+  return epath.Path(os.path.abspath(os.path.expanduser(text)))
 
 
 def _best_metric(metrics: dict[str, Any]) -> float:
@@ -62,7 +71,7 @@ def create_manager(
     create=True,
   )
   return ocp.CheckpointManager(
-    epath.Path(directory),
+    absolute(directory),
     options=options,
     item_names=("state", "data_iter"),
   )
@@ -157,7 +166,7 @@ def load_params(
   Used for ``config.init_from``: only the weights are taken, not the
   optimizer, step or data position.
   """
-  directory = epath.Path(directory)
+  directory = absolute(directory)
   if (directory / "checkpoints").exists():
     directory = directory / "checkpoints"
   manager = ocp.CheckpointManager(

@@ -219,7 +219,7 @@ def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str
 ) -> dict[str, Any]:
   """Trains, checkpoints and evaluates; returns the test-split summary."""
-  workdir = epath.Path(workdir)
+  workdir = checkpointing.absolute(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   # Fail fast on bad names, before any data is built or compiled.
   spec = registry.get_dataset_spec(config.dataset)
@@ -248,7 +248,7 @@ def train_and_evaluate(
   # Data: build the TFDS dataset once (process 0), then every process opens
   # its own grain iterator over the ArrayRecord files.
   # --------------------------------------------------------------------------
-  data_dir = str(epath.Path(config.data_dir).expanduser())
+  data_dir = str(checkpointing.absolute(config.data_dir))
   if jax.process_index() == 0:
     registry.prepare(config.dataset, data_dir, config.get("manual_dir"))
   if jax.process_count() > 1:

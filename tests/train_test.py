@@ -301,3 +301,11 @@ def test_deep_supervision_adds_auxiliary_losses(data_dir, tmp_path):
   # Same first batch and, apart from the auxiliary heads, the same weights:
   # the first loss differs only by the weighted auxiliary terms.
   assert with_aux[1] != pytest.approx(plain[1], rel=1e-6)
+
+
+def test_relative_workdir_and_data_dir(data_dir, tmp_path, monkeypatch):
+  monkeypatch.chdir(tmp_path)
+  config = tiny_config(data_dir, num_train_steps=2, eval_every_steps=2)
+  train.train_and_evaluate(config, "runs/relative")
+  assert (tmp_path / "runs" / "relative" / "checkpoints" / "2").is_dir()
+  assert checkpointing.load_params("runs/relative")[0]
