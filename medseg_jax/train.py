@@ -9,12 +9,15 @@ Initialisation order (the first that applies wins):
   1. the latest checkpoint in ``workdir/checkpoints`` (automatic resume);
   2. ``config.resume_from``: another run's checkpoint, full state and data
      position (e.g. to branch a run);
-  3. ``config.init_from``: another run's weights only (transfer learning);
+  3. ``config.init_from``: another run's weights only (transfer learning),
+     or a torchvision ResNet state dict (``.pth``, ``.pt`` or ``.npz``) for
+     the ``backbone`` of FCN/DeepLab models;
   4. random initialisation from ``config.seed``.
 """
 
 import contextlib
 import functools
+import re
 import signal
 import time
 from typing import Any
@@ -41,6 +44,7 @@ from medseg_jax.data import pipeline
 from medseg_jax.data import registry
 from medseg_jax.evaluation import evaluator
 from medseg_jax.evaluation import overlays
+from medseg_jax.models import torchvision_import
 
 
 class TrainState(train_state.TrainState):
@@ -122,6 +126,46 @@ def pad_multiple(config: ml_collections.ConfigDict) -> int:
   if "features" in config.model:
     return 2 ** (len(config.model.features) - 1)
   return 1
+
+
+TORCHVISION_SUFFIXES = (".pth", ".pt", ".npz")
+
+
+def _init_from_torchvision(state, config, spec, mesh, workdir):
+  """Puts a torchvision ResNet state dict (``.pth``/``.pt`` via torch, or
+  ``.npz`` of the same names) into the model's ``backbone``."""
+  match = re.fullmatch(r"resnet(\d+)", config.model.get("backbone", ""))
+  if not match:
+    raise ValueError(
+      f"init_from={config.init_from!r} is a torchvision ResNet state dict; "
+      f"it needs a model with backbone='resnetNN', got "
+      f"{config.model.get('backbone')!r}."
+    )
+  path = config.init_from
+  if path.endswith(".npz"):
+    with np.load(path) as data:
+      raw = dict(data)
+  else:
+    raw = torchvision_import.load_torch_state_dict(path)
+  params, stats, report = torchvision_import.import_resnet(
+    raw,
+    int(match.group(1)),
+    width=config.model.get("width", 1.0),
+    in_channels=spec.num_channels,
+    prefix=config.get("init_prefix", ""),
+  )
+  summary = report.summary()
+  logging.info("init_from %s: %s", path, summary)
+  if jax.process_index() == 0:
+    (workdir / "init_from_report.txt").write_text(summary + "\n")
+  return state.replace(
+    params=sharding.replicate(
+      torchvision_import.graft(state.params, params, "backbone"), mesh
+    ),
+    batch_stats=sharding.replicate(
+      torchvision_import.graft(state.batch_stats, stats, "backbone"), mesh
+    ),
+  )
 
 
 def _train_step(
@@ -308,6 +352,8 @@ def train_and_evaluate(
     state, iter_state = checkpointing.restore(source, step, state)
     if iter_state:
       train_iter.set_state(iter_state)
+  elif str(config.get("init_from", "")).endswith(TORCHVISION_SUFFIXES):
+    state = _init_from_torchvision(state, config, spec, mesh, workdir)
   elif config.get("init_from"):
     params, batch_stats = checkpointing.load_params(config.init_from)
     options = dict(

@@ -108,3 +108,32 @@ def test_init_from_loads_weights_and_frozen_layers_stay_bit_identical(
       np.testing.assert_array_equal(value, flat_source[name], err_msg=name)
     elif name.startswith("up_0/conv_0"):
       assert not np.array_equal(value, flat_source[name])  # It trained.
+
+
+def test_init_from_torchvision_state_dict_fills_the_backbone(
+  synthetic_2d_dir, tmp_path
+):
+  from tests.models import torchvision_import_test
+
+  width = 1 / 16
+  state = torchvision_import_test.fake_state_dict(18, width=width)
+  path = tmp_path / "resnet18_fake.npz"
+  np.savez(path, **state)
+  config = train_test.tiny_config(synthetic_2d_dir, num_train_steps=1)
+  config.model = dict(
+    name="deeplabv3", backbone="resnet18", width=width, aspp_features=8
+  )
+  config.data.pad_multiple = 1
+  config.init_from = str(path)
+  config.optimizer.param_groups = [dict(pattern="^backbone/", freeze=True)]
+  train.train_and_evaluate(config, str(tmp_path / "run"))
+  params = transfer.flatten(checkpointing.load_params(tmp_path / "run")[0])
+  # conv1 of the RGB source is summed over its input channels for 1 channel.
+  expected = (
+    state["conv1.weight"].sum(axis=1, keepdims=True).transpose(2, 3, 1, 0)
+  )
+  np.testing.assert_allclose(
+    params["backbone/conv1/kernel"], expected, rtol=1e-6
+  )
+  report = (tmp_path / "run" / "init_from_report.txt").read_text()
+  assert "fc.weight" in report
