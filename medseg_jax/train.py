@@ -511,8 +511,9 @@ def evaluate_and_report(
   """Writes CSV/JSON reports and overlays of ``result`` and prints a table."""
   summary = {"step": step}
   if jax.process_index() == 0:
-    summary = evaluator.write_reports(result, workdir / "eval", split)
-    summary["step"] = step
+    summary = evaluator.write_reports(
+      result, workdir / "eval", split, extra={"step": step}
+    )
     table = evaluator.format_table(result)
     print(f"\nEvaluation of split '{split}' (checkpoint step {step}):\n{table}")
     dice = np.nanmean(result.score_matrix("dice")[:, 1:], axis=1)

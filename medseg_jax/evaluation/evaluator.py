@@ -174,7 +174,10 @@ def per_case_rows(result: EvalResult) -> list[dict[str, Any]]:
 
 
 def write_reports(
-  result: EvalResult, directory: str | epath.Path, split: str
+  result: EvalResult,
+  directory: str | epath.Path,
+  split: str,
+  extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
   """Writes ``<split>_per_case.csv`` and ``<split>_summary.json``.
 
@@ -191,6 +194,7 @@ def write_reports(
   _atomic_write(directory / f"{split}_per_case.csv", buffer.getvalue())
   summary = result.summary()
   summary["split"] = split
+  summary.update(extra or {})
   summary["per_case"] = {
     case.case_id: {
       name: {s: float(case.scores[s][i]) for s in SCORE_NAMES}
