@@ -89,11 +89,14 @@ MODELS = {
     ),
     (3,),
   ),
+  # V-Net's topology at CPU size: 3^d kernels instead of the paper's 5^d
+  # (kernel_size=5 restores them, at about 4.6x the cost in 3-D).
   "vnet": (
     dict(
       name="vnet",
       features=(8, 16, 32, 64),
       convs=(1, 2, 2, 2),
+      kernel_size=3,
       norm="instance",
     ),
     (3, 2),

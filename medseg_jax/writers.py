@@ -34,6 +34,7 @@ class JsonlWriter(interface.MetricWriter):
       value = float(value)
       record[key] = value if math.isfinite(value) else str(value)
     self._file.write(json.dumps(record) + "\n")
+    self._file.flush()  # Lines are rare; a reader can follow the run.
 
   def write_summaries(self, step, values, metadata=None):
     del step, values, metadata
