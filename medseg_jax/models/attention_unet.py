@@ -252,19 +252,16 @@ class AttentionUNet(nn.Module):
         sizes are not multiples of `2 ** (len(features) - 1)` and
         `pad_input` is False.
     """
-    x = jnp.asarray(x)
     d = self.spatial_dims
     num_levels = len(self.features)
-    layers.check_image(
-      x, model="AttentionUNet", spatial_dims=d, in_channels=self.in_channels
+    x, spatial = layers.prepare_input(
+      x,
+      model="AttentionUNet",
+      spatial_dims=d,
+      in_channels=self.in_channels,
+      num_downsamplings=num_levels - 1,
+      pad_input=self.pad_input,
     )
-    spatial = tuple(x.shape[1:-1])
-    if self.pad_input:
-      x = layers.pad_to_multiple(x, 2 ** (num_levels - 1))
-    else:
-      layers.check_divisible(
-        x, model="AttentionUNet", num_downsamplings=num_levels - 1
-      )
     x = x.astype(self.dtype)
 
     def block(features: int, name: str) -> layers.ConvBlock:

@@ -201,6 +201,37 @@ def check_divisible(
     )
 
 
+def prepare_input(
+  x: jax.typing.ArrayLike,
+  *,
+  model: str,
+  spatial_dims: int,
+  in_channels: int | None,
+  num_downsamplings: int,
+  pad_input: bool,
+) -> tuple[jax.Array, tuple[int, ...]]:
+  """The input checks shared by the encoder-decoder models.
+
+  Checks rank and channels (`check_image`), then either zero-pads the
+  spatial axes to multiples of `2**num_downsamplings` (`pad_input=True`) or
+  raises unless they already are (`check_divisible`).
+
+  Returns:
+    `(x, spatial)`: the possibly padded input and the original spatial size,
+    to crop the logits back with `crop_spatial`.
+  """
+  x = jnp.asarray(x)
+  check_image(
+    x, model=model, spatial_dims=spatial_dims, in_channels=in_channels
+  )
+  spatial = tuple(x.shape[1:-1])
+  if pad_input:
+    x = pad_to_multiple(x, 2**num_downsamplings)
+  else:
+    check_divisible(x, model=model, num_downsamplings=num_downsamplings)
+  return x, spatial
+
+
 def pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
   """Zero-pads the spatial axes of `x` at their ends to multiples.
 
