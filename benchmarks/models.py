@@ -13,15 +13,20 @@ compilation and warm-up) on whatever devices JAX sees.
 from __future__ import annotations
 
 import argparse
+import pathlib
 import statistics
+import sys
 import time
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from medseg_jax import losses
-from medseg_jax import models
+# Run as a script from anywhere: make the repository importable.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from medseg_jax import losses  # noqa: E402
+from medseg_jax import models  # noqa: E402
 
 # (label, registry name, constructor kwargs, input shape [B, *S, C]).
 ENTRIES = [
@@ -77,7 +82,7 @@ def measure(name, kwargs, shape, repeats):
     def objective(params):
       logits, updates = model.apply(
         {**variables, "params": params}, x, train=True,
-        mutable=["batch_stats"],
+        mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)},
       )
       return jnp.mean(loss_fn(logits, labels, mask)), updates
 
