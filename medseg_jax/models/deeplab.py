@@ -209,8 +209,11 @@ class _DeepLabBase(nn.Module):
     return DEFAULT_RATES[self.output_stride]
 
   def _features(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
-    resnet.check_image_shape(
-      type(self).__name__, x, self.spatial_dims, self.in_channels
+    layers.check_image(
+      x,
+      model=type(self).__name__,
+      spatial_dims=self.spatial_dims,
+      in_channels=self.in_channels,
     )
     return resnet.ResNet(
       depth=self._depth(),

@@ -79,12 +79,6 @@ def parse_backbone(backbone: str) -> tuple[str, int]:
   raise ValueError(f"Unknown backbone {backbone!r}; expected one of {valid}.")
 
 
-def pad_to_multiple(x: jax.Array, multiple: int) -> jax.Array:
-  """Zero-pads the spatial axes of `f[B, *S, C]` at the end to multiples."""
-  pads = [(0, 0)] + [(0, -n % multiple) for n in x.shape[1:-1]] + [(0, 0)]
-  return jnp.pad(x, pads)
-
-
 def bilinear_kernel(factor: int, spatial_dims: int) -> jax.Array:
   """The `(2 factor)^d` (bi/tri)linear interpolation filter.
 
@@ -311,10 +305,15 @@ class FCN(nn.Module):
       ValueError: if the input rank or channels do not fit.
     """
     x = jnp.asarray(x)
-    resnet.check_image_shape("FCN", x, self.spatial_dims, self.in_channels)
+    layers.check_image(
+      x,
+      model="FCN",
+      spatial_dims=self.spatial_dims,
+      in_channels=self.in_channels,
+    )
     d = self.spatial_dims
     sizes = x.shape[1:-1]
-    padded = pad_to_multiple(x, STRIDE)
+    padded = layers.pad_to_multiple(x, STRIDE)
     features = self._backbone()(padded, train=train)
     family, _ = parse_backbone(self.backbone)
     keys = _SKIPS[family]

@@ -61,31 +61,6 @@ DEPTHS: Mapping[int, tuple[str, tuple[int, int, int, int]]] = {
 EXPANSION = {"basic": 1, "bottleneck": 4}
 # Keys of the dict returned by `ResNet.__call__`, finest first.
 STAGES = ("stem", "layer1", "layer2", "layer3", "layer4")
-_AXIS_NAMES = {2: "H, W", 3: "D, H, W"}
-
-
-def check_image_shape(
-  model: str, x: jax.Array, spatial_dims: int, in_channels: int | None
-) -> None:
-  """Raises a ValueError naming the expected shape if `x` does not fit.
-
-  Args:
-    model: name of the model, used in the message.
-    x: the input, expected `[B, H, W, C]` (2-D) or `[B, D, H, W, C]` (3-D).
-    spatial_dims: 2 or 3.
-    in_channels: expected `C`, or None to accept any.
-  """
-  expected = f"[B, {_AXIS_NAMES[spatial_dims]}, C]"
-  if x.ndim != spatial_dims + 2:
-    raise ValueError(
-      f"{model} with spatial_dims={spatial_dims} expects inputs of shape "
-      f"{expected} ({spatial_dims + 2} dims), got shape {tuple(x.shape)}."
-    )
-  if in_channels is not None and x.shape[-1] != in_channels:
-    raise ValueError(
-      f"{model} expects {in_channels} input channels (last axis of "
-      f"{expected}), got shape {tuple(x.shape)}."
-    )
 
 
 def scaled(channels: int, width: float) -> int:
@@ -370,7 +345,12 @@ class ResNet(nn.Module):
       ValueError: if the input rank or channels do not fit.
     """
     x = jnp.asarray(x)
-    check_image_shape("ResNet", x, self.spatial_dims, self.in_channels)
+    layers.check_image(
+      x,
+      model="ResNet",
+      spatial_dims=self.spatial_dims,
+      in_channels=self.in_channels,
+    )
     d = self.spatial_dims
     kind, blocks = DEPTHS[self.depth]
     block_cls = BasicBlock if kind == "basic" else Bottleneck

@@ -140,7 +140,12 @@ class VGG(nn.Module):
       ValueError: if the input rank or channels do not fit.
     """
     x = jnp.asarray(x)
-    resnet.check_image_shape("VGG", x, self.spatial_dims, self.in_channels)
+    layers.check_image(
+      x,
+      model="VGG",
+      spatial_dims=self.spatial_dims,
+      in_channels=self.in_channels,
+    )
     d = self.spatial_dims
     use_bias = self.norm == "none"
 
