@@ -26,72 +26,29 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from medseg_jax.data import isbi2012_em
-from medseg_jax.data import phantoms
+from medseg_jax.data import lesjak_ms
 from medseg_jax.data import synthetic_phantoms
+from medseg_jax.data.spec import DatasetSpec
 
 _FILE_FORMAT = "array_record"
 
 
-@dataclasses.dataclass(frozen=True)
-class DatasetSpec:
-  """What a model and a pipeline need to know about a dataset.
-
-  Attributes:
-    tfds_name: name for `tfds.builder` / `tfds.data_source`, with the config
-      if any (e.g. `"synthetic_phantoms/2d"`).
-    num_classes: number of label classes, background included.
-    class_names: name of each class id.
-    spatial_dims: 2 for images, 3 for volumes.
-    num_channels: size of the image's last axis.
-    splits: names of the splits the builder writes.
-    needs_manual_dir: whether `prepare` needs files fetched by hand.
-  """
-
-  tfds_name: str
-  num_classes: int
-  class_names: tuple[str, ...]
-  spatial_dims: int
-  num_channels: int
-  splits: tuple[str, ...]
-  needs_manual_dir: bool
-
+# Builder packages; each declares `DATASET_SPECS` and `BUILDER`, and
+# importing it registered its builder with TFDS. To add a dataset, write a
+# package like these and list it here.
+_PACKAGES = (synthetic_phantoms, isbi2012_em, lesjak_ms)
 
 DATASETS: dict[str, DatasetSpec] = {
-  "synthetic_phantoms/2d": DatasetSpec(
-    tfds_name="synthetic_phantoms/2d",
-    num_classes=len(phantoms.CLASS_NAMES),
-    class_names=phantoms.CLASS_NAMES,
-    spatial_dims=2,
-    num_channels=1,
-    splits=("train", "validation", "test"),
-    needs_manual_dir=False,
-  ),
-  "synthetic_phantoms/3d": DatasetSpec(
-    tfds_name="synthetic_phantoms/3d",
-    num_classes=len(phantoms.CLASS_NAMES),
-    class_names=phantoms.CLASS_NAMES,
-    spatial_dims=3,
-    num_channels=1,
-    splits=("train", "validation", "test"),
-    needs_manual_dir=False,
-  ),
-  "isbi2012_em": DatasetSpec(
-    tfds_name="isbi2012_em",
-    num_classes=len(isbi2012_em.CLASS_NAMES),
-    class_names=isbi2012_em.CLASS_NAMES,
-    spatial_dims=2,
-    num_channels=1,
-    splits=("train", "validation"),
-    needs_manual_dir=True,
-  ),
+  name: spec
+  for package in _PACKAGES
+  for name, spec in package.DATASET_SPECS.items()
 }
 
-# The builder class behind each dataset; importing its module registered it
-# with TFDS.
+# The builder class behind each dataset.
 _BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
-  "synthetic_phantoms/2d": synthetic_phantoms.SyntheticPhantoms,
-  "synthetic_phantoms/3d": synthetic_phantoms.SyntheticPhantoms,
-  "isbi2012_em": isbi2012_em.Isbi2012Em,
+  name: package.BUILDER
+  for package in _PACKAGES
+  for name in package.DATASET_SPECS
 }
 
 
@@ -127,9 +84,10 @@ def prepare(
   Args:
     name: a key of `DATASETS`.
     data_dir: root directory of the prepared datasets.
-    manual_dir: directory of files fetched by hand, for datasets with
-      `needs_manual_dir`; ignored by the others. If omitted (None or ""),
-      TFDS's default `<data_dir>/downloads/manual` is used when it exists.
+    manual_dir: directory of files fetched by hand. Required (or TFDS's
+      default `<data_dir>/downloads/manual`) for datasets with
+      `needs_manual_dir`; for the others it replaces the download when
+      given. None or "" means not set.
 
   Returns:
     The builder, prepared; `builder.as_data_source(split)` reads it.
@@ -149,8 +107,14 @@ def prepare(
 
   # Our datasets are never on the public TFDS bucket.
   download_config = tfds.download.DownloadConfig(try_download_gcs=False)
+  manual_dir = manual_dir or None  # Configs use "" for "not set".
+  if not spec.needs_manual_dir and manual_dir is not None:
+    if not pathlib.Path(manual_dir).is_dir():
+      raise FileNotFoundError(f"manual_dir {manual_dir} is not a directory.")
+    download_config = dataclasses.replace(
+      download_config, manual_dir=os.fspath(manual_dir)
+    )
   if spec.needs_manual_dir:
-    manual_dir = manual_dir or None  # Configs use "" for "not set".
     if manual_dir is None:
       default = pathlib.Path(data_dir) / "downloads" / "manual"
       if default.is_dir() and any(default.iterdir()):
