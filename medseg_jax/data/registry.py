@@ -134,12 +134,20 @@ def prepare(
   incomplete_before = _incomplete_dirs(builder)
   try:
     builder.download_and_prepare(download_config=download_config)
-  except BaseException:
+  except BaseException as e:
     # TFDS 4.9 already deletes its temporary directory when a build fails;
     # make sure of it, without touching directories that were there before
     # (another process may still be writing them).
     for path in _incomplete_dirs(builder) - incomplete_before:
       shutil.rmtree(path, ignore_errors=True)
+    # Two processes building the same dataset at once: the second one's final
+    # rename fails because the first one's complete build is already there.
+    if isinstance(e, FileExistsError):
+      rebuilt = tfds.builder(
+        spec.tfds_name, data_dir=os.fspath(data_dir), file_format=_FILE_FORMAT
+      )
+      if rebuilt.is_prepared():
+        return rebuilt
     raise
   return builder
 

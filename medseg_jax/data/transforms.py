@@ -98,11 +98,23 @@ def _with_mask(example: Example) -> Example:
 class RandomCropOrPad(grain.transforms.RandomMap):
   """Random spatial crop to ``size``, zero padding axes that are smaller.
 
-  The position is drawn uniformly; padding puts the image at a random offset
-  inside the patch. Padded voxels get ``mask = 0`` so losses ignore them.
+  With probability ``foreground_share`` the patch is centred on a voxel of a
+  foreground class (a class drawn uniformly among those present, then a
+  voxel of it drawn uniformly), as nnU-Net oversamples foreground so that
+  small structures are seen often enough; otherwise, and when the example
+  has no foreground, the position is drawn uniformly. Padding puts the image
+  at a random offset inside the patch; padded voxels get ``mask = 0`` so
+  losses ignore them.
   """
 
   size: tuple[int, ...] = ()
+  foreground_share: float = 0.0
+
+  def __post_init__(self):
+    if not 0.0 <= self.foreground_share <= 1.0:
+      raise ValueError(
+        f"foreground_share must be in [0, 1]; got {self.foreground_share}."
+      )
 
   def random_map(self, example: Example, rng: np.random.Generator) -> Example:
     example = _with_mask(example)
@@ -118,10 +130,19 @@ class RandomCropOrPad(grain.transforms.RandomMap):
     ]
     example = _pad_to(example, self.size, offsets)
     shape = example["label"].shape
-    starts = [
-      int(rng.integers(0, h - w + 1))
-      for h, w in zip(shape, self.size, strict=True)
-    ]
+    starts = None
+    if self.foreground_share and rng.random() < self.foreground_share:
+      centre = _foreground_voxel(example["label"], rng)
+      if centre is not None:
+        starts = [
+          int(np.clip(c - w // 2, 0, h - w))
+          for c, h, w in zip(centre, shape, self.size, strict=True)
+        ]
+    if starts is None:
+      starts = [
+        int(rng.integers(0, h - w + 1))
+        for h, w in zip(shape, self.size, strict=True)
+      ]
     window = tuple(
       slice(s, s + w) for s, w in zip(starts, self.size, strict=True)
     )
@@ -131,6 +152,20 @@ class RandomCropOrPad(grain.transforms.RandomMap):
       "label": example["label"][window],
       "mask": example["mask"][window],
     }
+
+
+def _foreground_voxel(
+  label: np.ndarray, rng: np.random.Generator
+) -> tuple[int, ...] | None:
+  """A random voxel of a random foreground class present, or None."""
+  classes = np.unique(label)
+  classes = classes[classes > 0]
+  if not classes.size:
+    return None
+  chosen = classes[int(rng.integers(0, classes.size))]
+  flat = np.flatnonzero(label.reshape(-1) == chosen)
+  index = flat[int(rng.integers(0, flat.size))]
+  return tuple(int(i) for i in np.unravel_index(index, label.shape))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -221,3 +221,96 @@ def test_build_and_read_without_tensorflow(tmp_path):
     "spacing": ["float32", [2]],
     "case_id": "bytes",
   }
+
+
+def test_interrupted_build_restarts_cleanly(tmp_path, monkeypatch):
+  """A build stopped half-way (Ctrl-C) leaves nothing; the next one works."""
+  original = sp.SyntheticPhantoms._generate_examples
+
+  def interrupted(self, *args, **kwargs):
+    examples = original(self, *args, **kwargs)
+    yield next(examples)
+    raise KeyboardInterrupt
+
+  monkeypatch.setattr(sp.SyntheticPhantoms, "_generate_examples", interrupted)
+  with pytest.raises(KeyboardInterrupt):
+    registry.prepare("synthetic_phantoms/2d", tmp_path)
+  assert not list(tmp_path.rglob("incomplete.*"))
+  with pytest.raises(FileNotFoundError):
+    registry.data_source("synthetic_phantoms/2d", "train", tmp_path)
+
+  monkeypatch.setattr(sp.SyntheticPhantoms, "_generate_examples", original)
+  registry.prepare("synthetic_phantoms/2d", tmp_path)
+  source = registry.data_source("synthetic_phantoms/2d", "train", tmp_path)
+  assert len(source) == SMALL_SIZES["train"]
+
+
+def test_killed_build_leaves_no_complete_looking_dataset(tmp_path):
+  """SIGKILL mid-build: the debris is not mistaken for a dataset."""
+  ready = tmp_path / "ready"
+  script = textwrap.dedent(
+    f"""
+    import pathlib, time
+    from medseg_jax.data import registry
+    from medseg_jax.data.synthetic_phantoms import synthetic_phantoms as sp
+    config = sp.SyntheticPhantoms.builder_configs["2d"]
+    config.split_sizes = {SMALL_SIZES!r}
+    original = sp.SyntheticPhantoms._generate_examples
+    def stalled(self, *args, **kwargs):
+      examples = original(self, *args, **kwargs)
+      yield next(examples)
+      pathlib.Path({str(ready)!r}).touch()
+      time.sleep(600)
+    sp.SyntheticPhantoms._generate_examples = stalled
+    registry.prepare("synthetic_phantoms/2d", {str(tmp_path / "tfds")!r})
+    """
+  )
+  env = dict(os.environ, PYTHONPATH=str(REPO_ROOT))
+  proc = subprocess.Popen(
+    [sys.executable, "-c", script], cwd=REPO_ROOT, env=env
+  )
+  try:
+    for _ in range(1200):
+      if ready.exists() or proc.poll() is not None:
+        break
+      import time  # noqa: PLC0415
+
+      time.sleep(0.1)
+    assert ready.exists(), "the build never started"
+  finally:
+    proc.kill()
+    proc.wait()
+  assert list((tmp_path / "tfds").rglob("incomplete.*"))  # Debris remains.
+  with pytest.raises(FileNotFoundError):
+    registry.data_source("synthetic_phantoms/2d", "train", tmp_path / "tfds")
+  registry.prepare("synthetic_phantoms/2d", tmp_path / "tfds")
+  source = registry.data_source(
+    "synthetic_phantoms/2d", "train", tmp_path / "tfds"
+  )
+  assert len(source) == SMALL_SIZES["train"]
+
+
+def test_concurrent_builds_both_succeed(tmp_path, monkeypatch):
+  """Two processes building at once: the later rename finds the earlier's
+  complete build in place, and uses it instead of failing."""
+  original = sp.SyntheticPhantoms._generate_examples
+  state = {"raced": False}
+
+  def racing(self, *args, **kwargs):
+    if not state["raced"]:
+      state["raced"] = True
+      # While this build is under way, "another process" builds the same
+      # dataset to completion.
+      other = tfds.builder(
+        "synthetic_phantoms/2d", data_dir=tmp_path, file_format="array_record"
+      )
+      other.download_and_prepare()
+    yield from original(self, *args, **kwargs)
+
+  monkeypatch.setattr(sp.SyntheticPhantoms, "_generate_examples", racing)
+  builder = registry.prepare("synthetic_phantoms/2d", tmp_path)
+  assert state["raced"]
+  assert builder.is_prepared()
+  assert not list(tmp_path.rglob("incomplete.*"))
+  source = registry.data_source("synthetic_phantoms/2d", "train", tmp_path)
+  assert len(source) == SMALL_SIZES["train"]

@@ -101,3 +101,39 @@ def test_to_model_inputs_dtypes():
   out = transforms.ToModelInputs().map(_example())
   assert set(out) == {"image", "label", "mask"}
   assert out["image"].dtype == np.float32 and out["label"].dtype == np.int32
+
+
+def test_foreground_share_one_always_contains_foreground():
+  label = np.zeros((40, 40, 40), np.uint8)
+  label[30:32, 5:7, 33:35] = 2  # A tiny lesion far from the centre.
+  example = {"image": np.zeros((40, 40, 40, 1), np.float32), "label": label}
+  crop = transforms.RandomCropOrPad(size=(8, 8, 8), foreground_share=1.0)
+  rng = np.random.default_rng(0)
+  for _ in range(20):
+    assert crop.random_map(example, rng)["label"].max() == 2
+
+
+def test_foreground_share_zero_is_uniform_and_often_misses():
+  label = np.zeros((40, 40, 40), np.uint8)
+  label[30:32, 5:7, 33:35] = 1
+  example = {"image": np.zeros((40, 40, 40, 1), np.float32), "label": label}
+  crop = transforms.RandomCropOrPad(size=(8, 8, 8), foreground_share=0.0)
+  rng = np.random.default_rng(0)
+  hits = sum(crop.random_map(example, rng)["label"].max() for _ in range(50))
+  assert hits < 10
+
+
+def test_foreground_share_without_foreground_falls_back_to_uniform():
+  example = {
+    "image": np.zeros((10, 12, 1), np.float32),
+    "label": np.zeros((10, 12), np.uint8),
+  }
+  out = transforms.RandomCropOrPad(
+    size=(4, 4), foreground_share=1.0
+  ).random_map(example, np.random.default_rng(0))
+  assert out["label"].shape == (4, 4)
+
+
+def test_foreground_share_out_of_range_is_an_error():
+  with pytest.raises(ValueError, match="foreground_share"):
+    transforms.RandomCropOrPad(size=(4, 4), foreground_share=1.5)
