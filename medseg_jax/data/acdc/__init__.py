@@ -1,0 +1,37 @@
+"""The `acdc` TFDS dataset; importing registers the builder."""
+
+from medseg_jax.data.acdc.acdc import CHANNEL_NAMES
+from medseg_jax.data.acdc.acdc import CLASS_NAMES
+from medseg_jax.data.acdc.acdc import MANUAL_DOWNLOAD_INSTRUCTIONS
+from medseg_jax.data.acdc.acdc import SPLITS
+from medseg_jax.data.acdc.acdc import Acdc
+from medseg_jax.data.acdc.acdc import AcdcConfig
+from medseg_jax.data.acdc.acdc import find_frames
+from medseg_jax.data.acdc.acdc import find_root
+from medseg_jax.data.spec import DatasetSpec
+
+DATASET_SPECS = {
+  "acdc": DatasetSpec(
+    tfds_name="acdc/native",
+    num_classes=len(CLASS_NAMES),
+    class_names=CLASS_NAMES,
+    spatial_dims=3,
+    num_channels=len(CHANNEL_NAMES),
+    splits=SPLITS,
+    needs_manual_dir=True,
+  )
+}
+BUILDER = Acdc
+
+__all__ = [
+  "BUILDER",
+  "DATASET_SPECS",
+  "CHANNEL_NAMES",
+  "CLASS_NAMES",
+  "MANUAL_DOWNLOAD_INSTRUCTIONS",
+  "SPLITS",
+  "Acdc",
+  "AcdcConfig",
+  "find_frames",
+  "find_root",
+]
