@@ -7,10 +7,12 @@ The steps nnU-Net popularised, as plain NumPy/SciPy functions on
    (shape and affine), or the case is rejected with both files named.
 2. `to_canonical`: axes permuted and flipped so that array axes run along
    RAS+ (a permutation of voxels, no interpolation).
-3. `crop_to_foreground`: optional crop to the bounding box of nonzero voxels
-   (skull-stripped MRI is mostly zeros), with a margin.
+3. `foreground_box` + `crop`: optional crop to the bounding box of voxels
+   that are nonzero in any image channel (skull-stripped MRI is mostly
+   zeros), with a margin; label voxels outside that box are dropped.
 4. `resample`: to a target spacing, images with linear (order 1) or cubic
-   (order 3) interpolation, labels with nearest neighbour.
+   (order 3) interpolation, labels with nearest neighbour; separable, so a
+   4-channel 182 x 218 x 182 MRI takes well under a second.
 5. `normalize`: by modality. CT: clip to a window, then z-score. MRI:
    z-score over the foreground (nonzero voxels), background set to 0.
 
@@ -22,11 +24,13 @@ the grid of the source file (nearest neighbour), for writing it out.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 from typing import NoReturn
 
 import numpy as np
 import scipy.ndimage
+import scipy.sparse
 
 from medseg_jax.data import checks
 from medseg_jax.data.medical_io import Volume
@@ -127,64 +131,117 @@ def crop(volume: Volume, box: Sequence[slice]) -> Volume:
 def resample(volume: Volume, spacing: Sequence[float], *, order: int) -> Volume:
   """Resamples to voxel size `spacing` (mm, array axis order).
 
-  The new grid covers the same physical extent (voxel corners aligned), with
-  `round(shape * old / new)` voxels per axis. `order` is the spline order:
-  0 nearest (labels), 1 linear, 3 cubic.
+  The new grid covers the same physical extent (voxel corners aligned, so
+  the centre of the volume stays put), with `round(shape * old / new)`
+  voxels per axis; the spacing actually reached, `old * shape / new_shape`,
+  differs from `spacing` by less than half a new voxel over the whole
+  extent, and the returned affine records it exactly.
+
+  Interpolation is separable: one 1-D pass per axis, each a sparse matrix
+  product whose weights are those of `scipy.ndimage.map_coordinates` with
+  `mode="nearest"` (so the result equals a 3-D `map_coordinates` call up
+  to floating-point rounding, in a fraction of its time).
+
+  Args:
+    volume: `[*S]` or `[*S, C]`; channels are resampled alike.
+    spacing: target voxel size, one entry per spatial axis.
+    order: spline order, 0 nearest neighbour (labels: values and dtype are
+      kept), 1 linear, 3 cubic (any of 0..5). For `order > 0` the result
+      is `f32` (`f64` if the input is `f64`).
+
+  Returns:
+    The resampled volume with its affine updated.
+
+  Raises:
+    ValueError: if `spacing` has the wrong number of axes or a
+      non-positive entry, or `order` is not in 0..5.
   """
-  old = volume.spacing[: volume.spatial_dims]
-  new = np.asarray(spacing, float)
-  if len(new) != volume.spatial_dims:
+  dims = volume.spatial_dims
+  new = np.asarray(spacing, float).reshape(-1)
+  if len(new) != dims:
     raise ValueError(
       f"Target spacing {tuple(spacing)} has {len(new)} axes; the volume has "
-      f"{volume.spatial_dims}."
+      f"{dims} spatial axes (shape {volume.data.shape})."
     )
+  if not np.all(new > 0):
+    raise ValueError(f"Target spacing {tuple(spacing)} must be positive.")
+  if order not in range(6):
+    raise ValueError(f"Spline order {order} is not in 0..5.")
+  old = volume.spacing[:dims]
   if np.allclose(old, new, rtol=1e-3):
     return volume
   shape = np.asarray(volume.shape)
   new_shape = np.maximum(np.round(shape * old / new).astype(int), 1)
   factor = shape / new_shape  # Old voxels per new voxel, per axis.
-  # Centre of new voxel n sits at old coordinate (n + 0.5) * factor - 0.5.
-  coords = [
-    (np.arange(n) + 0.5) * f - 0.5
-    for n, f in zip(new_shape, factor, strict=True)
-  ]
   data = volume.data
-  channels = data.shape[volume.spatial_dims :]
-  flat = data.reshape(*volume.shape, -1)
-  out = np.empty((*new_shape, flat.shape[-1]), data.dtype)
-  for c in range(flat.shape[-1]):
-    channel = flat[..., c]
-    work = channel.astype(np.float32) if order else channel
-    # Separable: interpolate one axis at a time.
-    for axis, axis_coords in enumerate(coords):
-      work = _resample_axis(work, axis, axis_coords, order)
-    out[..., c] = work.astype(data.dtype) if order == 0 else work
-  out = out.reshape(*new_shape, *channels)
+  if order > 0:
+    dtype = np.float64 if data.dtype == np.float64 else np.float32
+    data = np.asarray(data, dtype)
+  for axis in range(dims):
+    n_in, n_out = int(shape[axis]), int(new_shape[axis])
+    if n_in == n_out:
+      continue  # The voxel centres along this axis do not move.
+    if order == 0:
+      data = np.take(data, _nearest_index(n_in, n_out), axis=axis)
+      continue
+    weights = _interpolation_matrix(n_in, n_out, order, data.dtype.str)
+    moved = np.moveaxis(data, axis, 0)
+    rest = moved.shape[1:]
+    flat = weights @ moved.reshape(n_in, -1)
+    data = np.moveaxis(flat.reshape(n_out, *rest), 0, axis)
   scale = np.eye(4)
-  for axis in range(volume.spatial_dims):
+  for axis in range(dims):
+    # New voxel n is centred at old index (n + 0.5) * factor - 0.5.
     scale[axis, axis] = factor[axis]
     scale[axis, 3] = 0.5 * factor[axis] - 0.5
-  return dataclasses.replace(volume, data=out, affine=volume.affine @ scale)
+  return dataclasses.replace(
+    volume, data=np.ascontiguousarray(data), affine=volume.affine @ scale
+  )
 
 
-def _resample_axis(
-  data: np.ndarray, axis: int, coords: np.ndarray, order: int
-) -> np.ndarray:
-  if order == 0:
-    index = np.clip(np.round(coords).astype(int), 0, data.shape[axis] - 1)
-    return np.take(data, index, axis=axis)
-  moved = np.moveaxis(data, axis, 0)
-  grid = np.meshgrid(
-    coords,
-    *[np.arange(s) for s in moved.shape[1:]],
-    indexing="ij",
-    sparse=True,
-  )
-  grid = np.broadcast_arrays(*grid)
-  out = scipy.ndimage.map_coordinates(
-    moved, grid, order=order, mode="nearest", prefilter=order > 1
-  )
-  return np.moveaxis(out, 0, axis)
+def _new_coords(n_in: int, n_out: int) -> np.ndarray:
+  """`f64[n_out]`: old index of each new voxel centre (corners aligned)."""
+  return (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+
+
+def _nearest_index(n_in: int, n_out: int) -> np.ndarray:
+  coords = _new_coords(n_in, n_out)
+  return np.clip(np.round(coords).astype(int), 0, n_in - 1)
+
+
+@functools.lru_cache(maxsize=64)
+def _interpolation_matrix(
+  n_in: int, n_out: int, order: int, dtype: str
+) -> scipy.sparse.csr_array:
+  """Sparse `[n_out, n_in]` 1-D resampling weights for spline `order`.
+
+  Column `j` is `map_coordinates` (mode `"nearest"`, with the spline
+  prefilter for `order > 1`) applied to the unit vector `e_j`, so the
+  product with a signal is exactly that call, by linearity. The cubic
+  prefilter spreads each row's weights with a decay of 0.27 per voxel;
+  weights below 1e-10 are dropped.
+  """
+  coords = _new_coords(n_in, n_out)
+  dense = np.zeros((n_out, n_in))
+  if order == 1:
+    # Linear with edge clamping, written out (no loop over unit vectors).
+    clamped = np.clip(coords, 0, n_in - 1)
+    low = np.minimum(np.floor(clamped).astype(int), n_in - 1)
+    high = np.minimum(low + 1, n_in - 1)
+    frac = clamped - low
+    rows = np.arange(n_out)
+    np.add.at(dense, (rows, low), 1 - frac)
+    np.add.at(dense, (rows, high), frac)
+  else:
+    unit = np.zeros(n_in)
+    for j in range(n_in):
+      unit[j] = 1.0
+      dense[:, j] = scipy.ndimage.map_coordinates(
+        unit, coords[None], order=order, mode="nearest", prefilter=True
+      )
+      unit[j] = 0.0
+    dense[np.abs(dense) < 1e-10] = 0.0
+  return scipy.sparse.csr_array(dense.astype(np.dtype(dtype)))
 
 
 def normalize(
@@ -224,7 +281,7 @@ def normalize(
       np.float32
     )
   # MRI: statistics inside the foreground only.
-  select = image != 0 if foreground is None else foreground
+  select = image != 0 if foreground is None else np.asarray(foreground, bool)
   if not select.any():
     select = np.ones_like(image, bool)
   values = image[select]
@@ -359,13 +416,18 @@ def to_original_grid(
 
   Nearest neighbour through world coordinates: for each voxel of the
   original grid, the stored voxel at the same world position (voxels
-  outside the stored grid, e.g. cropped away, get 0).
+  outside the stored grid, e.g. cropped away, get 0). Undoes
+  `Preprocessing.apply` exactly when it only reoriented and cropped, and up
+  to the voxels on label boundaries when it also resampled.
 
   Args:
     prediction: `int[*S]` on the stored grid (placed by `affine`).
-    affine: `4 x 4` voxel -> world of the stored grid.
-    original_affine: `4 x 4` of the source file's grid.
+    affine: `f64[4, 4]` voxel -> world of the stored grid.
+    original_affine: `f64[4, 4]` voxel -> world of the source file's grid.
     original_shape: spatial shape of the source file's grid.
+
+  Returns:
+    `[*S_original]` of `prediction`'s dtype.
   """
   prediction = np.asarray(prediction)
   dims = prediction.ndim
@@ -375,28 +437,34 @@ def to_original_grid(
     return prediction
   linear = mapping[:dims, :dims]
   offset = mapping[:dims, 3]
-  if np.allclose(linear - np.diag(np.diag(linear)), 0):
-    # Axis-aligned (the common case): index each axis separately.
+  # Stored axis r follows original axis source[r] when the grids differ by a
+  # scaled, signed axis permutation (reorientation, crop, resampling).
+  source = np.argmax(np.abs(linear), axis=1)
+  follows = np.zeros_like(linear, bool)
+  follows[np.arange(dims), source] = True
+  scale = np.abs(linear).max()
+  if sorted(source.tolist()) == list(range(dims)) and np.allclose(
+    np.where(follows, 0.0, linear), 0.0, atol=1e-6 * scale
+  ):
     index = []
-    for axis in range(dims):
-      src = np.round(
-        np.arange(original_shape[axis]) * linear[axis, axis] + offset[axis]
-      ).astype(int)
-      index.append(src)
-    valid = [(i >= 0) & (i < prediction.shape[a]) for a, i in enumerate(index)]
-    clipped = [
-      np.clip(i, 0, prediction.shape[a] - 1) for a, i in enumerate(index)
-    ]
-    out = prediction[np.ix_(*clipped)]
     mask = np.ones(original_shape, bool)
-    for axis, inside in enumerate(valid):
-      shape = [1] * dims
-      shape[axis] = -1
-      mask &= inside.reshape(shape)
+    for r, a in enumerate(source):
+      src = np.round(
+        np.arange(original_shape[a]) * linear[r, a] + offset[r]
+      ).astype(int)
+      inside = (src >= 0) & (src < prediction.shape[r])
+      index.append(np.clip(src, 0, prediction.shape[r] - 1))
+      along = [1] * dims
+      along[a] = -1
+      mask &= inside.reshape(along)
+    # Axis r of the gathered block runs along original axis source[r].
+    out = prediction[np.ix_(*index)].transpose(np.argsort(source))
     return np.where(mask, out, 0).astype(prediction.dtype)
-  grid = np.indices(original_shape).reshape(dims, -1).astype(float)
-  src = linear @ grid + offset[:, None]
-  out = scipy.ndimage.map_coordinates(
-    prediction, src, order=0, mode="constant", cval=0
-  )
-  return out.reshape(original_shape).astype(prediction.dtype)
+  # General (oblique) case: round each voxel's stored position.
+  grid = np.indices(original_shape).reshape(dims, -1)
+  src = np.round(linear @ grid + offset[:, None]).astype(int)
+  bounds = np.asarray(prediction.shape)[:, None]
+  inside = np.all((src >= 0) & (src < bounds), axis=0)
+  out = np.zeros(grid.shape[1], prediction.dtype)
+  out[inside] = prediction[tuple(src[:, inside])]
+  return out.reshape(original_shape)
