@@ -184,20 +184,24 @@ def make_example(
   }
   for name, mask in extras:
     preprocessing.check_same_grid([original, mask], case_id=case.case_id)
-    resampled, _ = _same_steps(preprocess, original, mask)
+    resampled, _ = _same_steps(preprocess, images, mask)
     example[name] = resampled.data.astype(np.uint8)
   return example
 
 
 def _same_steps(
   preprocess: preprocessing.Preprocessing,
-  reference: medical_io.Volume,
+  images: Sequence[medical_io.Volume],
   mask: medical_io.Volume,
 ) -> tuple[medical_io.Volume, None]:
-  """Runs the geometric steps of `preprocess` on a mask, as on a label."""
+  """Runs the geometric steps of `preprocess` on a mask, as on a label.
+
+  All image channels go in, so a foreground crop picks the same box as for
+  the image itself.
+  """
   geometric = dataclasses.replace(preprocess, normalization=("none",))
   _, out = geometric.apply(
-    [reference],
+    images,
     dataclasses.replace(mask, data=mask.data.astype(np.uint8)),
     case_id="mask",
   )
@@ -218,11 +222,10 @@ def _map_labels(
       f"{unknown[:10]} are not among the expected raw values "
       f"{sorted(label_map)}."
     )
-  lookup = np.zeros(int(values.max()) + 1, np.uint8)
-  for raw, mapped in label_map.items():
-    if raw < lookup.size:
-      lookup[raw] = mapped
-  return dataclasses.replace(label, data=lookup[data.astype(np.int64)])
+  # Through the sorted unique values, so negative or large raw values work.
+  mapped = np.asarray([label_map[v] for v in values.tolist()], np.int64)
+  index = np.searchsorted(values, data)
+  return dataclasses.replace(label, data=mapped[index])
 
 
 class ArrayRecordDefault:

@@ -4,12 +4,15 @@ Every reader returns a `Volume`: the voxel array in *array axis order*
 `(i, j[, k])` with an optional trailing channel axis, and a 4 x 4 `affine`
 that maps voxel indices `(i, j, k, 1)` to world coordinates in millimetres
 in NIfTI's RAS+ frame (+x towards the patient's Right, +y Anterior,
-+z Superior). 2-D images get a 4 x 4 affine too, with the pixel spacing on the diagonal.
++z Superior). 2-D images get a 4 x 4 affine too, with the pixel spacing on
+the diagonal (1 for PNG/JPEG/TIFF, which carry none; 2-D MetaImages keep
+their in-plane frame as stored, without the LPS -> RAS flip).
 
 Supported inputs (`read`, dispatching on the file name):
 
   NIfTI        .nii, .nii.gz                   nibabel
   MetaImage    .mhd (+ .raw/.zraw), .mha       our own reader (below)
+               (LPS+ world, as ITK writes it, converted to RAS+)
   DICOM        a directory holding one series  pydicom
   2-D images   .png, .jpg, .jpeg, .bmp         Pillow
   TIFF         .tif, .tiff (pages -> slices)   tifffile
@@ -28,6 +31,7 @@ import os
 import pathlib
 import zlib
 from collections.abc import Sequence
+from typing import Any
 from typing import NoReturn
 
 import numpy as np
@@ -144,12 +148,18 @@ def read_nifti(path: PathLike, *, case_id: str) -> Volume:
   import nibabel as nib  # noqa: PLC0415 - optional at import time.
 
   try:
-    img = nib.load(os.fspath(path))
+    if os.fspath(path).lower().endswith(NIFTI_SUFFIXES):
+      img = nib.load(os.fspath(path))
+    else:  # No suffix for nibabel to go by (e.g. a download's hash name).
+      img = _nifti_from_bytes(path)
     data = np.asanyarray(img.dataobj)  # Decompresses: corrupt data fails here.
     affine = np.asarray(img.affine, np.float64)
   except (EOFError, zlib.error, gzip.BadGzipFile) as e:
     _fail(case_id, path, f"truncated or corrupt gzip data ({e}).")
   except Exception as e:  # noqa: BLE001 - nibabel raises many types.
+    gzip_problem = _gzip_problem(path)
+    if gzip_problem:  # nibabel hides it behind "cannot work out file type".
+      _fail(case_id, path, f"truncated or corrupt gzip data ({gzip_problem}).")
     _fail(
       case_id, path, f"not a readable NIfTI file ({type(e).__name__}: {e})."
     )
@@ -161,6 +171,33 @@ def read_nifti(path: PathLike, *, case_id: str) -> Volume:
   if not np.all(np.isfinite(affine)):
     _fail(case_id, path, "affine has NaN or Inf entries.")
   return Volume(np.asarray(data), affine, os.fspath(path), spatial_dims)
+
+
+def _nifti_from_bytes(path: PathLike) -> Any:
+  """Loads a NIfTI-1/2 file, gzipped or not, whatever its name."""
+  import nibabel as nib  # noqa: PLC0415
+
+  raw = pathlib.Path(path).read_bytes()
+  if raw[:2] == b"\x1f\x8b":
+    raw = gzip.decompress(raw)
+  if len(raw) < 4:
+    raise ValueError("file too short for a NIfTI header")
+  sizeof_hdr = {int.from_bytes(raw[:4], order) for order in ("little", "big")}
+  image_class = nib.Nifti2Image if 540 in sizeof_hdr else nib.Nifti1Image
+  return image_class.from_bytes(raw)
+
+
+def _gzip_problem(path: PathLike) -> str:
+  """Why a `.gz` file does not decompress ("" if it does or is not `.gz`)."""
+  if not os.fspath(path).lower().endswith(".gz"):
+    return ""
+  try:
+    with gzip.open(path, "rb") as f:
+      while f.read(1 << 20):
+        pass
+  except (EOFError, zlib.error, gzip.BadGzipFile, OSError) as e:
+    return f"{type(e).__name__}: {e}"
+  return ""
 
 
 def write_nifti(
@@ -237,32 +274,40 @@ def read_metaimage(path: PathLike, *, case_id: str) -> Volume:
     dims = [int(v) for v in header["DimSize"].split()]
     dtype = np.dtype(_MET_TYPES[header["ElementType"]])
     data_file = header["ElementDataFile"]
+    channels = int(header.get("ElementNumberOfChannels", "1"))
+    spacing = [
+      float(v)
+      for v in header.get(
+        "ElementSpacing", header.get("ElementSize", " ".join(["1"] * ndims))
+      ).split()
+    ][:ndims]
+    origin = [
+      float(v)
+      for v in header.get(
+        "Offset", header.get("Origin", header.get("Position", "0 " * ndims))
+      ).split()
+    ][:ndims]
+    direction = np.eye(ndims)
+    for key in ("TransformMatrix", "Rotation", "Orientation"):
+      if key in header:
+        values = [float(v) for v in header[key].split()]
+        # Stored column by column (each axis's direction vector in turn).
+        direction = np.asarray(values).reshape(ndims, ndims).T
+        break
+    header_size = int(header.get("HeaderSize", "0"))
   except KeyError as e:
     _fail(case_id, path, f"header lacks or has an unknown {e} entry.")
   except ValueError as e:
     _fail(case_id, path, f"malformed header ({e}).")
   if len(dims) != ndims or ndims not in (2, 3):
     _fail(case_id, path, f"DimSize {dims} does not fit NDims {ndims} (2 or 3).")
-  channels = int(header.get("ElementNumberOfChannels", "1"))
-  spacing = [
-    float(v)
-    for v in header.get(
-      "ElementSpacing", header.get("ElementSize", " ".join(["1"] * ndims))
-    ).split()
-  ]
-  origin = [
-    float(v)
-    for v in header.get(
-      "Offset", header.get("Origin", header.get("Position", "0 " * ndims))
-    ).split()
-  ]
-  direction = np.eye(ndims)
-  for key in ("TransformMatrix", "Rotation", "Orientation"):
-    if key in header:
-      values = [float(v) for v in header[key].split()]
-      # Stored column by column (each axis's direction vector in turn).
-      direction = np.asarray(values).reshape(ndims, ndims).T
-      break
+  if len(spacing) != ndims or len(origin) != ndims or channels < 1:
+    _fail(
+      case_id,
+      path,
+      f"malformed header: ElementSpacing {spacing}, Offset {origin} or "
+      f"ElementNumberOfChannels {channels} do not fit NDims {ndims}.",
+    )
   big_endian = (
     header.get(
       "BinaryDataByteOrderMSB", header.get("ElementByteOrderMSB", "False")
@@ -279,6 +324,8 @@ def read_metaimage(path: PathLike, *, case_id: str) -> Volume:
       payload = data_path.read_bytes()
     except OSError as e:
       _fail(case_id, data_path, f"data file of {path.name} unreadable ({e}).")
+    if header_size > 0:  # Bytes to skip before the voxels.
+      payload = payload[header_size:]
   if compressed:
     try:
       payload = zlib.decompress(payload)
@@ -286,6 +333,8 @@ def read_metaimage(path: PathLike, *, case_id: str) -> Volume:
       _fail(case_id, path, f"corrupt compressed data ({e}).")
   count = int(np.prod(dims)) * channels
   need = count * dtype.itemsize
+  if header_size == -1 and data_file != "LOCAL" and not compressed:
+    payload = payload[max(len(payload) - need, 0) :]  # Voxels at the end.
   if len(payload) < need:
     _fail(
       case_id,
@@ -314,35 +363,60 @@ def read_metaimage(path: PathLike, *, case_id: str) -> Volume:
 def write_metaimage(
   path: PathLike, data: np.ndarray, affine: np.ndarray
 ) -> None:
-  """Writes a 3-D `.mhd` + `.raw` pair (used to make dummy data and tests)."""
+  """Writes a 3-D MetaImage (used to make dummy data and tests).
+
+  A `.mhd` path gets a `.raw` data file beside it; a `.mha` path gets the
+  voxels inside it (`ElementDataFile = LOCAL`).
+
+  Args:
+    path: `.mhd` or `.mha` file to write.
+    data: `[X, Y, Z]` or `[X, Y, Z, C]` voxels in array axis order.
+    affine: `f64[4, 4]` voxel index -> RAS+ world mm (stored as ITK's LPS+).
+  """
   path = pathlib.Path(path)
   data = np.asarray(data)
-  lps = _lps_to_ras(affine)  # The flip is its own inverse.
+  if data.ndim not in (3, 4):
+    raise ValueError(f"Expected [X, Y, Z(, C)] data; got shape {data.shape}.")
+  lps = _lps_to_ras(np.asarray(affine, np.float64))  # Its own inverse.
   spacing = np.sqrt((lps[:3, :3] ** 2).sum(axis=0))
   direction = lps[:3, :3] / spacing[None, :]
   types = {np.dtype(v): k for k, v in reversed(_MET_TYPES.items())}
-  raw_name = path.with_suffix(".raw").name
-  header = "\n".join(
-    [
-      "ObjectType = Image",
-      "NDims = 3",
-      "BinaryData = True",
-      "BinaryDataByteOrderMSB = False",
-      "CompressedData = False",
-      "TransformMatrix = " + " ".join(f"{v:g}" for v in direction.T.ravel()),
-      "Offset = " + " ".join(f"{v:g}" for v in lps[:3, 3]),
-      "ElementSpacing = " + " ".join(f"{v:g}" for v in spacing),
-      "DimSize = " + " ".join(str(s) for s in data.shape[:3]),
-      f"ElementType = {types[data.dtype]}",
-      f"ElementDataFile = {raw_name}",
-    ]
-  )
-  path.write_text(header + "\n")
-  (path.parent / raw_name).write_bytes(
-    np.ascontiguousarray(np.transpose(data, (2, 1, 0)))
+  local = path.suffix.lower() == ".mha"
+  raw_name = "LOCAL" if local else path.with_suffix(".raw").name
+
+  def numbers(values: np.ndarray) -> str:
+    return " ".join(repr(float(v)) for v in values)  # Exact round trip.
+
+  lines = [
+    "ObjectType = Image",
+    "NDims = 3",
+    "BinaryData = True",
+    "BinaryDataByteOrderMSB = False",
+    "CompressedData = False",
+    "TransformMatrix = " + numbers(direction.T.ravel()),
+    "Offset = " + numbers(lps[:3, 3]),
+    "ElementSpacing = " + numbers(spacing),
+    "DimSize = " + " ".join(str(s) for s in data.shape[:3]),
+  ]
+  if data.ndim == 4:
+    lines.append(f"ElementNumberOfChannels = {data.shape[3]}")
+  lines += [
+    f"ElementType = {types[data.dtype.newbyteorder('=')]}",
+    f"ElementDataFile = {raw_name}",
+  ]
+  # On disk x runs fastest (then y, z; channels innermost of all).
+  order = (2, 1, 0, 3) if data.ndim == 4 else (2, 1, 0)
+  voxels = (
+    np.ascontiguousarray(np.transpose(data, order))
     .astype(data.dtype.newbyteorder("<"))
     .tobytes()
   )
+  header = ("\n".join(lines) + "\n").encode("latin-1")
+  if local:
+    path.write_bytes(header + voxels)
+  else:
+    path.write_bytes(header)
+    (path.parent / raw_name).write_bytes(voxels)
 
 
 # --------------------------------------------------------------------- DICOM
@@ -361,7 +435,11 @@ def read_dicom_series(
 
   if isinstance(files, (str, os.PathLike)):
     where = pathlib.Path(files)
-    files = sorted(p for p in where.iterdir() if p.is_file())
+    files = sorted(
+      p
+      for p in where.iterdir()
+      if p.is_file() and not p.name.startswith(".") and p.name != "DICOMDIR"
+    )
   else:
     files = [pathlib.Path(f) for f in files]
     where = files[0].parent if files else pathlib.Path(".")
@@ -373,6 +451,13 @@ def read_dicom_series(
     except Exception as e:  # noqa: BLE001 - pydicom raises many types.
       _fail(
         case_id, file, f"not a readable DICOM image ({type(e).__name__}: {e})."
+      )
+    if pixels.ndim != 2:
+      _fail(
+        case_id,
+        file,
+        f"pixel data of shape {pixels.shape}: multi-frame or colour DICOM "
+        "is not supported; expected one greyscale slice per file.",
       )
     slices.append((file, ds, pixels))
   if not slices:
@@ -390,8 +475,22 @@ def read_dicom_series(
     positions = [
       np.asarray(ds.ImagePositionPatient, float) for _, ds, _ in slices
     ]
-  except AttributeError as e:
-    _fail(case_id, where, f"lacks a geometry tag ({e}).")
+    orientations = [
+      np.asarray(ds.ImageOrientationPatient, float) for _, ds, _ in slices
+    ]
+  except (AttributeError, TypeError, ValueError) as e:
+    _fail(case_id, where, f"lacks a geometry tag or has a bad one ({e}).")
+  for (file, _, _), orientation in zip(slices, orientations, strict=True):
+    if orientation.shape != (6,) or not np.allclose(
+      orientation, orientations[0], atol=1e-4
+    ):
+      _fail(
+        case_id,
+        file,
+        f"ImageOrientationPatient {orientation.tolist()} differs from "
+        f"{slices[0][0].name}'s {orientations[0].tolist()}; a series must "
+        "be one stack of parallel slices.",
+      )
   normal = np.cross(row_dir, col_dir)
   depth = np.asarray([p @ normal for p in positions])
   order = np.argsort(depth)
@@ -443,6 +542,8 @@ def read_image_2d(path: PathLike, *, case_id: str) -> Volume:
   pixels = checks.read_image(path, case_id=case_id)
   if pixels.ndim == 3 and pixels.shape[-1] == 4:  # Drop alpha.
     pixels = pixels[..., :3]
+  elif pixels.ndim == 3 and pixels.shape[-1] == 2:  # Grey + alpha.
+    pixels = pixels[..., 0]
   # Pillow gives [rows, cols]; keep that order (axis 0 = image y).
   return Volume(pixels, np.eye(4), os.fspath(path), 2)
 

@@ -1,0 +1,104 @@
+"""Tests for `medical_builder.make_example` on tiny NIfTI files."""
+
+import numpy as np
+import pytest
+
+from medseg_jax.data import checks
+from medseg_jax.data import medical_builder
+from medseg_jax.data import medical_io
+from medseg_jax.data import preprocessing
+
+AFFINE = np.diag([1.0, 2.0, 3.0, 1.0])
+NONE = preprocessing.Preprocessing(normalization=("none",))
+
+
+def _write(path, data, affine=AFFINE):
+  medical_io.write_nifti(path, np.asarray(data), affine)
+  return path
+
+
+def _example(case, **kwargs):
+  args = dict(
+    num_classes=3,
+    spatial_dims=3,
+    channel_names=("a",),
+    preprocess=NONE,
+  )
+  args.update(kwargs)
+  return medical_builder.make_example(case, **args)
+
+
+def test_example_fields(tmp_path):
+  image = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+  label = (image > 10).astype(np.uint8)
+  case = medical_builder.Case(
+    "c1",
+    (_write(tmp_path / "i.nii.gz", image),),
+    _write(tmp_path / "l.nii", label),
+  )
+  example = _example(case)
+  np.testing.assert_array_equal(example["image"][..., 0], image)
+  np.testing.assert_array_equal(example["label"], label)
+  np.testing.assert_allclose(example["spacing"], (1, 2, 3))
+  np.testing.assert_allclose(example["affine"], AFFINE)
+  np.testing.assert_allclose(example["original_affine"], AFFINE)
+  np.testing.assert_array_equal(example["original_shape"], (2, 3, 4))
+  assert example["case_id"] == "c1"
+  assert example["modality"] == "a"
+  assert example["label"].dtype == np.uint8
+
+
+def test_label_map_handles_negative_and_large_raw_values(tmp_path):
+  raw = np.array([-1, 0, 1000, 7, 7, -1], np.int16).reshape(1, 2, 3)
+  case = medical_builder.Case(
+    "c",
+    (_write(tmp_path / "i.nii.gz", np.zeros(raw.shape, np.float32)),),
+    _write(tmp_path / "l.nii.gz", raw),
+  )
+  example = _example(case, label_map={-1: 0, 0: 0, 7: 1, 1000: 2})
+  np.testing.assert_array_equal(example["label"].ravel(), [0, 0, 2, 1, 1, 0])
+  with pytest.raises(checks.InvalidExampleError, match=r"\[1000\]") as info:
+    _example(case, label_map={-1: 0, 0: 0, 7: 1})
+  assert "l.nii.gz" in str(info.value)
+
+
+def test_extra_mask_is_cropped_like_the_image(tmp_path):
+  # Channel 0 is nonzero only at x = 1, channel 1 at x = 4: the crop box
+  # spans both, and the mask must get the same box.
+  shape = (6, 2, 2)
+  first = np.zeros(shape, np.float32)
+  first[1] = 1
+  second = np.zeros(shape, np.float32)
+  second[4] = 1
+  case = medical_builder.Case(
+    "c",
+    (
+      _write(tmp_path / "a.nii.gz", first),
+      _write(tmp_path / "b.nii.gz", second),
+    ),
+    _write(tmp_path / "l.nii.gz", np.zeros(shape, np.uint8)),
+    extra_masks=(("fov", _write(tmp_path / "m.nii.gz", np.ones(shape))),),
+  )
+  preprocess = preprocessing.Preprocessing(
+    normalization=("none",), crop_foreground=True, crop_margin=0
+  )
+  example = _example(case, channel_names=("a", "b"), preprocess=preprocess)
+  assert example["image"].shape == (4, 2, 2, 2)
+  assert example["fov"].shape == (4, 2, 2)
+
+
+def test_bad_cases_name_their_files(tmp_path):
+  image = _write(tmp_path / "i.nii.gz", np.zeros((2, 2, 2), np.float32))
+  with pytest.raises(checks.InvalidExampleError, match="no label") as info:
+    _example(medical_builder.Case("c", (image,), None))
+  assert "i.nii.gz" in str(info.value)
+  label = _write(tmp_path / "l.nii.gz", np.zeros((2, 2, 2), np.uint8))
+  with pytest.raises(checks.InvalidExampleError, match="1 image channels"):
+    _example(
+      medical_builder.Case("c", (image,), label), channel_names=("a", "b")
+    )
+  with pytest.raises(checks.InvalidExampleError, match="this dataset is 2-D"):
+    _example(medical_builder.Case("c", (image,), label), spatial_dims=2)
+  big = _write(tmp_path / "big.nii.gz", np.full((2, 2, 2), 5, np.uint8))
+  with pytest.raises(checks.InvalidExampleError, match="outside"):
+    _example(medical_builder.Case("c", (image,), big))
