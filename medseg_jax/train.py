@@ -266,7 +266,7 @@ def train_and_evaluate(
   workdir = checkpointing.absolute(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   # Fail fast on bad names, before any data is built or compiled.
-  spec = registry.get_dataset_spec(config.dataset)
+  spec = registry.get_dataset_spec(config.dataset, config.get("manual_dir"))
   model = build_model(config, spec)
   loss_kwargs = {k: v for k, v in config.loss.items() if k != "name"}
   loss_fn = losses_lib.get_loss(config.loss.name, **loss_kwargs)

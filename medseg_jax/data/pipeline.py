@@ -43,7 +43,12 @@ def train_dataset(
   process_count = (
     jax.process_count() if process_count is None else process_count
   )
-  source = registry.data_source(config.dataset, config.train_split, data_dir)
+  source = registry.data_source(
+    config.dataset,
+    config.train_split,
+    data_dir,
+    manual_dir=config.get("manual_dir"),
+  )
   if len(source) == 0:
     raise ValueError(
       f"Split {config.train_split!r} of {config.dataset!r} is empty."
@@ -90,7 +95,9 @@ def eval_examples(
   Each example keeps ``case_id`` (str), ``spacing`` and the unpadded
   ``shape`` so predictions can be cropped back.
   """
-  source = registry.data_source(config.dataset, split, data_dir)
+  source = registry.data_source(
+    config.dataset, split, data_dir, manual_dir=config.get("manual_dir")
+  )
   specs = [s for s in config.data.train_transforms if s["op"] == "normalize"]
   normalize = transforms_lib.build(specs)
   pad = transforms_lib.CenterPad(multiple=pad_multiple)

@@ -25,8 +25,15 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
+from medseg_jax.data import acdc
+from medseg_jax.data import drive
+from medseg_jax.data import from_folder
 from medseg_jax.data import isbi2012_em
+from medseg_jax.data import isic2018
+from medseg_jax.data import kvasir_seg
 from medseg_jax.data import lesjak_ms
+from medseg_jax.data import msd
+from medseg_jax.data import promise12
 from medseg_jax.data import synthetic_phantoms
 from medseg_jax.data.spec import DatasetSpec
 
@@ -36,7 +43,21 @@ _FILE_FORMAT = "array_record"
 # Builder packages; each declares `DATASET_SPECS` and `BUILDER`, and
 # importing it registered its builder with TFDS. To add a dataset, write a
 # package like these and list it here.
-_PACKAGES = (synthetic_phantoms, isbi2012_em, lesjak_ms)
+_PACKAGES = (
+  synthetic_phantoms,
+  isbi2012_em,
+  lesjak_ms,
+  msd,
+  acdc,
+  promise12,
+  kvasir_seg,
+  isic2018,
+  drive,
+)
+
+# A user's own folder (`images/`, `labels/`, `dataset.json`): its spec comes
+# from the folder, given as `manual_dir`.
+FROM_FOLDER = "from_folder"
 
 DATASETS: dict[str, DatasetSpec] = {
   name: spec
@@ -52,21 +73,39 @@ _BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
 }
 
 
-def get_dataset_spec(name: str) -> DatasetSpec:
+def get_dataset_spec(
+  name: str, manual_dir: str | os.PathLike[str] | None = None
+) -> DatasetSpec:
   """Returns the spec of a registered dataset.
 
   Args:
-    name: a key of `DATASETS`, e.g. `"synthetic_phantoms/2d"`.
+    name: a key of `DATASETS`, e.g. `"synthetic_phantoms/2d"`, or
+      `"from_folder"` for a user's folder.
+    manual_dir: the folder, for `"from_folder"`; ignored otherwise.
 
   Raises:
-    ValueError: if `name` is not registered; the message lists valid names.
+    ValueError: if `name` is not registered (the message lists valid
+      names), or is `"from_folder"` without a `manual_dir`.
   """
+  if name == FROM_FOLDER:
+    return from_folder.spec_from_folder(_folder(manual_dir))
   try:
     return DATASETS[name]
   except KeyError:
+    valid = ", ".join([*sorted(DATASETS), FROM_FOLDER])
     raise ValueError(
-      f"Unknown dataset {name!r}. Valid names: {', '.join(sorted(DATASETS))}."
+      f"Unknown dataset {name!r}. Valid names: {valid}."
     ) from None
+
+
+def _folder(manual_dir: str | os.PathLike[str] | None) -> str:
+  if not manual_dir:
+    raise ValueError(
+      f"Dataset {FROM_FOLDER!r} needs manual_dir: the folder holding "
+      f"images/, labels/ and {from_folder.DATASET_JSON}.\n"
+      f"{from_folder.MANUAL_DOWNLOAD_INSTRUCTIONS}"
+    )
+  return os.fspath(manual_dir)
 
 
 def prepare(
@@ -98,10 +137,23 @@ def prepare(
       found; the message says which files are expected.
     InvalidExampleError: if an input example is malformed.
   """
+  if name == FROM_FOLDER:
+    builder = from_folder.builder_for(_folder(manual_dir), data_dir)
+    if not builder.is_prepared():
+      builder = _build(
+        builder,
+        tfds.download.DownloadConfig(try_download_gcs=False),
+        lambda: from_folder.builder_for(_folder(manual_dir), data_dir),
+      )
+    return builder
   spec = get_dataset_spec(name)
-  builder = tfds.builder(
-    spec.tfds_name, data_dir=os.fspath(data_dir), file_format=_FILE_FORMAT
-  )
+
+  def make_builder():
+    return tfds.builder(
+      spec.tfds_name, data_dir=os.fspath(data_dir), file_format=_FILE_FORMAT
+    )
+
+  builder = make_builder()
   if builder.is_prepared():
     return builder
 
@@ -111,6 +163,12 @@ def prepare(
   if not spec.needs_manual_dir and manual_dir is not None:
     if not pathlib.Path(manual_dir).is_dir():
       raise FileNotFoundError(f"manual_dir {manual_dir} is not a directory.")
+    if not any(pathlib.Path(manual_dir).iterdir()):
+      # TFDS would ignore an empty manual dir and download instead.
+      raise FileNotFoundError(
+        f"manual_dir {manual_dir} is empty.\n"
+        f"{_BUILDERS[name].MANUAL_DOWNLOAD_INSTRUCTIONS}"
+      )
     download_config = dataclasses.replace(
       download_config, manual_dir=os.fspath(manual_dir)
     )
@@ -131,6 +189,15 @@ def prepare(
       download_config, manual_dir=os.fspath(manual_dir)
     )
 
+  return _build(builder, download_config, make_builder)
+
+
+def _build(
+  builder: tfds.core.DatasetBuilder,
+  download_config: tfds.download.DownloadConfig,
+  make_builder: Any,
+) -> tfds.core.DatasetBuilder:
+  """Runs the build, leaving no temporary directory behind on failure."""
   incomplete_before = _incomplete_dirs(builder)
   try:
     builder.download_and_prepare(download_config=download_config)
@@ -143,9 +210,7 @@ def prepare(
     # Two processes building the same dataset at once: the second one's final
     # rename fails because the first one's complete build is already there.
     if isinstance(e, FileExistsError):
-      rebuilt = tfds.builder(
-        spec.tfds_name, data_dir=os.fspath(data_dir), file_format=_FILE_FORMAT
-      )
+      rebuilt = make_builder()
       if rebuilt.is_prepared():
         return rebuilt
     raise
@@ -153,31 +218,41 @@ def prepare(
 
 
 def data_source(
-  name: str, split: str, data_dir: str | os.PathLike[str]
+  name: str,
+  split: str,
+  data_dir: str | os.PathLike[str],
+  manual_dir: str | os.PathLike[str] | None = None,
 ) -> Sequence[dict[str, Any]]:
   """Random-access reader of a prepared split, without TensorFlow.
 
   Args:
-    name: a key of `DATASETS`.
+    name: a key of `DATASETS`, or `"from_folder"`.
     split: a split name, with TFDS slicing if wanted: `"train"`,
       `"train[:10]"`, `"validation[50%:]"`.
     data_dir: root directory the dataset was prepared into.
+    manual_dir: the folder, for `"from_folder"`; ignored otherwise.
 
   Returns:
     A sequence of examples: dicts of NumPy arrays with keys `image`, `label`,
-    `spacing` and `case_id` (bytes), see the module docstring.
+    `spacing` and `case_id` (bytes), see the module docstring, plus any
+    dataset-specific ones (`affine`, `original_shape`, ...).
 
   Raises:
     ValueError: if `name` is unknown.
     FileNotFoundError: if the dataset has not been prepared in `data_dir`.
   """
-  spec = get_dataset_spec(name)
-  builder = tfds.builder(spec.tfds_name, data_dir=os.fspath(data_dir))
+  if name == FROM_FOLDER:
+    builder = from_folder.builder_for(_folder(manual_dir), data_dir)
+  else:
+    spec = get_dataset_spec(name)
+    builder = tfds.builder(spec.tfds_name, data_dir=os.fspath(data_dir))
   if not builder.is_prepared():
     raise FileNotFoundError(
       f"Dataset {name!r} is not prepared in {data_dir}; call "
       f"medseg_jax.data.registry.prepare({name!r}, data_dir) first."
     )
+  if name == FROM_FOLDER:
+    return builder.as_data_source(split)
   return tfds.data_source(
     spec.tfds_name, split=split, data_dir=os.fspath(data_dir), download=False
   )
