@@ -51,6 +51,8 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.patch_size = (128, 128)
   config.data.pad_multiple = 0  # 0: 2 ** (number of levels - 1).
   config.data.worker_count = 0  # grain worker processes; 0 = in-process.
+  # Share of the training split used (its first cases), in percent.
+  config.data.train_percent = 100
   config.data.read_threads = 2
   config.data.prefetch_buffer_size = 8
   config.data.train_transforms = [
@@ -108,3 +110,19 @@ def shrink_for_local_run(config: ml_collections.ConfigDict) -> None:
   config.model.features = (8, 16)
   config.data.patch_size = (64,) * len(config.data.patch_size)
   config.writer = "logging"
+
+
+def apply_data_args(config: ml_collections.ConfigDict, args) -> None:
+  """Applies the shared experiment arguments ``percent`` and ``seed``.
+
+  ``percent`` (1-100) keeps that share of the training split (the first
+  cases of it, so smaller shares are subsets of larger ones), for studies of
+  how the amount of labelled data changes the result. ``seed`` sets the run
+  seed (initialisation and data order).
+  """
+  percent = args.get("percent", 100)
+  if not 0 < percent <= 100:
+    raise ValueError(f"percent must be in (0, 100]; got {percent}.")
+  config.data.train_percent = percent
+  if args.get("seed", -1) >= 0:
+    config.seed = args.seed

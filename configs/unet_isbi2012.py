@@ -9,14 +9,18 @@ The data needs a manual directory (no download): either the PNG layout
 
 Fixed validation fold: slices 24-29 (a contiguous block, since neighbouring
 sections are correlated); training uses slices 0-23. Classes: 0 cell
-interior, 1 membrane.
+interior, 1 membrane. Arguments: ``fold=k`` (0-4) for 5-fold
+cross-validation over the 30 slices, ``percent=`` and ``seed=`` as in
+``configs/common.py``.
 """
 
 from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, runlocal=False, steps=0)
+  args = common.parse_arg(
+    arg, runlocal=False, steps=0, fold=-1, percent=100, seed=-1
+  )
   config = common.base_config()
   config.dataset = "isbi2012_em"
   config.manual_dir = "../shared/data/isbi2012_em_membrane"
@@ -38,4 +42,32 @@ def get_config(arg=None):
     common.shrink_for_local_run(config)
   if args.steps:
     config.num_train_steps = args.steps
+  if args.fold >= 0:
+    set_fold(config, args.fold)
+  common.apply_data_args(config, args)
   return config
+
+
+NUM_FOLDS = 5
+
+
+def set_fold(config, fold: int) -> None:
+  """Cross-validation over the 30 slices in 5 contiguous folds of 6.
+
+  Fold ``k`` validates on slices ``6k .. 6k+5`` and trains on the other 24
+  (fold 4 is the builder's fixed ``validation`` split). Contiguous folds,
+  because neighbouring sections are nearly identical.
+  """
+  if not 0 <= fold < NUM_FOLDS:
+    raise ValueError(f"fold must be in [0, {NUM_FOLDS}); got {fold}.")
+  if fold == NUM_FOLDS - 1:
+    held_out, rest = "validation", "train"
+  else:
+    start, stop = 6 * fold, 6 * fold + 6
+    held_out = f"train[{start}:{stop}]"
+    parts = [f"train[:{start}]"] if start else []
+    parts += [f"train[{stop}:]", "validation"]
+    rest = "+".join(parts)
+  config.train_split = rest
+  config.eval_split = held_out
+  config.test_split = held_out

@@ -7,14 +7,16 @@ r"""2-D U-Net on the embedded synthetic phantoms (the `make demo` job).
   python -m medseg_jax.main --config=configs/unet_synthetic.py:runlocal \
       --workdir=/tmp/unet_synthetic_local
 
-Classes: background, organ, lesion (inside the organ), vessel.
+Classes: background, organ, lesion (inside the organ), vessel. Arguments:
+``percent=25`` trains on the first 25 % of the training split, ``seed=1``
+sets the seed.
 """
 
 from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, runlocal=False, steps=0)
+  args = common.parse_arg(arg, runlocal=False, steps=0, percent=100, seed=-1)
   config = common.base_config()
   config.dataset = "synthetic_phantoms/2d"
   # Whole 128x128 images: the context beats more, smaller patches here.
@@ -29,4 +31,5 @@ def get_config(arg=None):
     common.shrink_for_local_run(config)
   if args.steps:
     config.num_train_steps = args.steps
+  common.apply_data_args(config, args)
   return config

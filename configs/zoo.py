@@ -12,7 +12,8 @@ published sizes are the constructors' defaults and are what the parameter
 count tests check). Data (``data=``): ``synthetic2d`` (default),
 ``synthetic3d``, ``isbi`` (needs ``--config.manual_dir``, default
 ``../shared/data/isbi2012_em_membrane``). Add ``runlocal`` for a
-seconds-long smoke run.
+seconds-long smoke run, ``percent=`` to train on a share of the training
+split, ``seed=``, and ``fold=0..4`` for ISBI cross-validation.
 """
 
 import ml_collections
@@ -112,7 +113,14 @@ DATA = {
 
 def get_config(arg=None):
   args = common.parse_arg(
-    arg, model="unet", data="synthetic2d", runlocal=False, steps=0
+    arg,
+    model="unet",
+    data="synthetic2d",
+    runlocal=False,
+    steps=0,
+    percent=100,
+    seed=-1,
+    fold=-1,
   )
   if args.model not in MODELS:
     raise ValueError(
@@ -137,4 +145,9 @@ def get_config(arg=None):
       config.model.convs = (1, 1)
   if args.steps:
     config.num_train_steps = args.steps
+  if args.fold >= 0:
+    if args.data != "isbi":
+      raise ValueError("fold= is for data=isbi (5-fold over its 30 slices).")
+    unet_isbi2012.set_fold(config, args.fold)
+  common.apply_data_args(config, args)
   return config

@@ -53,7 +53,12 @@ def train_dataset(
     raise ValueError(
       f"Split {config.train_split!r} of {config.dataset!r} is empty."
     )
-  ds = grain.MapDataset.source(source).seed(config.seed)
+  ds = grain.MapDataset.source(source)
+  percent = config.data.get("train_percent", 100)
+  if percent < 100:
+    # The first cases, so that smaller shares are subsets of larger ones.
+    ds = ds[: max(1, round(len(source) * percent / 100))]
+  ds = ds.seed(config.seed)
   ds = ds.shuffle().repeat()
   # Interleaved rows: process p reads positions p, p + P, p + 2P, ...
   ds = ds[process_index::process_count]
