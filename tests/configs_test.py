@@ -21,15 +21,20 @@ CONFIGS = sorted(
 
 @pytest.mark.parametrize("name", CONFIGS)
 @pytest.mark.parametrize("arg", [None, "runlocal"])
-def test_config_loads_with_valid_names(name, arg):
+def test_config_loads_with_valid_names(name, arg, tmp_path):
   module = importlib.import_module(f"configs.{name}")
   assert "--config=configs/" in module.__doc__, "docstring needs its command"
+  if name == "unet_folder":  # Needs a data folder.
+    from medseg_jax.data.from_folder import dummy_data
+
+    folder = dummy_data.make_dummy_data(tmp_path, fmt="png")
+    arg = ",".join(filter(None, [f"folder={folder}", arg]))
   config = module.get_config(arg)
   assert config.model.name in models.MODELS
   assert config.loss.name in losses.LOSSES
   assert config.optimizer.name in optimizers.OPTIMIZERS
   assert config.optimizer.schedule in optimizers.SCHEDULES
-  spec = registry.get_dataset_spec(config.dataset)
+  spec = registry.get_dataset_spec(config.dataset, config.manual_dir)
   assert len(config.data.patch_size) == spec.spatial_dims
   transforms.build(
     [s for s in config.data.train_transforms if s["op"] != "random_crop_or_pad"]
