@@ -29,11 +29,11 @@ def get_config(arg=None):
     dict(op="random_flip", axes=(0, 1, 2)),
   ]
   # Cicek et al.'s layout (channels double within each level), CPU-sized.
-  config.model.features = (8, 16, 32, 64)
+  config.model.features = (4, 8, 16, 32)
   config.model.double_within_level = True
   config.batch_size = 2
   config.eval_batch_size = 1
-  config.num_train_steps = 600
+  config.num_train_steps = 500
   config.log_every_steps = 25
   config.eval_every_steps = 200
   config.checkpoint_every_steps = 200
