@@ -18,15 +18,20 @@ With `affine`, `original_affine` and `original_shape`,
 source grid, and `medical_io.write_nifti(..., original_affine)` writes it.
 
 A builder lists its cases as `Case` records (file paths per modality and
-label) and calls `make_example` on each; that reads, validates and
-preprocesses the case and returns the feature dict, raising
-`InvalidExampleError` (naming the case and file) on any bad input.
+label) and calls `make_example` on each (`generate_examples` does so for a
+list of cases); that reads, validates and preprocesses the case and returns
+the feature dict, raising `InvalidExampleError` (naming the case and file)
+on any bad input. `dataset_info` makes a builder's `DatasetInfo`, and
+`manual_dir_or_none` finds an optional local copy of the data.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import pathlib
+from collections.abc import Iterator
+from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,6 +99,126 @@ def features(
       shape=spatial, dtype=np.uint8, encoding=tfds.features.Encoding.ZLIB
     )
   return tfds.features.FeaturesDict(spec)
+
+
+def dataset_info(
+  builder: tfds.core.DatasetBuilder,
+  *,
+  description: str,
+  spatial_dims: int,
+  class_names: Sequence[str],
+  channel_names: Sequence[str],
+  homepage: str | None,
+  citation: str | None,
+  license: str | None,
+  extra_features: Mapping[str, tfds.features.FeatureConnector] | None = None,
+  extra_masks: Sequence[str] = (),
+  extra_metadata: Mapping[str, Any] | None = None,
+) -> tfds.core.DatasetInfo:
+  """The `DatasetInfo` of a medical builder.
+
+  Features are those of `features` (one channel per channel name), then
+  `extra_features`; examples are stored in order (no shuffling), with
+  `("image", "label")` as supervised keys.
+
+  Args:
+    builder: the builder whose `_info` this is.
+    description: text of the dataset.
+    spatial_dims: 2 or 3.
+    class_names: class of each label id, background first.
+    channel_names: names of the image channels, in order.
+    homepage: URL of the dataset.
+    citation: BibTeX to cite.
+    license: licence text.
+    extra_features: further features stored per example (e.g. text).
+    extra_masks: names of masks stored alongside the label (see
+      `Case.extra_masks`); also listed in the metadata as `extra_masks`.
+    extra_metadata: further metadata entries, after `class_names`,
+      `channel_names` (and `extra_masks`).
+
+  Returns:
+    The info, with metadata `class_names` and `channel_names` as given.
+  """
+  spec = features(
+    spatial_dims=spatial_dims,
+    num_channels=len(channel_names),
+    extra_masks=extra_masks,
+  )
+  if extra_features:
+    spec = tfds.features.FeaturesDict({**dict(spec.items()), **extra_features})
+  metadata: dict[str, Any] = {
+    "class_names": class_names,
+    "channel_names": channel_names,
+  }
+  if extra_masks:
+    metadata["extra_masks"] = extra_masks
+  metadata.update(extra_metadata or {})
+  return tfds.core.DatasetInfo(
+    builder=builder,
+    description=description,
+    features=spec,
+    supervised_keys=("image", "label"),
+    disable_shuffling=True,
+    homepage=homepage,
+    citation=citation,
+    license=license,
+    metadata=tfds.core.MetadataDict(**metadata),
+  )
+
+
+def manual_dir_or_none(
+  dl_manager: tfds.download.DownloadManager,
+) -> pathlib.Path | None:
+  """The manual dir, for builders that download when there is none.
+
+  Returns:
+    The manual dir, or None when none is configured (TFDS asserts then,
+    and when it is missing or empty) or it is not a directory.
+  """
+  try:
+    manual = dl_manager.manual_dir
+  except AssertionError:  # No manual dir configured, or it is empty.
+    return None
+  if manual is None or not pathlib.Path(os.fspath(manual)).is_dir():
+    return None
+  return pathlib.Path(os.fspath(manual))
+
+
+def generate_examples(
+  cases: Sequence[Case],
+  *,
+  num_classes: int,
+  spatial_dims: int,
+  channel_names: Sequence[str],
+  preprocess: preprocessing.Preprocessing,
+  **make_example_kwargs: Any,
+) -> Iterator[tuple[str, dict[str, Any]]]:
+  """Yields `(case_id, example)` for each case, by `make_example`.
+
+  Args:
+    cases: the cases, in the order to store them.
+    num_classes: see `make_example`.
+    spatial_dims: see `make_example`.
+    channel_names: see `make_example`.
+    preprocess: see `make_example`.
+    **make_example_kwargs: further arguments of `make_example`
+      (`label_map`, `image_transform`).
+
+  Raises:
+    InvalidExampleError: see `make_example`, as each case is read.
+  """
+  for case in cases:
+    yield (
+      case.case_id,
+      make_example(
+        case,
+        num_classes=num_classes,
+        spatial_dims=spatial_dims,
+        channel_names=channel_names,
+        preprocess=preprocess,
+        **make_example_kwargs,
+      ),
+    )
 
 
 def make_example(
@@ -187,6 +312,23 @@ def make_example(
     resampled, _ = _same_steps(preprocess, images, mask)
     example[name] = resampled.data.astype(np.uint8)
   return example
+
+
+def to_unit_rgb(volume: medical_io.Volume) -> medical_io.Volume:
+  """An `image_transform`: u8[H, W, 3] -> f32[H, W, 3] in [0, 1].
+
+  Raises:
+    InvalidExampleError: naming the file (and its stem as the case), for
+      anything but an 8-bit RGB image.
+  """
+  data = np.asarray(volume.data)
+  if data.dtype != np.uint8 or data.ndim != 3 or data.shape[-1] != 3:
+    raise checks.InvalidExampleError(
+      f"Invalid example {pathlib.Path(volume.path).stem!r} ({volume.path}): "
+      f"expected an 8-bit RGB image; got dtype {data.dtype} and shape "
+      f"{data.shape}."
+    )
+  return dataclasses.replace(volume, data=data.astype(np.float32) / 255.0)
 
 
 def _same_steps(

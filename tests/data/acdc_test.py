@@ -11,10 +11,10 @@ import pytest
 import tensorflow_datasets as tfds
 
 from medseg_jax.data import acdc
-from medseg_jax.data import checks
 from medseg_jax.data import medical_io
 from medseg_jax.data import preprocessing
 from medseg_jax.data.acdc import dummy_data
+from tests.data import builder_testing
 
 SHAPE = (16, 14, 3)
 # Patients written by default: 1 and 2 (train), 81 (validation), 101 (test).
@@ -22,13 +22,9 @@ SPLIT_PATIENTS = {"train": (1, 2), "validation": (81,), "test": (101,)}
 
 
 def _build(data_dir, manual_dir, config="native"):
-  builder = acdc.Acdc(data_dir=data_dir, config=config)
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False
-    )
+  return builder_testing.prepare(
+    acdc.Acdc(data_dir=data_dir, config=config), manual_dir
   )
-  return builder
 
 
 def _load(path):
@@ -224,21 +220,12 @@ def test_bad_input_aborts_build_and_leaves_nothing(raw_root, tmp_path, damage):
   manual = tmp_path / "manual"
   shutil.copytree(raw_root, manual)
   path, match = damage(manual)
-  data_dir = tmp_path / "tfds"
-  builder = acdc.Acdc(data_dir=data_dir)
-  with pytest.raises(checks.InvalidExampleError, match=match) as info:
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-        manual_dir=manual, try_download_gcs=False
-      )
-    )
-  assert str(path) in str(info.value)
-  assert "patient" in str(info.value)
-  assert not builder.is_prepared()
-  assert not acdc.Acdc(data_dir=data_dir).is_prepared()
-  assert not list(data_dir.rglob("incomplete.*"))
-  assert not list(data_dir.rglob("*.array_record*"))
-  assert not list(data_dir.rglob("dataset_info.json"))
+  builder_testing.assert_build_fails(
+    acdc.Acdc(data_dir=tmp_path / "tfds"),
+    manual,
+    match=match,
+    mentions=(path, "patient"),
+  )
 
 
 def test_dummy_data_script(tmp_path):

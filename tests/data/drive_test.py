@@ -1,6 +1,5 @@
 """Tests for the `drive` TFDS builder, on generated dummy data."""
 
-import pathlib
 import shutil
 
 import numpy as np
@@ -9,9 +8,9 @@ import tensorflow_datasets as tfds
 import tifffile
 from PIL import Image
 
-from medseg_jax.data import checks
 from medseg_jax.data import drive
 from medseg_jax.data.drive import dummy_data
+from tests.data import builder_testing
 
 # Dummy cases: training 21, 22, 37 and test 01, 02.
 EXPECTED = {
@@ -28,13 +27,7 @@ def raw_root(tmp_path_factory):
 
 
 def _prepare(data_dir, manual_dir):
-  builder = drive.Drive(data_dir=data_dir)
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False
-    )
-  )
-  return builder
+  return builder_testing.prepare(drive.Drive(data_dir=data_dir), manual_dir)
 
 
 def _raw(raw_root, case_id):
@@ -164,17 +157,9 @@ def test_bad_input_aborts_and_leaves_nothing(raw_root, tmp_path, damage, match):
   shutil.copytree(raw_root, manual)
   # The last case of the last split, so earlier splits were written first.
   path = damage(manual / "DRIVE")
-  data_dir = tmp_path / "tfds"
-  builder = drive.Drive(data_dir=data_dir)
-  with pytest.raises(checks.InvalidExampleError, match=match) as info:
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-        manual_dir=manual, try_download_gcs=False
-      )
-    )
-  assert "02_test" in str(info.value)
-  assert str(path) in str(info.value)
-  assert not builder.is_prepared()
-  assert not drive.Drive(data_dir=data_dir).is_prepared()
-  assert not list(pathlib.Path(data_dir).rglob("dataset_info.json"))
-  assert not list(pathlib.Path(data_dir).rglob("incomplete.*"))
+  builder_testing.assert_build_fails(
+    drive.Drive(data_dir=tmp_path / "tfds"),
+    manual,
+    match=match,
+    mentions=("02_test", path),
+  )

@@ -17,6 +17,7 @@ from medseg_jax.data import medical_io
 from medseg_jax.data import preprocessing
 from medseg_jax.data.from_folder import dummy_data
 from medseg_jax.data.from_folder import from_folder
+from tests.data import builder_testing
 
 
 @pytest.fixture(autouse=True)
@@ -30,18 +31,6 @@ def _json(folder):
 
 def _write_json(folder, spec):
   (folder / "dataset.json").write_text(json.dumps(spec))
-
-
-def _version_dir(data_dir, name):
-  return pathlib.Path(data_dir) / "from_folder" / name / from_folder.VERSION
-
-
-def _assert_nothing_prepared(data_dir, name):
-  assert not _version_dir(data_dir, name).exists()
-  parent = pathlib.Path(data_dir) / "from_folder" / name
-  if parent.exists():
-    leftovers = [p.name for p in parent.iterdir()]
-    assert not [n for n in leftovers if n.startswith("incomplete")], leftovers
 
 
 # ----------------------------------------------------------- good builds
@@ -433,13 +422,9 @@ def test_bad_input_fails_and_leaves_nothing(tmp_path, fmt, corrupt, message):
   name = corrupt(folder)
   data_dir = tmp_path / "tfds"
   builder = from_folder.builder_for(folder, data_dir)
-  with pytest.raises(checks.InvalidExampleError, match=message) as info:
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(try_download_gcs=False)
-    )
-  assert name in str(info.value)
-  assert not builder.is_prepared()
-  _assert_nothing_prepared(data_dir, f"dummy_{fmt}")
+  builder_testing.assert_build_fails(
+    builder, None, match=message, mentions=(name,)
+  )
   # A fixed folder then builds cleanly in the same data_dir.
   shutil.rmtree(folder)
   folder = dummy_data.make_dummy_data(tmp_path / "raw", fmt=fmt)

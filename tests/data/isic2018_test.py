@@ -1,6 +1,5 @@
 """Tests for the `isic2018` TFDS builder, on generated dummy data."""
 
-import pathlib
 import shutil
 
 import numpy as np
@@ -8,10 +7,10 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from medseg_jax.data import checks
 from medseg_jax.data import isic2018
 from medseg_jax.data import preprocessing
 from medseg_jax.data.isic2018 import dummy_data
+from tests.data import builder_testing
 
 SIZES = {"train": 3, "validation": 2, "test": 2}
 TRAIN_IMAGES = "ISIC2018_Task1-2_Training_Input"
@@ -25,13 +24,9 @@ def raw_root(tmp_path_factory):
 
 
 def _prepare(data_dir, config, manual_dir=None):
-  builder = isic2018.Isic2018(data_dir=data_dir, config=config)
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False
-    )
+  return builder_testing.prepare(
+    isic2018.Isic2018(data_dir=data_dir, config=config), manual_dir
   )
-  return builder
 
 
 def _source_pair(raw_root, split, case_id):
@@ -209,16 +204,9 @@ def test_bad_input_aborts_and_leaves_nothing(
   shutil.copytree(raw_root, manual)
   # The large case, so the `512` config's reduction path sees it.
   path = damage(manual, "ISIC_0000000")
-  data_dir = tmp_path / "tfds"
-  builder = isic2018.Isic2018(data_dir=data_dir, config=config)
-  with pytest.raises(checks.InvalidExampleError, match=match) as info:
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-        manual_dir=manual, try_download_gcs=False
-      )
-    )
-  assert "ISIC_0000000" in str(info.value)
-  assert str(path) in str(info.value)
-  assert not builder.is_prepared()
-  assert not list(pathlib.Path(data_dir).rglob("dataset_info.json"))
-  assert not list(pathlib.Path(data_dir).rglob("incomplete.*"))
+  builder_testing.assert_build_fails(
+    isic2018.Isic2018(data_dir=tmp_path / "tfds", config=config),
+    manual,
+    match=match,
+    mentions=("ISIC_0000000", path),
+  )

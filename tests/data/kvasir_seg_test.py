@@ -1,6 +1,5 @@
 """Tests for the `kvasir_seg` TFDS builder, on generated dummy data."""
 
-import pathlib
 import shutil
 
 import numpy as np
@@ -8,9 +7,9 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from medseg_jax.data import checks
 from medseg_jax.data import kvasir_seg
 from medseg_jax.data.kvasir_seg import dummy_data
+from tests.data import builder_testing
 
 NUM_CASES = 10  # 8 train, 1 validation, 1 test.
 
@@ -24,13 +23,9 @@ def raw_root(tmp_path_factory):
 
 
 def _prepare(data_dir, manual_dir=None):
-  builder = kvasir_seg.KvasirSeg(data_dir=data_dir)
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False
-    )
+  return builder_testing.prepare(
+    kvasir_seg.KvasirSeg(data_dir=data_dir), manual_dir
   )
-  return builder
 
 
 def _expected(release, name):
@@ -169,17 +164,9 @@ def test_bad_input_aborts_and_leaves_nothing(raw_root, tmp_path, damage, match):
   # The last case in sorted order: the test split, written last.
   name = sorted(p.stem for p in (release / "images").glob("*.jpg"))[-1]
   path = damage(release, name)
-  data_dir = tmp_path / "tfds"
-  builder = kvasir_seg.KvasirSeg(data_dir=data_dir)
-  with pytest.raises(checks.InvalidExampleError, match=match) as info:
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-        manual_dir=manual, try_download_gcs=False
-      )
-    )
-  assert name in str(info.value)
-  assert str(path) in str(info.value)
-  assert not builder.is_prepared()
-  assert not kvasir_seg.KvasirSeg(data_dir=data_dir).is_prepared()
-  assert not list(pathlib.Path(data_dir).rglob("dataset_info.json"))
-  assert not list(pathlib.Path(data_dir).rglob("incomplete.*"))
+  builder_testing.assert_build_fails(
+    kvasir_seg.KvasirSeg(data_dir=tmp_path / "tfds"),
+    manual,
+    match=match,
+    mentions=(name, path),
+  )

@@ -13,6 +13,7 @@ from medseg_jax.data import preprocessing
 from medseg_jax.data import registry
 from medseg_jax.data.lesjak_ms import dummy_data
 from medseg_jax.data.lesjak_ms import lesjak_ms
+from tests.data import builder_testing
 
 REAL_DATA = (
   pathlib.Path(__file__).resolve().parents[3]
@@ -103,7 +104,9 @@ def test_missing_modality_names_the_folder(tmp_path):
   next((raw / "patient04").glob("T2_*")).unlink()
   with pytest.raises(checks.InvalidExampleError, match="patient04.*no T2"):
     registry.prepare("lesjak_ms", tmp_path / "tfds", manual_dir=raw)
-  assert not (tmp_path / "tfds" / "lesjak_ms" / "1.0.0").exists()
+  builder_testing.assert_nothing_prepared(
+    lesjak_ms.LesjakMs(data_dir=tmp_path / "tfds")
+  )
 
 
 def test_missing_label_and_grid_mismatch_are_errors(tmp_path):
@@ -117,7 +120,9 @@ def test_missing_label_and_grid_mismatch_are_errors(tmp_path):
   nib.save(nib.Nifti1Image(data, dummy_data.AFFINE), label)
   with pytest.raises(checks.InvalidExampleError, match="shapes differ"):
     registry.prepare("lesjak_ms", tmp_path / "tfds", manual_dir=raw)
-  assert not (tmp_path / "tfds" / "lesjak_ms" / "1.0.0").exists()
+  builder_testing.assert_nothing_prepared(
+    lesjak_ms.LesjakMs(data_dir=tmp_path / "tfds")
+  )
 
 
 def test_no_patient_folders_explains_layout(tmp_path):

@@ -1,4 +1,4 @@
-"""Tests for `medical_builder.make_example` on tiny NIfTI files."""
+"""Tests for `medical_builder` (`make_example` and its helpers)."""
 
 import numpy as np
 import pytest
@@ -102,3 +102,52 @@ def test_bad_cases_name_their_files(tmp_path):
   big = _write(tmp_path / "big.nii.gz", np.full((2, 2, 2), 5, np.uint8))
   with pytest.raises(checks.InvalidExampleError, match="outside"):
     _example(medical_builder.Case("c", (image,), big))
+
+
+class _FakeDownloadManager:
+  """Stands in for `tfds.download.DownloadManager`'s `manual_dir`."""
+
+  def __init__(self, manual_dir):
+    self._manual_dir = manual_dir
+
+  @property
+  def manual_dir(self):
+    if self._manual_dir is None:
+      raise AssertionError("Manual directory not enabled.")
+    return self._manual_dir
+
+
+def test_manual_dir_or_none(tmp_path):
+  assert medical_builder.manual_dir_or_none(_FakeDownloadManager(None)) is None
+  file = tmp_path / "file.txt"
+  file.write_text("x")
+  assert medical_builder.manual_dir_or_none(_FakeDownloadManager(file)) is None
+  found = medical_builder.manual_dir_or_none(
+    _FakeDownloadManager(str(tmp_path))
+  )
+  assert found == tmp_path
+
+
+def test_generate_examples_yields_case_ids_in_order(tmp_path):
+  image = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+  label = _write(tmp_path / "l.nii.gz", (image > 10).astype(np.uint8))
+  cases = [
+    medical_builder.Case(
+      name, (_write(tmp_path / f"{name}.nii", image),), label
+    )
+    for name in ("b", "a")
+  ]
+  examples = list(
+    medical_builder.generate_examples(
+      cases,
+      num_classes=3,
+      spatial_dims=3,
+      channel_names=("a",),
+      preprocess=NONE,
+      label_map={0: 0, 1: 2},
+    )
+  )
+  assert [key for key, _ in examples] == ["b", "a"]
+  for key, example in examples:
+    assert example["case_id"] == key
+    assert set(np.unique(example["label"]).tolist()) == {0, 2}

@@ -21,6 +21,7 @@ from medseg_jax.data import msd as msd_package
 from medseg_jax.data import preprocessing
 from medseg_jax.data.msd import dummy_data
 from medseg_jax.data.msd import msd
+from tests.data import builder_testing
 
 URL = "https://msd-for-monai.s3-us-west-2.amazonaws.com/{}.tar"
 NUM_CASES = 5
@@ -30,13 +31,9 @@ SPLIT_NUMBERS = {"train": (2, 3, 27), "validation": (14,), "test": (10,)}
 
 
 def _build(data_dir, config, manual_dir=None):
-  builder = msd.Msd(data_dir=data_dir, config=config)
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False
-    )
+  return builder_testing.prepare(
+    msd.Msd(data_dir=data_dir, config=config), manual_dir
   )
-  return builder
 
 
 def _canonical(path):
@@ -299,19 +296,12 @@ def test_bad_input_aborts_build_and_leaves_nothing(tmp_path, damage):
   task_dir = dummy_data.make_dummy_data(tmp_path / "manual", task, NUM_CASES)
   path, match = damage(task_dir)
   data_dir = tmp_path / "tfds"
-  builder = msd.Msd(data_dir=data_dir, config=task)
-  with pytest.raises(checks.InvalidExampleError, match=match) as info:
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-        manual_dir=tmp_path / "manual", try_download_gcs=False
-      )
-    )
-  assert str(path) in str(info.value)
-  assert not builder.is_prepared()
-  assert not msd.Msd(data_dir=data_dir, config=task).is_prepared()
-  assert not list(data_dir.rglob("incomplete.*"))
-  assert not list(data_dir.rglob("*.array_record*"))
-  assert not list(data_dir.rglob("dataset_info.json"))
+  builder_testing.assert_build_fails(
+    msd.Msd(data_dir=data_dir, config=task),
+    tmp_path / "manual",
+    match=match,
+    mentions=(path,),
+  )
 
   # Fixed input builds in the same data_dir.
   shutil.rmtree(tmp_path / "manual")

@@ -10,22 +10,18 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from medseg_jax.data import checks
 from medseg_jax.data import promise12
 from medseg_jax.data.promise12 import dummy_data
+from tests.data import builder_testing
 
 SHAPE = (16, 16, 5)
 SPLIT_CASES = {"train": (0, 1, 20), "validation": (40,), "test": (45,)}
 
 
 def _build(data_dir, manual_dir):
-  builder = promise12.Promise12(data_dir=data_dir)
-  builder.download_and_prepare(
-    download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False
-    )
+  return builder_testing.prepare(
+    promise12.Promise12(data_dir=data_dir), manual_dir
   )
-  return builder
 
 
 @pytest.fixture(scope="module")
@@ -213,21 +209,12 @@ def test_bad_input_aborts_build_and_leaves_nothing(raw_root, tmp_path, damage):
   manual = tmp_path / "manual"
   shutil.copytree(raw_root, manual)
   case_id, path, match = damage(manual)
-  data_dir = tmp_path / "tfds"
-  builder = promise12.Promise12(data_dir=data_dir)
-  with pytest.raises(checks.InvalidExampleError, match=match) as info:
-    builder.download_and_prepare(
-      download_config=tfds.download.DownloadConfig(
-        manual_dir=manual, try_download_gcs=False
-      )
-    )
-  assert case_id in str(info.value)
-  assert str(path) in str(info.value)
-  assert not builder.is_prepared()
-  assert not promise12.Promise12(data_dir=data_dir).is_prepared()
-  assert not list(data_dir.rglob("incomplete.*"))
-  assert not list(data_dir.rglob("*.array_record*"))
-  assert not list(data_dir.rglob("dataset_info.json"))
+  builder_testing.assert_build_fails(
+    promise12.Promise12(data_dir=tmp_path / "tfds"),
+    manual,
+    match=match,
+    mentions=(case_id, path),
+  )
 
 
 def test_dummy_data_script(tmp_path):

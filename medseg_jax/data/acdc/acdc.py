@@ -307,30 +307,20 @@ class Acdc(medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder):
     )
 
   def _info(self) -> tfds.core.DatasetInfo:
-    shared = medical_builder.features(
-      spatial_dims=3, num_channels=len(CHANNEL_NAMES)
-    )
-    return tfds.core.DatasetInfo(
-      builder=self,
+    return medical_builder.dataset_info(
+      self,
       description=_DESCRIPTION,
-      features=tfds.features.FeaturesDict(
-        {
-          **dict(shared.items()),
-          "group": tfds.features.Text(),
-          "phase": tfds.features.Text(),
-        }
-      ),
-      supervised_keys=("image", "label"),
-      disable_shuffling=True,
+      spatial_dims=3,
+      class_names=CLASS_NAMES,
+      channel_names=CHANNEL_NAMES,
       homepage=HOMEPAGE,
       citation=_CITATION,
       license=_LICENSE,
-      metadata=tfds.core.MetadataDict(
-        class_names=CLASS_NAMES,
-        channel_names=CHANNEL_NAMES,
-        groups=GROUPS,
-        phases=PHASES,
-      ),
+      extra_features={
+        "group": tfds.features.Text(),
+        "phase": tfds.features.Text(),
+      },
+      extra_metadata={"groups": GROUPS, "phases": PHASES},
     )
 
   def _split_generators(

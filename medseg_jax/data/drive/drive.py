@@ -281,24 +281,16 @@ class Drive(
   )
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
+    return medical_builder.dataset_info(
+      self,
       description=_DESCRIPTION,
-      features=medical_builder.features(
-        spatial_dims=2,
-        num_channels=len(CHANNEL_NAMES),
-        extra_masks=EXTRA_MASKS,
-      ),
-      supervised_keys=("image", "label"),
-      disable_shuffling=True,
+      spatial_dims=2,
+      class_names=CLASS_NAMES,
+      channel_names=CHANNEL_NAMES,
       homepage="https://drive.grand-challenge.org",
       citation=_CITATION,
       license=_LICENSE,
-      metadata=tfds.core.MetadataDict(
-        class_names=CLASS_NAMES,
-        channel_names=CHANNEL_NAMES,
-        extra_masks=EXTRA_MASKS,
-      ),
+      extra_masks=EXTRA_MASKS,
     )
 
   def _split_generators(

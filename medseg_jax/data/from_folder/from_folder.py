@@ -639,23 +639,16 @@ class FromFolder(
       f"{', '.join(dataset.channel_names)}, classes "
       f"{', '.join(dataset.class_names)}."
     )
-    return tfds.core.DatasetInfo(
-      builder=self,
+    return medical_builder.dataset_info(
+      self,
       description=description,
-      features=medical_builder.features(
-        spatial_dims=dataset.spatial_dims,
-        num_channels=len(dataset.channel_names),
-      ),
-      supervised_keys=("image", "label"),
-      disable_shuffling=True,
+      spatial_dims=dataset.spatial_dims,
+      class_names=list(dataset.class_names),
+      channel_names=list(dataset.channel_names),
       homepage=dataset.homepage,
       citation=dataset.citation,
       license=dataset.license,
-      metadata=tfds.core.MetadataDict(
-        class_names=list(dataset.class_names),
-        channel_names=list(dataset.channel_names),
-        dataset_json=dataset.to_json(),
-      ),
+      extra_metadata={"dataset_json": dataset.to_json()},
     )
 
   def _split_generators(
@@ -673,19 +666,14 @@ class FromFolder(
     self, cases: Sequence[medical_builder.Case]
   ) -> Iterator[tuple[str, dict[str, Any]]]:
     dataset = self.dataset
-    preprocess = dataset.preprocessing()
-    for case in cases:
-      yield (
-        case.case_id,
-        medical_builder.make_example(
-          case,
-          num_classes=dataset.num_classes,
-          spatial_dims=dataset.spatial_dims,
-          channel_names=list(dataset.channel_names),
-          preprocess=preprocess,
-          label_map=dataset.label_map,
-        ),
-      )
+    return medical_builder.generate_examples(
+      cases,
+      num_classes=dataset.num_classes,
+      spatial_dims=dataset.spatial_dims,
+      channel_names=list(dataset.channel_names),
+      preprocess=dataset.preprocessing(),
+      label_map=dataset.label_map,
+    )
 
 
 def config_for(folder: PathLike) -> FromFolderConfig:

@@ -28,12 +28,10 @@ from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import scipy.ndimage
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from medseg_jax.data import checks
 from medseg_jax.data import medical_builder
 from medseg_jax.data import medical_io
 from medseg_jax.data import preprocessing
@@ -142,23 +140,11 @@ class Isic2018Config(tfds.core.BuilderConfig):
   max_side: int | None = None
 
 
-def _to_unit_rgb(volume: medical_io.Volume) -> medical_io.Volume:
-  """u8[H, W, 3] -> f32[H, W, 3] in [0, 1]; other inputs are errors."""
-  data = np.asarray(volume.data)
-  if data.dtype != np.uint8 or data.ndim != 3 or data.shape[-1] != 3:
-    raise checks.InvalidExampleError(
-      f"Invalid example {pathlib.Path(volume.path).stem!r} ({volume.path}): "
-      f"expected an 8-bit RGB image; got dtype {data.dtype} and shape "
-      f"{data.shape}."
-    )
-  return dataclasses.replace(volume, data=data.astype(np.float32) / 255.0)
-
-
 def _anti_alias(sigma: float):
   """An `image_transform`: RGB to [0, 1], then a Gaussian blur per channel."""
 
   def transform(volume: medical_io.Volume) -> medical_io.Volume:
-    volume = _to_unit_rgb(volume)
+    volume = medical_builder.to_unit_rgb(volume)
     blurred = scipy.ndimage.gaussian_filter(
       volume.data, sigma=(sigma, sigma, 0), mode="nearest"
     )
@@ -249,20 +235,15 @@ class Isic2018(
   DEFAULT_BUILDER_CONFIG_NAME = "512"
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
+    return medical_builder.dataset_info(
+      self,
       description=_DESCRIPTION,
-      features=medical_builder.features(
-        spatial_dims=2, num_channels=len(CHANNEL_NAMES)
-      ),
-      supervised_keys=("image", "label"),
-      disable_shuffling=True,
+      spatial_dims=2,
+      class_names=CLASS_NAMES,
+      channel_names=CHANNEL_NAMES,
       homepage="https://challenge.isic-archive.com/data/#2018",
       citation=_CITATION,
       license=_LICENSE,
-      metadata=tfds.core.MetadataDict(
-        class_names=CLASS_NAMES, channel_names=CHANNEL_NAMES
-      ),
     )
 
   def _split_generators(
@@ -305,7 +286,7 @@ class Isic2018(
         preprocess = preprocessing.Preprocessing(
           canonical=False, normalization=("none",)
         )
-        transform = _to_unit_rgb
+        transform = medical_builder.to_unit_rgb
       yield (
         case.case_id,
         medical_builder.make_example(
@@ -331,9 +312,8 @@ def _local_copy(
   Raises:
     FileNotFoundError: naming the folders that are missing.
   """
-  try:
-    manual = pathlib.Path(dl_manager.manual_dir)
-  except AssertionError:  # No manual dir configured, or it is empty.
+  manual = medical_builder.manual_dir_or_none(dl_manager)
+  if manual is None:
     return None
   found = {}
   for name in URLS:

@@ -15,19 +15,15 @@ datasets.simula.no.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import pathlib
 from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import tensorflow_datasets as tfds
 
-from medseg_jax.data import checks
 from medseg_jax.data import medical_builder
-from medseg_jax.data import medical_io
 from medseg_jax.data import preprocessing
 
 CLASS_NAMES = ("background", "polyp")
@@ -93,18 +89,6 @@ Splits, fixed by sorted file name (the names are random strings): the first
 80% train, the next 10% validation, the last 10% test (800/100/100).
 `case_id` is the file name without `.jpg`.
 """
-
-
-def _to_unit_rgb(volume: medical_io.Volume) -> medical_io.Volume:
-  """u8[H, W, 3] -> f32[H, W, 3] in [0, 1]; other inputs are errors."""
-  data = np.asarray(volume.data)
-  if data.dtype != np.uint8 or data.ndim != 3 or data.shape[-1] != 3:
-    raise checks.InvalidExampleError(
-      f"Invalid example {pathlib.Path(volume.path).stem!r} ({volume.path}): "
-      f"expected an 8-bit RGB image; got "
-      f"dtype {data.dtype} and shape {data.shape}."
-    )
-  return dataclasses.replace(volume, data=data.astype(np.float32) / 255.0)
 
 
 def find_release(root: os.PathLike[str] | str) -> pathlib.Path | None:
@@ -173,20 +157,15 @@ class KvasirSeg(
   )
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
+    return medical_builder.dataset_info(
+      self,
       description=_DESCRIPTION,
-      features=medical_builder.features(
-        spatial_dims=2, num_channels=len(CHANNEL_NAMES)
-      ),
-      supervised_keys=("image", "label"),
-      disable_shuffling=True,
+      spatial_dims=2,
+      class_names=CLASS_NAMES,
+      channel_names=CHANNEL_NAMES,
       homepage="https://datasets.simula.no/kvasir-seg/",
       citation=_CITATION,
       license=_LICENSE,
-      metadata=tfds.core.MetadataDict(
-        class_names=CLASS_NAMES, channel_names=CHANNEL_NAMES
-      ),
     )
 
   def _split_generators(
@@ -201,28 +180,23 @@ class KvasirSeg(
   def _generate_examples(
     self, cases: Sequence[medical_builder.Case]
   ) -> Iterator[tuple[str, dict[str, Any]]]:
-    for case in cases:
-      yield (
-        case.case_id,
-        medical_builder.make_example(
-          case,
-          num_classes=len(CLASS_NAMES),
-          spatial_dims=2,
-          channel_names=CHANNEL_NAMES,
-          preprocess=self.PREPROCESSING,
-          label_map=_LABEL_MAP,
-          image_transform=_to_unit_rgb,
-        ),
-      )
+    return medical_builder.generate_examples(
+      cases,
+      num_classes=len(CLASS_NAMES),
+      spatial_dims=2,
+      channel_names=CHANNEL_NAMES,
+      preprocess=self.PREPROCESSING,
+      label_map=_LABEL_MAP,
+      image_transform=medical_builder.to_unit_rgb,
+    )
 
 
 def _local_copy(
   dl_manager: tfds.download.DownloadManager,
 ) -> pathlib.Path | None:
   """The release in the manual dir (extracting its zip), or None."""
-  try:
-    manual = pathlib.Path(dl_manager.manual_dir)
-  except AssertionError:  # No manual dir configured, or it is empty.
+  manual = medical_builder.manual_dir_or_none(dl_manager)
+  if manual is None:
     return None
   if find_release(manual) is not None:
     return manual

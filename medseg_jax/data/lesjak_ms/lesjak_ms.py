@@ -193,26 +193,21 @@ class LesjakMs(
   )
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
+    return medical_builder.dataset_info(
+      self,
       description=_DESCRIPTION,
-      features=medical_builder.features(
-        spatial_dims=3, num_channels=len(CHANNEL_NAMES)
-      ),
-      supervised_keys=("image", "label"),
-      disable_shuffling=True,
+      spatial_dims=3,
+      class_names=CLASS_NAMES,
+      channel_names=CHANNEL_NAMES,
       homepage="http://lit.fe.uni-lj.si/tools",
       citation=_CITATION,
       license=_LICENSE,
-      metadata=tfds.core.MetadataDict(
-        class_names=CLASS_NAMES, channel_names=CHANNEL_NAMES
-      ),
     )
 
   def _split_generators(
     self, dl_manager: tfds.download.DownloadManager
   ) -> dict[str, Iterator[tuple[str, dict[str, Any]]]]:
-    manual = _manual_dir(dl_manager)
+    manual = medical_builder.manual_dir_or_none(dl_manager)
     if manual is not None:
       cases = find_cases(manual)
     else:
@@ -227,29 +222,13 @@ class LesjakMs(
   def _generate_examples(
     self, cases: Sequence[medical_builder.Case]
   ) -> Iterator[tuple[str, dict[str, Any]]]:
-    for case in cases:
-      yield (
-        case.case_id,
-        medical_builder.make_example(
-          case,
-          num_classes=len(CLASS_NAMES),
-          spatial_dims=3,
-          channel_names=CHANNEL_NAMES,
-          preprocess=self.PREPROCESSING,
-        ),
-      )
-
-
-def _manual_dir(
-  dl_manager: tfds.download.DownloadManager,
-) -> pathlib.Path | None:
-  try:
-    manual = dl_manager.manual_dir
-  except AssertionError:  # TFDS asserts when no manual dir is configured.
-    return None
-  if manual is None or not pathlib.Path(manual).is_dir():
-    return None
-  return pathlib.Path(manual)
+    return medical_builder.generate_examples(
+      cases,
+      num_classes=len(CLASS_NAMES),
+      spatial_dims=3,
+      channel_names=CHANNEL_NAMES,
+      preprocess=self.PREPROCESSING,
+    )
 
 
 def _download(

@@ -495,22 +495,16 @@ class Msd(medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder):
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
-    return tfds.core.DatasetInfo(
-      builder=self,
+    return medical_builder.dataset_info(
+      self,
       description=_DESCRIPTION,
-      features=medical_builder.features(
-        spatial_dims=3, num_channels=len(config.channel_names)
-      ),
-      supervised_keys=("image", "label"),
-      disable_shuffling=True,
+      spatial_dims=3,
+      class_names=config.class_names,
+      channel_names=config.channel_names,
       homepage="http://medicaldecathlon.com/",
       citation=_CITATION,
       license=_LICENSE,
-      metadata=tfds.core.MetadataDict(
-        class_names=config.class_names,
-        channel_names=config.channel_names,
-        task=config.folder,
-      ),
+      extra_metadata={"task": config.folder},
     )
 
   def _split_generators(
@@ -538,13 +532,9 @@ class Msd(medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder):
     self, dl_manager: tfds.download.DownloadManager
   ) -> pathlib.Path | None:
     """The task folder in the manual dir (extracting a .tar there)."""
-    try:
-      manual = dl_manager.manual_dir
-    except AssertionError:  # TFDS asserts when there is no manual dir.
+    manual = medical_builder.manual_dir_or_none(dl_manager)
+    if manual is None:
       return None
-    if manual is None or not pathlib.Path(os.fspath(manual)).is_dir():
-      return None
-    manual = pathlib.Path(os.fspath(manual))
     folder = self.builder_config.folder
     task_dir = _task_dir_under(manual, folder)
     if task_dir is not None:
@@ -559,14 +549,10 @@ class Msd(medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder):
     self, cases: Sequence[medical_builder.Case]
   ) -> Iterator[tuple[str, dict[str, Any]]]:
     config = self.builder_config
-    for case in cases:
-      yield (
-        case.case_id,
-        medical_builder.make_example(
-          case,
-          num_classes=len(config.class_names),
-          spatial_dims=3,
-          channel_names=config.channel_names,
-          preprocess=config.preprocess,
-        ),
-      )
+    return medical_builder.generate_examples(
+      cases,
+      num_classes=len(config.class_names),
+      spatial_dims=3,
+      channel_names=config.channel_names,
+      preprocess=config.preprocess,
+    )

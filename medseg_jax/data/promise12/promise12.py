@@ -202,20 +202,15 @@ class Promise12(
   )
 
   def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
+    return medical_builder.dataset_info(
+      self,
       description=_DESCRIPTION,
-      features=medical_builder.features(
-        spatial_dims=3, num_channels=len(CHANNEL_NAMES)
-      ),
-      supervised_keys=("image", "label"),
-      disable_shuffling=True,
+      spatial_dims=3,
+      class_names=CLASS_NAMES,
+      channel_names=CHANNEL_NAMES,
       homepage=HOMEPAGE,
       citation=_CITATION,
       license=_LICENSE,
-      metadata=tfds.core.MetadataDict(
-        class_names=CLASS_NAMES, channel_names=CHANNEL_NAMES
-      ),
     )
 
   def _split_generators(
@@ -234,14 +229,10 @@ class Promise12(
   def _generate_examples(
     self, cases: Sequence[medical_builder.Case]
   ) -> Iterator[tuple[str, dict[str, Any]]]:
-    for case in cases:
-      yield (
-        case.case_id,
-        medical_builder.make_example(
-          case,
-          num_classes=len(CLASS_NAMES),
-          spatial_dims=3,
-          channel_names=CHANNEL_NAMES,
-          preprocess=self.PREPROCESSING,
-        ),
-      )
+    return medical_builder.generate_examples(
+      cases,
+      num_classes=len(CLASS_NAMES),
+      spatial_dims=3,
+      channel_names=CHANNEL_NAMES,
+      preprocess=self.PREPROCESSING,
+    )
