@@ -1,6 +1,5 @@
 """Tests for medseg_jax.models.attention_unet."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,55 +9,11 @@ from medseg_jax.models import layers
 from medseg_jax.models.attention_unet import AttentionGate
 from medseg_jax.models.attention_unet import AttentionUNet
 from medseg_jax.models.attention_unet import attention_maps
+from tests.models import model_testing
 
 # Three levels (two gated skips), 4-16 channels, sizes multiples of 4.
 FEATURES = (4, 8, 16)
 SHAPES = {2: (2, 8, 12, 1), 3: (1, 8, 4, 8, 1)}
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def _jit(fn):
-  return jax.jit(fn, compiler_options=FAST_COMPILE)
-
-
-def _init(model: nn.Module, shape, key=0):
-  """Random input and variables (see `tests/models/unet_test.py`).
-
-  The variables have `model.init`'s structure and numpy values on its
-  scale, which avoids compiling the initialisers (2-3 s per model).
-  """
-  rng = np.random.default_rng(key)
-  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
-  shapes = jax.eval_shape(
-    lambda x: model.init(jax.random.key(1), x, train=False), x
-  )
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      std = np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-      value = std * rng.normal(size=leaf.shape)
-    elif name in ("scale", "var"):
-      value = np.ones(leaf.shape)
-    else:
-      value = np.zeros(leaf.shape)
-    return jnp.asarray(value, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes), x
-
-
-def _shapes(model: nn.Module, shape, mutable=False, train=False):
-  """Abstract init + apply: traces everything, compiles nothing."""
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  variables = jax.eval_shape(
-    lambda x: model.init(jax.random.key(0), x, train=False), x
-  )
-  out = jax.eval_shape(
-    lambda v, x: model.apply(v, x, train=train, mutable=mutable),
-    variables,
-    x,
-  )
-  return variables, out
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -71,10 +26,11 @@ def test_shapes_and_sown_coefficients(spatial_dims, gate_finest):
     spatial_dims=spatial_dims,
     gate_finest=gate_finest,
   )
-  variables, (logits, state) = _shapes(model, shape, mutable=["intermediates"])
+  variables, (logits, state) = model_testing.abstract(
+    model, shape, mutable=["intermediates"]
+  )
   assert set(variables) == {"params", "batch_stats"}  # init sows nothing.
-  assert logits.shape == shape[:-1] + (3,)
-  assert logits.dtype == jnp.float32
+  model_testing.assert_logits(logits, shape, 3)
   levels = (0, 1) if gate_finest else (1,)
   assert model.gated_levels() == levels
   sown = state["intermediates"]
@@ -92,7 +48,7 @@ def test_shapes_and_sown_coefficients(spatial_dims, gate_finest):
 @pytest.mark.parametrize("norm", layers.NORMS)
 def test_each_norm(norm):
   model = AttentionUNet(num_classes=2, features=FEATURES, norm=norm)
-  variables, (logits, state) = _shapes(
+  variables, (logits, state) = model_testing.abstract(
     model, SHAPES[2], mutable=["batch_stats"], train=True
   )
   assert logits.shape == SHAPES[2][:-1] + (2,)
@@ -130,15 +86,15 @@ def test_attention_maps(spatial_dims):
     norm="instance",
     pad_input=spatial_dims == 3,
   )
-  variables, x = _init(model, shape)
-  maps_fn = _jit(lambda v, x: attention_maps(model, v, x))
+  variables, x = model_testing.init(model, shape)
+  maps_fn = model_testing.jit(lambda v, x: attention_maps(model, v, x))
   maps = maps_fn(variables, x)
   assert set(maps) == {"attention_0", "attention_1"}
   for alpha in maps.values():
     assert alpha.shape == shape[:-1]
     assert bool(jnp.all((alpha >= 0) & (alpha <= 1)))
   # The finest map is the sown one, unresampled.
-  _, state = _jit(
+  _, state = model_testing.jit(
     lambda v, x: model.apply(v, x, train=False, mutable=["intermediates"])
   )(variables, x)
   (alpha0,) = state["intermediates"]["attention_0"]
@@ -154,41 +110,36 @@ def test_attention_maps(spatial_dims):
 def test_gradients_finite_and_reach_the_gates():
   # Two levels, one gate: the backward pass dominates compile time.
   model = AttentionUNet(num_classes=3, features=(4, 8), norm="batch")
-  variables, x = _init(model, SHAPES[2])
-  labels = jax.random.randint(jax.random.key(2), SHAPES[2][:-1], 0, 3)
-
-  def loss_fn(params):
-    logits, _ = model.apply(
-      {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
-    )
-    one_hot = jax.nn.one_hot(labels, 3)
-    return -jnp.mean(jnp.sum(one_hot * jax.nn.log_softmax(logits), -1))
-
-  grads = _jit(jax.grad(loss_fn))(variables["params"])
-  leaves = jax.tree.leaves(grads)
-  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
+  variables, x = model_testing.init(model, SHAPES[2])
+  grads, _ = model_testing.train_gradients(model, variables, x, 3)
+  model_testing.assert_finite(grads)
   for name in ("theta_x", "phi_g", "psi", "project"):
     assert bool(jnp.any(grads["gate_0"][name]["kernel"] != 0))
 
 
 def test_jit_equals_eager():
   model = AttentionUNet(num_classes=2, features=FEATURES, norm="none")
-  variables, x = _init(model, SHAPES[2])
+  variables, x = model_testing.init(model, SHAPES[2])
   eager = model.apply(variables, x, train=False)
-  jitted = _jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  jitted = model_testing.jit(lambda v, x: model.apply(v, x, train=False))(
+    variables, x
+  )
   np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
 
 
 def test_input_errors():
   model = AttentionUNet(num_classes=2, features=FEATURES, in_channels=1)
-  with pytest.raises(ValueError, match=r"\[B, H, W, C\]"):
-    _shapes(model, (8, 8, 1))
-  with pytest.raises(ValueError, match="1 input channels"):
-    _shapes(model, (1, 8, 8, 3))
-  with pytest.raises(ValueError, match=r"multiples of 4.*\(12, 8\)"):
-    _shapes(model, (1, 10, 8, 1))
+  model_testing.assert_rejects(
+    model,
+    [
+      ((8, 8, 1), r"\[B, H, W, C\]"),
+      ((1, 8, 8, 3), "1 input channels"),
+      ((1, 10, 8, 1), r"multiples of 4.*\(12, 8\)"),
+    ],
+  )
   padded = AttentionUNet(num_classes=2, features=FEATURES, pad_input=True)
-  assert _shapes(padded, (1, 10, 7, 1))[1].shape == (1, 10, 7, 2)
+  _, logits = model_testing.abstract(padded, (1, 10, 7, 1))
+  assert logits.shape == (1, 10, 7, 2)
 
 
 @pytest.mark.parametrize(

@@ -1,60 +1,16 @@
 """Tests for medseg_jax.models.deeplab."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from medseg_jax.models import deeplab
+from tests.models import model_testing
 
 # A narrow network: ResNet width 1/16 and 16-channel ASPP and decoder.
 TINY = {"width": 1 / 16, "aspp_features": 16}
 TINY_PLUS = {**TINY, "low_level_features": 8, "decoder_features": 16}
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def _jit(fn):
-  return jax.jit(fn, compiler_options=FAST_COMPILE)
-
-
-def _abstract(model: nn.Module, shape):
-  """(variables, logits) shapes, computed without allocating weights."""
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  variables = jax.eval_shape(
-    lambda x: model.init(jax.random.key(0), x, train=False), x
-  )
-  out = jax.eval_shape(
-    lambda v, x: model.apply(v, x, train=False), variables, x
-  )
-  return variables, out
-
-
-def _init(model: nn.Module, shape, seed=0):
-  """Random variables and input, without compiling `model.init`.
-
-  Shapes from `jax.eval_shape`, values drawn on the host (He-normal kernels,
-  unit scales and variances, zero biases and means): compiling the
-  initialisers of a deep network costs seconds on CPU.
-  """
-  rng = np.random.default_rng(seed)
-  x = rng.standard_normal(shape, np.float32)
-  shapes, _ = _abstract(model, shape)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      std = np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-      return std * rng.standard_normal(leaf.shape, np.float32)
-    if name in ("scale", "var"):
-      return np.ones(leaf.shape, np.float32)
-    return np.zeros(leaf.shape, np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes), jnp.asarray(x)
-
-
-def _num_params(tree) -> int:
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
 def _model(cls, **kwargs):
@@ -68,9 +24,8 @@ def test_output_shape_2d(cls, output_stride, backbone):
   model = _model(
     cls, num_classes=3, output_stride=output_stride, backbone=backbone
   )
-  _, logits = _abstract(model, (2, 33, 45, 1))
-  assert logits.shape == (2, 33, 45, 3)
-  assert logits.dtype == jnp.float32
+  _, logits = model_testing.abstract(model, (2, 33, 45, 1))
+  model_testing.assert_logits(logits, (2, 33, 45, 1), 3)
 
 
 @pytest.mark.parametrize("cls", [deeplab.DeepLabV3, deeplab.DeepLabV3Plus])
@@ -78,14 +33,16 @@ def test_output_shape_2d(cls, output_stride, backbone):
   "shape", [(1, 1, 5, 1), (1, 97, 31, 1), (1, 64, 64, 1)]
 )
 def test_output_shape_any_size(cls, shape):
-  _, logits = _abstract(_model(cls, num_classes=2, backbone="resnet18"), shape)
+  _, logits = model_testing.abstract(
+    _model(cls, num_classes=2, backbone="resnet18"), shape
+  )
   assert logits.shape == shape[:-1] + (2,)
 
 
 @pytest.mark.parametrize("cls", [deeplab.DeepLabV3, deeplab.DeepLabV3Plus])
 def test_output_shape_3d(cls):
   model = _model(cls, num_classes=2, backbone="resnet18", spatial_dims=3)
-  variables, logits = _abstract(model, (1, 9, 10, 11, 1))
+  variables, logits = model_testing.abstract(model, (1, 9, 10, 11, 1))
   assert logits.shape == (1, 9, 10, 11, 2)
   kernel = variables["params"]["aspp"]["atrous_0"]["conv"]["kernel"]
   assert kernel.shape == (3, 3, 3, 32, 16)
@@ -99,7 +56,7 @@ def test_atrous_rates():
     36,
   )
   model = _model(deeplab.DeepLabV3, num_classes=2, atrous_rates=(2, 4))
-  variables, _ = _abstract(model, (1, 32, 32, 1))
+  variables, _ = model_testing.abstract(model, (1, 32, 32, 1))
   assert set(variables["params"]["aspp"]) == {
     "conv_1x1",
     "atrous_0",
@@ -157,9 +114,9 @@ def test_torchvision_parameter_count(backbone, num_classes, expected):
   model = deeplab.DeepLabV3(
     num_classes=num_classes, backbone=backbone, in_channels=3
   )
-  variables, _ = _abstract(model, (1, 32, 32, 3))
-  assert _num_params(variables["params"]) == expected
-  assert _num_params(variables["params"]["aspp"]) == 15_535_104
+  variables, _ = model_testing.abstract(model, (1, 32, 32, 3))
+  assert model_testing.num_params(variables["params"]) == expected
+  assert model_testing.num_params(variables["params"]["aspp"]) == 15_535_104
 
 
 def test_deeplabv3plus_parameter_count():
@@ -169,8 +126,8 @@ def test_deeplabv3plus_parameter_count():
   # after ASPP) + 256*48 + 96 (projection + BN) + 9*304*256 + 512 +
   # 9*256*256 + 512 = 59,344,309.
   model = deeplab.DeepLabV3Plus(num_classes=21, backbone="resnet101")
-  variables, _ = _abstract(model, (1, 32, 32, 3))
-  assert _num_params(variables["params"]) == 59_344_309
+  variables, _ = model_testing.abstract(model, (1, 32, 32, 3))
+  assert model_testing.num_params(variables["params"]) == 59_344_309
 
 
 def test_gradients_finite_and_batch_stats_updated():
@@ -179,43 +136,26 @@ def test_gradients_finite_and_batch_stats_updated():
   model = _model(
     deeplab.DeepLabV3Plus, num_classes=3, backbone="resnet18", output_stride=8
   )
-  variables, x = _init(model, (2, 33, 45, 1))
-  labels = jax.random.randint(jax.random.key(2), (2, 33, 45), 0, 3)
-
-  def loss_fn(params):
-    logits, updates = model.apply(
-      {**variables, "params": params},
-      x,
-      train=True,
-      mutable=["batch_stats"],
-      rngs={"dropout": jax.random.key(3)},
-    )
-    one_hot = jax.nn.one_hot(labels, 3)
-    loss = -jnp.mean(jnp.sum(one_hot * jax.nn.log_softmax(logits), -1))
-    return loss, updates
-
-  grads, updates = _jit(jax.grad(loss_fn, has_aux=True))(variables["params"])
-  leaves = jax.tree.leaves(grads)
-  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
-  assert all(bool(jnp.any(g != 0)) for g in leaves)
-  changed = jax.tree.map(
-    lambda a, b: bool(jnp.any(a != b)),
-    variables["batch_stats"],
-    updates["batch_stats"],
+  variables, x = model_testing.init(
+    model, (2, 33, 45, 1), host_dtype=np.float32
   )
-  assert all(jax.tree.leaves(changed))
+  grads, updates = model_testing.train_gradients(
+    model, variables, x, 3, rngs={"dropout": jax.random.key(3)}
+  )
+  model_testing.assert_finite(grads, nonzero=True)
+  model_testing.assert_all_changed(
+    variables["batch_stats"], updates["batch_stats"]
+  )
 
 
 def test_init_and_apply_under_jit():
   model = _model(deeplab.DeepLabV3, num_classes=2, backbone="resnet18")
   x = jax.random.normal(jax.random.key(0), (2, 33, 45, 1))
-  variables = _jit(lambda k, x: model.init(k, x, train=False))(
+  variables = model_testing.jit(lambda k, x: model.init(k, x, train=False))(
     jax.random.key(1), x
   )
   # The real initialisers (other tests draw variables on the host).
-  expected = jax.eval_shape(
-    lambda x: model.init(jax.random.key(0), x, train=False), x
-  )
+  expected = model_testing.abstract_variables(model, x.shape)
   assert jax.tree.map(jnp.shape, variables) == jax.tree.map(jnp.shape, expected)
   for leaf in jax.tree.leaves(variables):
     assert leaf.dtype == jnp.float32
@@ -223,7 +163,7 @@ def test_init_and_apply_under_jit():
   backbone_stats = variables["batch_stats"]["backbone"]
   np.testing.assert_array_equal(backbone_stats["bn1"]["var"], 1.0)
   np.testing.assert_array_equal(backbone_stats["layer2_0"]["bn1"]["mean"], 0.0)
-  apply = _jit(lambda v, x: model.apply(v, x, train=False))
+  apply = model_testing.jit(lambda v, x: model.apply(v, x, train=False))
   logits = apply(variables, x)
   assert logits.shape == (2, 33, 45, 2)
   assert bool(jnp.all(jnp.isfinite(logits)))

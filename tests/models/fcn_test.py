@@ -7,52 +7,9 @@ import numpy as np
 import pytest
 
 from medseg_jax.models import fcn
+from tests.models import model_testing
 
 WIDTH = 1 / 16
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def _jit(fn):
-  return jax.jit(fn, compiler_options=FAST_COMPILE)
-
-
-def _abstract(model: nn.Module, shape):
-  """(variables, logits) shapes, computed without allocating weights."""
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  variables = jax.eval_shape(
-    lambda x: model.init(jax.random.key(0), x, train=False), x
-  )
-  out = jax.eval_shape(
-    lambda v, x: model.apply(v, x, train=False), variables, x
-  )
-  return variables, out
-
-
-def _init(model: nn.Module, shape, seed=0):
-  """Random variables and input, without compiling `model.init`.
-
-  Shapes from `jax.eval_shape`, values drawn on the host (He-normal kernels,
-  unit scales and variances, zero biases and means): compiling the
-  initialisers of a deep network costs seconds on CPU.
-  """
-  rng = np.random.default_rng(seed)
-  x = rng.standard_normal(shape, np.float32)
-  shapes, _ = _abstract(model, shape)
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      std = np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-      return std * rng.standard_normal(leaf.shape, np.float32)
-    if name in ("scale", "var"):
-      return np.ones(leaf.shape, np.float32)
-    return np.zeros(leaf.shape, np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes), jnp.asarray(x)
-
-
-def _num_params(tree) -> int:
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
 @pytest.mark.parametrize("variant", fcn.VARIANTS)
@@ -61,9 +18,8 @@ def test_output_shape_2d(variant, backbone):
   model = fcn.FCN(
     num_classes=3, variant=variant, backbone=backbone, width=WIDTH
   )
-  _, logits = _abstract(model, (2, 33, 45, 1))
-  assert logits.shape == (2, 33, 45, 3)
-  assert logits.dtype == jnp.float32
+  _, logits = model_testing.abstract(model, (2, 33, 45, 1))
+  model_testing.assert_logits(logits, (2, 33, 45, 1), 3)
 
 
 @pytest.mark.parametrize(
@@ -71,14 +27,14 @@ def test_output_shape_2d(variant, backbone):
 )
 def test_output_shape_any_size(shape):
   model = fcn.FCN(num_classes=3, width=WIDTH)
-  _, logits = _abstract(model, shape)
+  _, logits = model_testing.abstract(model, shape)
   assert logits.shape == shape[:-1] + (3,)
 
 
 @pytest.mark.parametrize("backbone", ["vgg16", "resnet18"])
 def test_output_shape_3d(backbone):
   model = fcn.FCN(num_classes=2, backbone=backbone, width=WIDTH, spatial_dims=3)
-  variables, logits = _abstract(model, (1, 9, 10, 11, 1))
+  variables, logits = model_testing.abstract(model, (1, 9, 10, 11, 1))
   assert logits.shape == (1, 9, 10, 11, 2)
   assert variables["params"]["upscore2"]["kernel"].shape == (4, 4, 4, 2, 2)
 
@@ -100,7 +56,7 @@ def test_head_layers(variant, upsample, layers):
   model = fcn.FCN(
     num_classes=3, variant=variant, upsample=upsample, width=WIDTH
   )
-  variables, _ = _abstract(model, (1, 32, 32, 1))
+  variables, _ = model_testing.abstract(model, (1, 32, 32, 1))
   assert set(variables["params"]) == layers | {"backbone"}
   if "upscore2" in layers:
     assert set(variables["params"]["upscore2"]) == {"kernel"}  # No bias.
@@ -144,9 +100,9 @@ def test_paper_parameter_count(variant, upsample, num_classes, expected):
     upsample=upsample,
     in_channels=3,
   )
-  variables, _ = _abstract(model, (1, 32, 32, 3))
+  variables, _ = model_testing.abstract(model, (1, 32, 32, 3))
   assert set(variables) == {"params"}
-  assert _num_params(variables["params"]) == expected
+  assert model_testing.num_params(variables["params"]) == expected
 
 
 def test_learned_upsample_is_a_transposed_convolution():
@@ -191,12 +147,14 @@ def test_bilinear_initialisation_equals_linear_resize(factor):
 def test_zero_initialised_scores():
   x = jnp.ones((1, 33, 45, 1))
   model = fcn.FCN(num_classes=2, width=WIDTH, backbone="vgg11")
-  variables = _jit(lambda k, x: model.init(k, x, train=False))(
+  variables = model_testing.jit(lambda k, x: model.init(k, x, train=False))(
     jax.random.key(0), x
   )
   for name in ("score_fr", "score_pool4", "score_pool3"):
     np.testing.assert_array_equal(variables["params"][name]["kernel"], 0.0)
-  logits = _jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  logits = model_testing.jit(lambda v, x: model.apply(v, x, train=False))(
+    variables, x
+  )
   np.testing.assert_array_equal(logits, 0.0)
   # Parameters are float32 and the upsampling starts out bilinear.
   for leaf in jax.tree.leaves(variables):
@@ -210,30 +168,21 @@ def test_zero_initialised_scores():
 def test_gradients_finite():
   # VGG-16 with batch norm, dropout and learned upsampling.
   model = fcn.FCN(num_classes=3, backbone="vgg16", width=WIDTH)
-  variables, x = _init(model, (2, 33, 45, 1))
-  labels = jax.random.randint(jax.random.key(2), (2, 33, 45), 0, 3)
-
-  def loss_fn(params):
-    logits, _ = model.apply(
-      {**variables, "params": params},
-      x,
-      train=True,
-      mutable=["batch_stats"],
-      rngs={"dropout": jax.random.key(3)},
-    )
-    one_hot = jax.nn.one_hot(labels, 3)
-    return -jnp.mean(jnp.sum(one_hot * jax.nn.log_softmax(logits), -1))
-
-  grads = _jit(jax.grad(loss_fn))(variables["params"])
-  leaves = jax.tree.leaves(grads)
-  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
-  assert all(bool(jnp.any(g != 0)) for g in leaves)
+  variables, x = model_testing.init(
+    model, (2, 33, 45, 1), host_dtype=np.float32
+  )
+  grads, _ = model_testing.train_gradients(
+    model, variables, x, 3, rngs={"dropout": jax.random.key(3)}
+  )
+  model_testing.assert_finite(grads, nonzero=True)
 
 
 def test_padding_is_cropped():
   model = fcn.FCN(num_classes=2, backbone="resnet18", width=WIDTH)
-  variables, x = _init(model, (1, 33, 45, 1))
-  apply = _jit(lambda v, x: model.apply(v, x, train=False))
+  variables, x = model_testing.init(
+    model, (1, 33, 45, 1), host_dtype=np.float32
+  )
+  apply = model_testing.jit(lambda v, x: model.apply(v, x, train=False))
   logits = apply(variables, x)
   # The input is zero-padded to 64 x 64 internally: the same image already
   # padded gives the same logits on the original region.

@@ -1,63 +1,14 @@
 """Tests for medseg_jax.models.resnet."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from medseg_jax.models import resnet
+from tests.models import model_testing
 
 WIDTH = 1 / 16  # 4-channel stem; ResNet-50's layer4 has 128 channels.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def _jit(fn):
-  return jax.jit(fn, compiler_options=FAST_COMPILE)
-
-
-def _init(model: nn.Module, shape, seed=0):
-  """Random variables and input, without compiling `model.init`.
-
-  Compiling the initialisers of a deep network costs seconds on CPU, so the
-  variables' shapes come from `jax.eval_shape` and their values are drawn
-  on the host: He-normal kernels, unit scales and variances, zero biases
-  and means. The real `init` is compiled in deeplab_test.py.
-  """
-  rng = np.random.default_rng(seed)
-  x = rng.standard_normal(shape, np.float32)
-  shapes = jax.eval_shape(
-    lambda x: model.init(jax.random.key(0), x, train=False),
-    jax.ShapeDtypeStruct(shape, jnp.float32),
-  )
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      fan_in = np.prod(leaf.shape[:-1])
-      std = np.sqrt(2.0 / fan_in)
-      return std * rng.standard_normal(leaf.shape, np.float32)
-    if name in ("scale", "var"):
-      return np.ones(leaf.shape, np.float32)
-    return np.zeros(leaf.shape, np.float32)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes), jnp.asarray(x)
-
-
-def _abstract(model: nn.Module, shape):
-  """(variables, outputs) shapes, computed without allocating weights."""
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  variables = jax.eval_shape(
-    lambda x: model.init(jax.random.key(0), x, train=False), x
-  )
-  out = jax.eval_shape(
-    lambda v, x: model.apply(v, x, train=False), variables, x
-  )
-  return variables, out
-
-
-def _num_params(tree) -> int:
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
 @pytest.mark.parametrize(
@@ -70,7 +21,7 @@ def _num_params(tree) -> int:
 def test_stage_shapes_for_indivisible_2d_size(depth, channels):
   # 33 x 45: every strided layer rounds up, 33 -> 17 -> 9 -> 5 -> 3 -> 2.
   model = resnet.ResNet(depth=depth, width=WIDTH)
-  _, out = _abstract(model, (2, 33, 45, 1))
+  _, out = model_testing.abstract(model, (2, 33, 45, 1))
   sizes = [(17, 23), (9, 12), (5, 6), (3, 3), (2, 2)]
   assert set(out) == set(resnet.STAGES)
   for key, size, c in zip(resnet.STAGES, sizes, channels, strict=True):
@@ -80,7 +31,7 @@ def test_stage_shapes_for_indivisible_2d_size(depth, channels):
 
 def test_stage_shapes_3d():
   model = resnet.ResNet(depth=18, width=WIDTH, spatial_dims=3)
-  variables, out = _abstract(model, (1, 9, 16, 17, 1))
+  variables, out = model_testing.abstract(model, (1, 9, 16, 17, 1))
   assert out["layer4"].shape == (1, 1, 1, 1, 32)
   assert out["layer1"].shape == (1, 3, 4, 5, 4)
   assert variables["params"]["conv1"]["kernel"].shape == (7, 7, 7, 1, 4)
@@ -94,10 +45,12 @@ def test_dilation_sets_output_stride_without_new_parameters(
   model = resnet.ResNet(
     depth=50, width=WIDTH, replace_stride_with_dilation=flags
   )
-  variables, out = _abstract(model, (1, 64, 64, 3))
+  variables, out = model_testing.abstract(model, (1, 64, 64, 3))
   assert out["layer4"].shape[1:3] == (size, size)
   assert out["layer1"].shape[1:3] == (16, 16)
-  reference, _ = _abstract(resnet.ResNet(depth=50, width=WIDTH), (1, 64, 64, 3))
+  reference, _ = model_testing.abstract(
+    resnet.ResNet(depth=50, width=WIDTH), (1, 64, 64, 3)
+  )
   assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
     jnp.shape, reference
   )
@@ -141,8 +94,8 @@ def test_torchvision_parameter_count(depth):
   # layer3 7,098,368; layer4 14,964,736; total 23,508,032.
   published, fc = TORCHVISION_PARAMS[depth]
   model = resnet.ResNet(depth=depth, in_channels=3)
-  variables, _ = _abstract(model, (1, 32, 32, 3))
-  assert _num_params(variables["params"]) == published - fc
+  variables, _ = model_testing.abstract(model, (1, 32, 32, 3))
+  assert model_testing.num_params(variables["params"]) == published - fc
   # Running statistics: a mean and a variance per BN channel.
   assert set(variables) == {"params", "batch_stats"}
 
@@ -161,7 +114,7 @@ def test_block_gradients_finite_and_batch_stats_updated(
   # deeplab_test.py; compiling a ResNet-50 backward pass takes long, so its
   # bottleneck block, strided and dilated with a projection shortcut, is
   # checked alone.
-  variables, x = _init(block, (2, 9, 11, 6))
+  variables, x = model_testing.init(block, (2, 9, 11, 6), host_dtype=np.float32)
 
   def loss_fn(params):
     out, updates = block.apply(
@@ -170,23 +123,20 @@ def test_block_gradients_finite_and_batch_stats_updated(
     assert out.shape == (2, 5, 6, out_channels)
     return jnp.mean(out**2), updates
 
-  grads, updates = _jit(jax.grad(loss_fn, has_aux=True))(variables["params"])
-  assert len(grads) == names  # conv1, bn1, ..., downsample_conv/bn.
-  leaves = jax.tree.leaves(grads)
-  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
-  assert all(bool(jnp.any(g != 0)) for g in leaves)
-  changed = jax.tree.map(
-    lambda a, b: bool(jnp.any(a != b)),
-    variables["batch_stats"],
-    updates["batch_stats"],
+  grads, updates = model_testing.jit(jax.grad(loss_fn, has_aux=True))(
+    variables["params"]
   )
-  assert all(jax.tree.leaves(changed))
+  assert len(grads) == names  # conv1, bn1, ..., downsample_conv/bn.
+  model_testing.assert_finite(grads, nonzero=True)
+  model_testing.assert_all_changed(
+    variables["batch_stats"], updates["batch_stats"]
+  )
 
 
 @pytest.mark.parametrize("norm", ["group", "instance", "none"])
 def test_other_norms(norm):
   model = resnet.ResNet(depth=50, width=WIDTH, norm=norm)
-  variables, out = _abstract(model, (1, 33, 45, 1))
+  variables, out = model_testing.abstract(model, (1, 33, 45, 1))
   assert set(variables) == {"params"}
   assert out["layer4"].shape == (1, 2, 2, 128)
   # A bias before a learned shift is redundant: only norm="none" has one.
@@ -197,7 +147,9 @@ def test_jit_equals_eager():
   model = resnet.ResNet(
     depth=18, width=WIDTH, replace_stride_with_dilation=(False, True, True)
   )
-  variables, x = _init(model, (1, 33, 45, 2))
+  variables, x = model_testing.init(
+    model, (1, 33, 45, 2), host_dtype=np.float32
+  )
   eager = model.apply(variables, x, train=False)
   jitted = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
   for key in resnet.STAGES:

@@ -17,8 +17,7 @@ import pytest
 from medseg_jax.models import deeplab
 from medseg_jax.models import resnet
 from medseg_jax.models import torchvision_import as tvi
-
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
+from tests.models import model_testing
 
 
 def fake_state_dict(
@@ -132,9 +131,8 @@ def test_import_resnet50_places_every_array():
   )
 
   # Every backbone variable is covered, with the model's shapes.
-  expected = jax.eval_shape(
-    lambda x: resnet.ResNet(depth=50).init(jax.random.key(0), x, train=False),
-    jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32),
+  expected = model_testing.abstract_variables(
+    resnet.ResNet(depth=50), (1, 32, 32, 3)
   )
   assert jax.tree.map(np.shape, {"params": params, "batch_stats": stats}) == (
     jax.tree.map(lambda s: s.shape, expected)
@@ -229,7 +227,7 @@ def test_graft_into_deeplab():
   # filled with a constant that no imported array has.
   variables = jax.tree.map(
     lambda s: jnp.full(s.shape, 0.5, s.dtype),
-    jax.eval_shape(lambda x: model.init(jax.random.key(0), x, train=False), x),
+    model_testing.abstract_variables(model, x.shape),
   )
   params, stats, _ = tvi.import_resnet(
     fake_state_dict(18, width), depth=18, width=width, in_channels=1
@@ -255,9 +253,9 @@ def test_graft_into_deeplab():
     jnp.shape, variables["params"]
   )
   # The grafted variables run.
-  logits = jax.jit(
-    lambda v, x: model.apply(v, x, train=False), compiler_options=FAST_COMPILE
-  )({"params": new_params, "batch_stats": new_stats}, x)
+  logits = model_testing.jit(lambda v, x: model.apply(v, x, train=False))(
+    {"params": new_params, "batch_stats": new_stats}, x
+  )
   assert logits.shape == (1, 33, 45, 2)
   assert bool(jnp.all(jnp.isfinite(logits)))
 
@@ -306,9 +304,9 @@ def test_matches_torchvision_numerically(depth, dilation, tmp_path):
       expected[name] = t.numpy().transpose(0, 2, 3, 1)
 
   model = resnet.ResNet(depth=depth, replace_stride_with_dilation=dilation)
-  got = jax.jit(
-    lambda v, x: model.apply(v, x, train=False), compiler_options=FAST_COMPILE
-  )({"params": params, "batch_stats": stats}, x.transpose(0, 2, 3, 1))
+  got = model_testing.jit(lambda v, x: model.apply(v, x, train=False))(
+    {"params": params, "batch_stats": stats}, x.transpose(0, 2, 3, 1)
+  )
   for name, value in expected.items():
     assert got[name].shape == value.shape, name
     scale = np.abs(value).max()

@@ -1,6 +1,5 @@
 """Tests for medseg_jax.models.unet."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,75 +10,13 @@ from jax.sharding import PartitionSpec as P
 
 from medseg_jax.models import layers
 from medseg_jax.models.unet import UNet
+from tests.models import model_testing
 
 # Tiny shapes keep compile times low: two levels, 4 and 8 channels.
 FEATURES = (4, 8)
 SHAPES = {2: (2, 16, 16, 1), 3: (2, 8, 8, 8, 1)}
 # Compile time dominates these tests, so XLA optimisations are switched off
 # for the jitted calls.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def _jit(fn):
-  return jax.jit(fn, compiler_options=FAST_COMPILE)
-
-
-def _init(model: nn.Module, shape, key=0, real_init=False):
-  """Random input and variables for `model`.
-
-  Compiling Flax's initialisers takes 2-3 s per model even unoptimised (a
-  truncated normal per kernel), four times an unoptimised forward pass. So
-  unless `real_init`, the variables get the structure of `model.init` (from
-  `jax.eval_shape`) and numpy values on the same scale: He-normal kernels,
-  unit norm scales and variances, zero biases and means.
-  """
-  rng = np.random.default_rng(key)
-  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
-  if real_init:
-    variables = _jit(lambda k, x: model.init(k, x, train=False))(
-      jax.random.key(1), x
-    )
-    return variables, x
-  shapes = jax.eval_shape(
-    lambda x: model.init(jax.random.key(1), x, train=False), x
-  )
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      std = np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-      value = std * rng.normal(size=leaf.shape)
-    elif name in ("scale", "var"):
-      value = np.ones(leaf.shape)
-    elif name == "negative_slope":
-      value = np.full(leaf.shape, 0.25)
-    else:
-      value = np.zeros(leaf.shape)
-    return jnp.asarray(value, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes), x
-
-
-def _apply(model: nn.Module, variables, x, **kwargs):
-  return _jit(lambda v, x: model.apply(v, x, **kwargs))(variables, x)
-
-
-def _num_params(tree) -> int:
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
-
-
-def _shapes(model: nn.Module, shape, mutable=False, train=False):
-  """Abstract init + apply: traces everything, compiles nothing."""
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  variables = jax.eval_shape(
-    lambda x: model.init(jax.random.key(0), x, train=False), x
-  )
-  out = jax.eval_shape(
-    lambda v, x: model.apply(v, x, train=train, mutable=mutable),
-    variables,
-    x,
-  )
-  return variables, out
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -88,9 +25,8 @@ def test_output_shape_and_dtype(spatial_dims, dtype):
   model = UNet(
     num_classes=3, features=FEATURES, spatial_dims=spatial_dims, dtype=dtype
   )
-  variables, logits = _shapes(model, SHAPES[spatial_dims])
-  assert logits.shape == SHAPES[spatial_dims][:-1] + (3,)
-  assert logits.dtype == jnp.float32
+  variables, logits = model_testing.abstract(model, SHAPES[spatial_dims])
+  model_testing.assert_logits(logits, SHAPES[spatial_dims], 3)
   for leaf in jax.tree.leaves(variables):
     assert leaf.dtype == jnp.float32
 
@@ -98,11 +34,11 @@ def test_output_shape_and_dtype(spatial_dims, dtype):
 @pytest.mark.parametrize("norm", layers.NORMS)
 def test_each_norm(norm):
   model = UNet(num_classes=2, features=FEATURES, norm=norm)
-  variables, x = _init(model, SHAPES[2])
+  variables, x = model_testing.init(model, SHAPES[2])
   assert set(variables) == (
     {"params", "batch_stats"} if norm == "batch" else {"params"}
   )
-  logits, updates = _apply(
+  logits, updates = model_testing.apply(
     model, variables, x, train=True, mutable=["batch_stats"]
   )
   assert logits.shape == (2, 16, 16, 2)
@@ -116,7 +52,7 @@ def test_each_norm(norm):
 def test_group_norm_uses_divisor_of_channels():
   # 12 channels: gcd(12, 32) = 4 groups of 3 channels.
   model = UNet(num_classes=2, features=(12, 24), norm="group")
-  _, logits = _shapes(model, SHAPES[2])
+  _, logits = model_testing.abstract(model, SHAPES[2])
   assert logits.shape == (2, 16, 16, 2)
 
 
@@ -133,9 +69,9 @@ def test_upsample_modes(spatial_dims):
       norm="none",
       upsample=mode,
     )
-    variables, logits = _shapes(model, shape)
+    variables, logits = model_testing.abstract(model, shape)
     assert logits.shape == shape[:-1] + (2,)
-    counts[mode] = _num_params(variables["params"])
+    counts[mode] = model_testing.num_params(variables["params"])
   # 8 -> 4 channels: transpose has a 2^d kernel, resize a 1^d kernel.
   assert counts["transpose"] - counts["resize"] == (2**d - 1) * 8 * 4
 
@@ -143,27 +79,16 @@ def test_upsample_modes(spatial_dims):
 @pytest.mark.parametrize("norm", ["batch", "instance"])
 def test_gradients_finite(norm):
   model = UNet(num_classes=3, features=FEATURES, norm=norm)
-  variables, x = _init(model, SHAPES[2])
-  labels = jax.random.randint(jax.random.key(2), (2, 16, 16), 0, 3)
-
-  def loss_fn(params):
-    logits, _ = model.apply(
-      {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
-    )
-    one_hot = jax.nn.one_hot(labels, 3)
-    return -jnp.mean(jnp.sum(one_hot * jax.nn.log_softmax(logits), -1))
-
-  grads = _jit(jax.grad(loss_fn))(variables["params"])
-  leaves = jax.tree.leaves(grads)
-  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
-  assert all(bool(jnp.any(g != 0)) for g in leaves)
+  variables, x = model_testing.init(model, SHAPES[2])
+  grads, _ = model_testing.train_gradients(model, variables, x, 3)
+  model_testing.assert_finite(grads, nonzero=True)
 
 
 @pytest.mark.parametrize("upsample", layers.UPSAMPLE_MODES)
 def test_jit_equals_eager(upsample):
   model = UNet(num_classes=2, features=FEATURES, upsample=upsample)
   # Also checks Flax's initialisers against the model once.
-  variables, x = _init(model, SHAPES[2], real_init=True)
+  variables, x = model_testing.init(model, SHAPES[2], real_init=True)
   eager = model.apply(variables, x, train=False)
   # Fully optimised compile, unlike the other tests.
   jitted = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
@@ -172,18 +97,19 @@ def test_jit_equals_eager(upsample):
 
 def test_batch_stats_updated_only_in_training():
   model = UNet(num_classes=2, features=FEATURES, norm="batch")
-  variables, x = _init(model, SHAPES[2])
+  variables, x = model_testing.init(model, SHAPES[2])
   x = 3.0 * x + 1.0  # Away from the initial statistics (mean 0, var 1).
 
-  _, updates = _apply(model, variables, x, train=True, mutable=["batch_stats"])
-  changed = jax.tree.map(
-    lambda a, b: bool(jnp.any(a != b)),
-    variables["batch_stats"],
-    updates["batch_stats"],
+  _, updates = model_testing.apply(
+    model, variables, x, train=True, mutable=["batch_stats"]
   )
-  assert all(jax.tree.leaves(changed))
+  model_testing.assert_all_changed(
+    variables["batch_stats"], updates["batch_stats"]
+  )
 
-  _, updates = _apply(model, variables, x, train=False, mutable=["batch_stats"])
+  _, updates = model_testing.apply(
+    model, variables, x, train=False, mutable=["batch_stats"]
+  )
   jax.tree.map(
     np.testing.assert_array_equal,
     variables["batch_stats"],
@@ -191,8 +117,8 @@ def test_batch_stats_updated_only_in_training():
   )
   # Eval mode uses running averages: one example's logits do not depend on
   # the rest of the batch.
-  alone = _apply(model, variables, x[:1], train=False)
-  together = _apply(model, variables, x, train=False)[:1]
+  alone = model_testing.apply(model, variables, x[:1], train=False)
+  together = model_testing.apply(model, variables, x, train=False)[:1]
   np.testing.assert_allclose(alone, together, rtol=1e-5, atol=1e-6)
 
 
@@ -204,14 +130,14 @@ def test_batch_norm_with_sharded_batch():
   mesh = Mesh(devices, ("data",))
   model = UNet(num_classes=2, features=FEATURES, norm="batch")
   batch = 2 * len(devices)
-  variables, x = _init(model, (batch, 16, 16, 1))
+  variables, x = model_testing.init(model, (batch, 16, 16, 1))
 
   def step(v, x):
     return model.apply(v, x, train=True, mutable=["batch_stats"])
 
-  expected = _jit(step)(variables, x)
+  expected = model_testing.jit(step)(variables, x)
   x_sharded = jax.device_put(x, NamedSharding(mesh, P("data")))
-  got = _jit(step)(variables, x_sharded)
+  got = model_testing.jit(step)(variables, x_sharded)
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
     got,
@@ -252,7 +178,9 @@ def test_pad_input_crops_back(spatial_dims):
     pad_input=True,
     deep_supervision=True,
   )
-  _, (logits, state) = _shapes(model, shape, mutable=["aux_logits"])
+  _, (logits, state) = model_testing.abstract(
+    model, shape, mutable=["aux_logits"]
+  )
   assert logits.shape == shape[:-1] + (2,)
   # Level 1 of sizes S is ceil(S / 2).
   (aux,) = state["aux_logits"]["deep_supervision"]
@@ -260,18 +188,20 @@ def test_pad_input_crops_back(spatial_dims):
   assert aux.shape == expected
   # Rank and channel errors are unaffected by padding.
   with pytest.raises(ValueError, match="dims"):
-    _shapes(model, shape[1:])
+    model_testing.abstract(model, shape[1:])
 
 
 def test_pad_input_matches_manual_padding():
   model = UNet(
     num_classes=2, features=FEATURES, norm="instance", pad_input=True
   )
-  variables, x = _init(model, (1, 13, 11, 1))
-  got = _apply(model, variables, x, train=False)
+  variables, x = model_testing.init(model, (1, 13, 11, 1))
+  got = model_testing.apply(model, variables, x, train=False)
   # Zeros at the end, to the next multiple of 2.
   padded = jnp.pad(x, ((0, 0), (0, 1), (0, 1), (0, 0)))
-  expected = _apply(model, variables, padded, train=False)[:, :13, :11]
+  expected = model_testing.apply(model, variables, padded, train=False)[
+    :, :13, :11
+  ]
   np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -324,12 +254,9 @@ def test_paper_parameter_count():
     upsample="transpose",
     in_channels=1,
   )
-  x = jax.ShapeDtypeStruct((1, 32, 32, 1), jnp.float32)
-  shapes = jax.eval_shape(
-    lambda x: model.init(jax.random.key(0), x, train=False), x
-  )
+  shapes = model_testing.abstract_variables(model, (1, 32, 32, 1))
   assert set(shapes) == {"params"}
-  assert _num_params(shapes["params"]) == 31_030_658
+  assert model_testing.num_params(shapes["params"]) == 31_030_658
 
 
 # --- Options: residual blocks, deep supervision, Cicek channel layout. ---
@@ -349,7 +276,7 @@ def test_deep_supervision_sows_lowres_logits_finest_first(spatial_dims):
     spatial_dims=spatial_dims,
     deep_supervision=True,
   )
-  variables, (logits, state) = _shapes(
+  variables, (logits, state) = model_testing.abstract(
     model, shape, mutable=["batch_stats", "aux_logits"], train=True
   )
   # init sows nothing, so its variables can be passed straight to apply.
@@ -365,16 +292,16 @@ def test_deep_supervision_sows_lowres_logits_finest_first(spatial_dims):
   ]
   assert all(a.dtype == jnp.float32 for a in aux)
   # Not collected, not computed: the plain trainer's call is unchanged.
-  _, (_, state) = _shapes(model, shape, mutable=["batch_stats"], train=True)
+  _, (_, state) = model_testing.abstract(
+    model, shape, mutable=["batch_stats"], train=True
+  )
   assert set(state) == {"batch_stats"}
 
 
 def test_deep_supervision_heads_skipped_unless_collected():
   model = UNet(num_classes=2, features=FEATURES3, deep_supervision=True)
   x = jax.ShapeDtypeStruct(SHAPES3[2], jnp.float32)
-  variables = jax.eval_shape(
-    lambda x: model.init(jax.random.key(0), x, train=False), x
-  )
+  variables = model_testing.abstract_variables(model, x.shape)
 
   def num_convs(mutable):
     jaxpr = jax.make_jaxpr(
@@ -396,11 +323,11 @@ def test_options_with_each_norm(norm):
     deep_supervision=True,
     double_within_level=True,
   )
-  variables, x = _init(model, SHAPES3[2])
+  variables, x = model_testing.init(model, SHAPES3[2])
   assert set(variables) == (
     {"params", "batch_stats"} if norm == "batch" else {"params"}
   )
-  logits, state = _apply(
+  logits, state = model_testing.apply(
     model, variables, x, train=True, mutable=["batch_stats", "aux_logits"]
   )
   assert logits.shape == (2, 8, 8, 3)
@@ -420,12 +347,8 @@ def test_residual_and_deep_supervision_gradients():
     residual=True,
     deep_supervision=True,
   )
-  variables, x = _init(model, SHAPES3[2])
+  variables, x = model_testing.init(model, SHAPES3[2])
   labels = jax.random.randint(jax.random.key(2), SHAPES3[2][:-1], 0, 3)
-
-  def xent(logits, labels):
-    one_hot = jax.nn.one_hot(labels, 3)
-    return -jnp.mean(jnp.sum(one_hot * jax.nn.log_softmax(logits), -1))
 
   def loss_fn(params):
     logits, state = model.apply(
@@ -436,26 +359,29 @@ def test_residual_and_deep_supervision_gradients():
     )
     (aux,) = state["aux_logits"]["deep_supervision"]
     # Nearest-neighbour downsampled labels for the half-resolution head.
-    return xent(logits, labels) + 0.5 * xent(aux, labels[:, ::2, ::2])
+    xent = model_testing.cross_entropy
+    return xent(logits, labels, 3) + 0.5 * xent(aux, labels[:, ::2, ::2], 3)
 
-  grads = _jit(jax.grad(loss_fn))(variables["params"])
-  leaves = jax.tree.leaves(grads)
-  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
-  assert all(bool(jnp.any(g != 0)) for g in leaves)
+  grads = model_testing.jit(jax.grad(loss_fn))(variables["params"])
+  model_testing.assert_finite(grads, nonzero=True)
   assert "shortcut" in grads["down_0"]  # 1 -> 4 channels: a projection.
 
 
 def test_residual_block_param_names():
   model = UNet(num_classes=2, features=FEATURES, residual=True, norm="batch")
-  variables, _ = _shapes(model, SHAPES[2])
+  variables, _ = model_testing.abstract(model, SHAPES[2])
   params = variables["params"]
   # A projection wherever the channels change: 1->4, 4->8, [4+4]->4.
   for name in ("down_0", "bottleneck", "up_0"):
     assert {"shortcut", "shortcut_norm"} <= set(params[name])
   # ConvBlock's names are kept for the two convolutions.
   assert {"conv_0", "conv_1", "norm_0", "norm_1"} <= set(params["down_0"])
-  plain, _ = _shapes(UNet(num_classes=2, features=FEATURES), SHAPES[2])
-  extra = _num_params(params) - _num_params(plain["params"])
+  plain, _ = model_testing.abstract(
+    UNet(num_classes=2, features=FEATURES), SHAPES[2]
+  )
+  extra = model_testing.num_params(params) - model_testing.num_params(
+    plain["params"]
+  )
   # Shortcut kernels (no bias before batch norm) plus scale and offset.
   assert extra == (1 * 4 + 2 * 4) + (4 * 8 + 2 * 8) + (8 * 4 + 2 * 4)
 
@@ -468,7 +394,7 @@ def test_double_within_level_channels():
     norm="none",
     spatial_dims=3,
   )
-  variables, logits = _shapes(model, SHAPES3[3])
+  variables, logits = model_testing.abstract(model, SHAPES3[3])
   assert logits.shape == SHAPES3[3][:-1] + (2,)
   kernels = {
     name: tuple(p["conv_0"]["kernel"].shape[-2:])
@@ -529,11 +455,11 @@ def test_cicek_3d_unet_parameter_count(norm, expected):
     double_within_level=True,
     in_channels=3,
   )
-  variables, _ = _shapes(model, (1, 8, 8, 8, 3))
+  variables, _ = model_testing.abstract(model, (1, 8, 8, 8, 3))
   params = variables["params"]
-  assert _num_params(params) == expected
+  assert model_testing.num_params(params) == expected
   up_biases = sum(
     params[f"upsample_{k}"]["conv_transpose"]["bias"].size for k in range(3)
   )
   if norm == "none":
-    assert _num_params(params) - up_biases == 19_069_955
+    assert model_testing.num_params(params) - up_biases == 19_069_955

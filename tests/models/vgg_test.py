@@ -1,36 +1,19 @@
 """Tests for medseg_jax.models.vgg."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from medseg_jax.models import vgg
+from tests.models import model_testing
 
 WIDTH = 1 / 16  # 4 ... 32 convolution channels, 256 in fc6/fc7.
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def _abstract(model: nn.Module, shape):
-  """(variables, outputs) shapes, computed without allocating weights."""
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  variables = jax.eval_shape(
-    lambda x: model.init(jax.random.key(0), x, train=False), x
-  )
-  out = jax.eval_shape(
-    lambda v, x: model.apply(v, x, train=False), variables, x
-  )
-  return variables, out
-
-
-def _num_params(tree) -> int:
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
 def test_feature_shapes_for_indivisible_2d_size():
   # 'SAME' pooling rounds up: 33 -> 17 -> 9 -> 5 -> 3 -> 2.
-  _, out = _abstract(vgg.VGG(width=WIDTH), (2, 33, 45, 1))
+  _, out = model_testing.abstract(vgg.VGG(width=WIDTH), (2, 33, 45, 1))
   expected = {
     "pool1": (2, 17, 23, 4),
     "pool2": (2, 9, 12, 8),
@@ -44,7 +27,7 @@ def test_feature_shapes_for_indivisible_2d_size():
 
 def test_feature_shapes_3d():
   model = vgg.VGG(width=WIDTH, spatial_dims=3, fc_kernel_size=3)
-  variables, out = _abstract(model, (1, 8, 16, 20, 2))
+  variables, out = model_testing.abstract(model, (1, 8, 16, 20, 2))
   assert out["pool3"].shape == (1, 1, 2, 3, 16)
   assert out["fc7"].shape == (1, 1, 1, 1, 256)
   assert variables["params"]["fc6"]["kernel"].shape == (3, 3, 3, 32, 256)
@@ -52,7 +35,7 @@ def test_feature_shapes_3d():
 
 def test_without_fc():
   model = vgg.VGG(width=WIDTH, fc=False)
-  variables, out = _abstract(model, (1, 32, 32, 1))
+  variables, out = model_testing.abstract(model, (1, 32, 32, 1))
   assert "fc7" not in out and "fc6" not in variables["params"]
   assert model.output_channels == 32
 
@@ -61,7 +44,9 @@ def test_without_fc():
   "depth, convs", [(11, 8), (13, 10), (16, 13), (19, 16)]
 )
 def test_depths(depth, convs):
-  variables, _ = _abstract(vgg.VGG(depth=depth, width=WIDTH), (1, 32, 32, 1))
+  variables, _ = model_testing.abstract(
+    vgg.VGG(depth=depth, width=WIDTH), (1, 32, 32, 1)
+  )
   names = [n for n in variables["params"] if n.startswith("conv")]
   assert len(names) == convs
 
@@ -75,15 +60,21 @@ def test_vgg16_parameter_count():
   # + 5 * 2,359,808 = 14,714,688; fc6 7*7*512*4096 + 4096 = 102,764,544;
   # fc7 4096*4096 + 4096 = 16,781,312.
   model = vgg.VGG(depth=16, norm="none", in_channels=3)
-  variables, _ = _abstract(model, (1, 32, 32, 3))
+  variables, _ = model_testing.abstract(model, (1, 32, 32, 3))
   assert set(variables) == {"params"}
-  assert _num_params(variables["params"]) == 138_357_544 - 4_097_000
-  conv_only, _ = _abstract(vgg.VGG(depth=16, fc=False), (1, 32, 32, 3))
-  assert _num_params(conv_only["params"]) == 14_714_688
+  assert (
+    model_testing.num_params(variables["params"]) == 138_357_544 - 4_097_000
+  )
+  conv_only, _ = model_testing.abstract(
+    vgg.VGG(depth=16, fc=False), (1, 32, 32, 3)
+  )
+  assert model_testing.num_params(conv_only["params"]) == 14_714_688
 
 
 def test_batch_norm_replaces_biases():
-  variables, _ = _abstract(vgg.VGG(width=WIDTH, norm="batch"), (1, 32, 32, 1))
+  variables, _ = model_testing.abstract(
+    vgg.VGG(width=WIDTH, norm="batch"), (1, 32, 32, 1)
+  )
   assert "bias" not in variables["params"]["conv1_1"]
   assert set(variables["batch_stats"]["bn1_1"]) == {"mean", "var"}
   assert set(variables["params"]["bn6"]) == {"scale", "bias"}
@@ -94,24 +85,14 @@ def test_dropout_in_training_only():
   # and its real initialisation there too; here the variables are drawn on
   # the host to save the initialisers' compile time.
   model = vgg.VGG(width=WIDTH)
-  rng = np.random.default_rng(0)
-  x = jnp.asarray(rng.standard_normal((2, 33, 45, 1), np.float32))
-  shapes, _ = _abstract(model, x.shape)
-  variables = jax.tree_util.tree_map_with_path(
-    lambda path, leaf: (
-      rng.standard_normal(leaf.shape, np.float32)
-      * np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-      if path[-1].key == "kernel"
-      else np.zeros(leaf.shape, np.float32)
-    ),
-    shapes,
+  variables, x = model_testing.init(
+    model, (2, 33, 45, 1), host_dtype=np.float32
   )
-  apply = jax.jit(
+  apply = model_testing.jit(
     lambda v, x, key: (
       model.apply(v, x, train=True, rngs={"dropout": key})["fc7"],
       model.apply(v, x, train=False)["fc7"],
-    ),
-    compiler_options=FAST_COMPILE,
+    )
   )
   train_out, eval_out = apply(variables, x, jax.random.key(3))
   assert bool(jnp.any(train_out != eval_out))

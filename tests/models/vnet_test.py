@@ -1,6 +1,5 @@
 """Tests for medseg_jax.models.vnet."""
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,63 +9,13 @@ from medseg_jax.models import layers
 from medseg_jax.models.vnet import PReLU
 from medseg_jax.models.vnet import ResidualStage
 from medseg_jax.models.vnet import VNet
+from tests.models import model_testing
 
 # Tiny: three stages of 4, 8, 16 channels, one or two 5^d convolutions each;
 # two stages where values are computed (compiling 5^d convolutions dominates).
 TINY = {"features": (4, 8, 16), "convs": (1, 2, 2)}
 TINY2 = {"features": (4, 8), "convs": (1, 2)}
 SHAPES = {2: (2, 8, 12, 1), 3: (1, 8, 4, 8, 1)}
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-def _jit(fn):
-  return jax.jit(fn, compiler_options=FAST_COMPILE)
-
-
-def _init(model: nn.Module, shape, key=0):
-  """Random input and variables (see `tests/models/unet_test.py`).
-
-  The variables have `model.init`'s structure and numpy values on its
-  scale, which avoids compiling the initialisers (2-3 s per model).
-  """
-  rng = np.random.default_rng(key)
-  x = jnp.asarray(rng.normal(size=shape), jnp.float32)
-  shapes = jax.eval_shape(
-    lambda x: model.init(jax.random.key(1), x, train=False), x
-  )
-
-  def fill(path, leaf):
-    name = path[-1].key
-    if name == "kernel":
-      std = np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-      value = std * rng.normal(size=leaf.shape)
-    elif name in ("scale", "var"):
-      value = np.ones(leaf.shape)
-    elif name == "negative_slope":
-      value = np.full(leaf.shape, 0.25)
-    else:
-      value = np.zeros(leaf.shape)
-    return jnp.asarray(value, leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, shapes), x
-
-
-def _shapes(model: nn.Module, shape, mutable=False, train=False):
-  """Abstract init + apply: traces everything, compiles nothing."""
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  variables = jax.eval_shape(
-    lambda x: model.init(jax.random.key(0), x, train=False), x
-  )
-  out = jax.eval_shape(
-    lambda v, x: model.apply(v, x, train=train, mutable=mutable),
-    variables,
-    x,
-  )
-  return variables, out
-
-
-def _num_params(tree) -> int:
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])
@@ -74,11 +23,10 @@ def _num_params(tree) -> int:
 def test_output_shape_each_norm(spatial_dims, norm):
   shape = SHAPES[spatial_dims]
   model = VNet(num_classes=3, spatial_dims=spatial_dims, norm=norm, **TINY)
-  variables, (logits, state) = _shapes(
+  variables, (logits, state) = model_testing.abstract(
     model, shape, mutable=["batch_stats"], train=True
   )
-  assert logits.shape == shape[:-1] + (3,)
-  assert logits.dtype == jnp.float32
+  model_testing.assert_logits(logits, shape, 3)
   assert set(variables) == (
     {"params", "batch_stats"} if norm == "batch" else {"params"}
   )
@@ -94,7 +42,7 @@ def test_output_shape_each_norm(spatial_dims, norm):
 
 def test_stage_layout():
   model = VNet(num_classes=2, spatial_dims=2, norm="none", **TINY)
-  variables, _ = _shapes(model, SHAPES[2])
+  variables, _ = model_testing.abstract(model, SHAPES[2])
   params = variables["params"]
   assert set(params) == {
     "encoder_0",
@@ -159,34 +107,25 @@ def test_residual_stage_adds_its_input(in_channels, projected):
 
 def test_gradients_finite():
   model = VNet(num_classes=3, spatial_dims=2, norm="batch", **TINY2)
-  variables, x = _init(model, SHAPES[2])
-  labels = jax.random.randint(jax.random.key(2), SHAPES[2][:-1], 0, 3)
-
-  def loss_fn(params):
-    logits, _ = model.apply(
-      {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
-    )
-    one_hot = jax.nn.one_hot(labels, 3)
-    return -jnp.mean(jnp.sum(one_hot * jax.nn.log_softmax(logits), -1))
-
-  grads = _jit(jax.grad(loss_fn))(variables["params"])
-  leaves = jax.tree.leaves(grads)
-  assert all(bool(jnp.all(jnp.isfinite(g))) for g in leaves)
-  assert all(bool(jnp.any(g != 0)) for g in leaves)
+  variables, x = model_testing.init(model, SHAPES[2])
+  grads, _ = model_testing.train_gradients(model, variables, x, 3)
+  model_testing.assert_finite(grads, nonzero=True)
 
 
 def test_jit_equals_eager():
   model = VNet(num_classes=2, spatial_dims=2, norm="instance", **TINY2)
-  variables, x = _init(model, SHAPES[2])
+  variables, x = model_testing.init(model, SHAPES[2])
   eager = model.apply(variables, x, train=False)
-  jitted = _jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  jitted = model_testing.jit(lambda v, x: model.apply(v, x, train=False))(
+    variables, x
+  )
   np.testing.assert_allclose(jitted, eager, rtol=1e-4, atol=1e-5)
 
 
 def test_3d_forward_finite():
   model = VNet(num_classes=2, spatial_dims=3, norm="batch", **TINY2)
-  variables, x = _init(model, SHAPES[3])
-  logits, _ = _jit(
+  variables, x = model_testing.init(model, SHAPES[3])
+  logits, _ = model_testing.jit(
     lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])
   )(variables, x)
   assert logits.shape == SHAPES[3][:-1] + (2,)
@@ -195,14 +134,17 @@ def test_3d_forward_finite():
 
 def test_input_errors_and_padding():
   model = VNet(num_classes=2, in_channels=1, **TINY)  # 3-D by default.
-  with pytest.raises(ValueError, match=r"\[B, D, H, W, C\]"):
-    _shapes(model, (1, 8, 8, 1))
-  with pytest.raises(ValueError, match="1 input channels"):
-    _shapes(model, (1, 8, 8, 8, 2))
-  with pytest.raises(ValueError, match=r"multiples of 4.*\(8, 8, 12\)"):
-    _shapes(model, (1, 8, 8, 10, 1))
+  model_testing.assert_rejects(
+    model,
+    [
+      ((1, 8, 8, 1), r"\[B, D, H, W, C\]"),
+      ((1, 8, 8, 8, 2), "1 input channels"),
+      ((1, 8, 8, 10, 1), r"multiples of 4.*\(8, 8, 12\)"),
+    ],
+  )
   padded = VNet(num_classes=2, pad_input=True, **TINY)
-  assert _shapes(padded, (1, 5, 8, 10, 1))[1].shape == (1, 5, 8, 10, 2)
+  _, logits = model_testing.abstract(padded, (1, 5, 8, 10, 1))
+  assert logits.shape == (1, 5, 8, 10, 2)
 
 
 @pytest.mark.parametrize(
@@ -256,5 +198,5 @@ def test_paper_parameter_count():
   # different network and is not matched here.
   model = VNet(num_classes=2, in_channels=1)
   assert model.spatial_dims == 3 and model.norm == "none"
-  variables, _ = _shapes(model, (1, 16, 16, 16, 1))
-  assert _num_params(variables["params"]) == 65_175_314
+  variables, _ = model_testing.abstract(model, (1, 16, 16, 16, 1))
+  assert model_testing.num_params(variables["params"]) == 65_175_314
