@@ -4,30 +4,31 @@ Evaluation accumulates sufficient statistics and divides once. On device,
 `confusion_counts` turns integer predictions and labels into per-case,
 per-class counts of true/false positives/negatives (jittable, shardable over
 the batch, padded examples removed with `mask`). On the host,
-`scores_from_counts` turns counts into Dice, IoU, sensitivity, specificity
-and precision in float64. `dice_from_counts` is the jittable Dice for use
-inside a train or eval step.
+`scores_from_counts` turns counts into Dice, IoU, sensitivity, specificity,
+precision and volume similarity in float64. `dice_from_counts` is the
+jittable Dice for use inside a train or eval step.
 
 Empty-set policy
 ----------------
 
 Per case and class, with `tp, fp, fn, tn` the counts over valid voxels:
 
-====================================  =====  =====  ===========  =========
-case                                  Dice   IoU    sensitivity  precision
-====================================  =====  =====  ===========  =========
-ground truth empty, prediction empty  1      1      NaN          NaN
-ground truth empty, prediction not    0      0      NaN          0
-ground truth not, prediction empty    0      0      0            NaN
-both non-empty                        ratio  ratio  ratio        ratio
-====================================  =====  =====  ===========  =========
+==============================  =====  =====  ===========  =========  =====
+case                            Dice   IoU    sensitivity  precision  VS
+==============================  =====  =====  ===========  =========  =====
+truth empty, prediction empty   1      1      NaN          NaN        1
+truth empty, prediction not     0      0      NaN          0          0
+truth not, prediction empty     0      0      0            NaN        0
+both non-empty                  ratio  ratio  ratio        ratio      ratio
+==============================  =====  =====  ===========  =========  =====
 
 Rule: every ratio is NaN when its denominator is zero ("not defined"),
-except Dice and IoU, which are 1 when `tp + fp + fn == 0` (nothing to find
-and nothing found is a perfect answer; this is what e.g. the Medical
-Segmentation Decathlon and nnU-Net's `ignore_empty=False` do). Specificity
-`tn / (tn + fp)` is NaN only when the case has no negative voxel for the
-class (the class fills every valid voxel). Average with `np.nanmean` and
+except Dice, IoU and volume similarity (VS), which are 1 when
+`tp + fp + fn == 0` (nothing to find and nothing found is a perfect answer;
+this is what e.g. the Medical Segmentation Decathlon and nnU-Net's
+`ignore_empty=False` do). Specificity `tn / (tn + fp)` is NaN only when
+the case has no negative voxel for the class (the class fills every valid
+voxel). Average with `np.nanmean` and
 report how many cases were defined.
 
 Formulas:
@@ -37,6 +38,14 @@ Formulas:
 * sensitivity (recall) = tp / (tp + fn)
 * specificity = tn / (tn + fp)
 * precision (positive predictive value) = tp / (tp + fp)
+* volume similarity = 1 - |fp - fn| / (2 tp + fp + fn)
+  = 1 - |V_pred - V_true| / (V_pred + V_true), with V the voxel counts. It
+  compares volumes only: a prediction of the right size in the wrong place
+  scores 1 (Taha and Hanbury, "Metrics for evaluating 3D medical image
+  segmentation", BMC Medical Imaging 2015).
+
+Surface metrics (Hausdorff distance, ASSD, normalised surface Dice) are in
+`medseg_jax.metrics.surface`.
 """
 
 from collections.abc import Mapping
@@ -46,7 +55,14 @@ import jax.numpy as jnp
 import numpy as np
 
 COUNT_KEYS = ("tp", "fp", "fn", "tn")
-SCORE_KEYS = ("dice", "iou", "sensitivity", "specificity", "precision")
+SCORE_KEYS = (
+  "dice",
+  "iou",
+  "sensitivity",
+  "specificity",
+  "precision",
+  "volume_similarity",
+)
 
 
 def confusion_counts(
@@ -157,8 +173,9 @@ def scores_from_counts(
       output of `confusion_counts`, moved to the host).
 
   Returns:
-    Dict with keys `dice`, `iou`, `sensitivity`, `specificity`,
-    `precision`, each float64 with the counts' shape.
+    Dict with the keys of `SCORE_KEYS` (`dice`, `iou`, `sensitivity`,
+    `specificity`, `precision`, `volume_similarity`), each float64 with the
+    counts' shape.
   """
   missing = [k for k in COUNT_KEYS if k not in counts]
   if missing:
@@ -176,6 +193,9 @@ def scores_from_counts(
     "sensitivity": _ratio(tp, tp + fn),
     "specificity": _ratio(tn, tn + fp),
     "precision": _ratio(tp, tp + fp),
+    "volume_similarity": np.where(
+      both_empty, 1.0, 1.0 - _ratio(np.abs(fp - fn), 2 * tp + fp + fn)
+    ),
   }
 
 

@@ -195,3 +195,37 @@ def test_input_errors():
     overlap.confusion_counts(x, x, 2, jnp.ones((2, 4)))
   with pytest.raises(ValueError, match="lack keys"):
     overlap.scores_from_counts({"tp": np.zeros(2)})
+
+
+def test_volume_similarity_hand_computed():
+  # Class 0: 1 - |2 - 1| / (8 + 2 + 1) = 10 / 11. Class 1: tp 2, fp 1, fn 2:
+  # VS = 1 - |1 - 2| / (4 + 1 + 2) = 6 / 7. Class 2: predicted volume 4 in
+  # the wrong place against a true volume of 4: VS = 1 although Dice = 0.
+  counts = {
+    "tp": np.array([[4, 2, 0]]),
+    "fp": np.array([[2, 1, 4]]),
+    "fn": np.array([[1, 2, 4]]),
+    "tn": np.array([[2, 4, 1]]),
+  }
+  scores = overlap.scores_from_counts(counts)
+  np.testing.assert_allclose(scores["volume_similarity"], [[10 / 11, 6 / 7, 1]])
+  assert scores["dice"][0, 2] == 0.0
+  # Over- and under-segmentation by the same volume score the same.
+  swapped = dict(counts, fp=counts["fn"], fn=counts["fp"])
+  np.testing.assert_array_equal(
+    overlap.scores_from_counts(swapped)["volume_similarity"],
+    scores["volume_similarity"],
+  )
+
+
+def test_volume_similarity_empty_policy():
+  labels = jnp.array([[0, 0, 3, 3]])
+  pred = jnp.array([[0, 2, 0, 0]])
+  scores = overlap.scores_from_counts(
+    _counts_np(overlap.confusion_counts(pred, labels, 4))
+  )
+  # Class 1 in neither: 1; class 2 predicted only, class 3 missed: 0.
+  np.testing.assert_array_equal(
+    scores["volume_similarity"][0, 1:], [1.0, 0.0, 0.0]
+  )
+  assert set(scores) == set(overlap.SCORE_KEYS)
