@@ -80,6 +80,17 @@ def base_config() -> ml_collections.ConfigDict:
   # [dict(pattern=regex, freeze=True) or dict(pattern=regex, lr_scale=0.1)].
   config.optimizer.param_groups = []
 
+  # Evaluation (the final test report and `python -m medseg_jax.evaluate`).
+  config.eval = ml_collections.ConfigDict()
+  config.eval.surface_metrics = True  # HD95, HD, ASSD, NSD in the report.
+  config.eval.nsd_tolerance_mm = 1.0
+  config.eval.sliding_window = False  # Else whole images, padded.
+  config.eval.window = ()  # Default: data.patch_size.
+  config.eval.overlap = 0.5
+  config.eval.sw_batch_size = 4
+  config.eval.tta_flip_axes = ()  # e.g. (0, 1): average over all flips.
+  config.eval.largest_component = False
+
   config.batch_size = 16
   config.eval_batch_size = 16
   config.num_train_steps = 1000

@@ -395,6 +395,9 @@ def train_and_evaluate(
       batch_size=config.eval_batch_size,
       mesh=mesh,
       keep_arrays=keep_arrays,
+      # The final report adds surface distances; validation stays cheap.
+      surface_metrics=keep_arrays and config.eval.surface_metrics,
+      tolerance_mm=config.eval.nsd_tolerance_mm,
     )
 
   # --------------------------------------------------------------------------
@@ -534,8 +537,8 @@ def evaluate_and_report(
     print(f"Reports and {len(paths)} overlays in {workdir / 'eval'}")
     scalars = {f"{split}/mean_foreground_dice": summary["mean_foreground_dice"]}
     for name, entry in summary["per_class"].items():
-      for score in evaluator.SCORE_NAMES:
-        scalars[f"{split}/{score}_{name}"] = entry[score]["mean"]
+      for score, values in entry.items():
+        scalars[f"{split}/{score}_{name}"] = values["mean"]
     writer.write_scalars(step, scalars)
     writer.flush()
   return summary

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 from collections.abc import Callable
@@ -27,8 +28,12 @@ from jax.sharding import Mesh
 from medseg_jax import sharding
 from medseg_jax.data import pipeline
 from medseg_jax.metrics import overlap
+from medseg_jax.metrics import surface
 
-SCORE_NAMES = ("dice", "iou", "sensitivity", "specificity")
+# Scores in the order reports list them. Surface scores are present only
+# when the evaluation computed them (`surface=True`).
+SCORE_NAMES = overlap.SCORE_KEYS + surface.SURFACE_KEYS
+TABLE_SCORES = ("dice", "iou", "sensitivity", "specificity", "hd95")
 
 
 @dataclasses.dataclass
@@ -46,6 +51,12 @@ class EvalResult:
   class_names: tuple[str, ...]
   cases: list[CaseResult]
 
+  @property
+  def score_names(self) -> tuple[str, ...]:
+    """The scores every case has, in `SCORE_NAMES` order."""
+    present = set(self.cases[0].scores) if self.cases else set()
+    return tuple(name for name in SCORE_NAMES if name in present)
+
   def score_matrix(self, name: str) -> np.ndarray:
     """``f64[num_cases, num_classes]`` of one score."""
     return np.stack([case.scores[name] for case in self.cases])
@@ -56,7 +67,7 @@ class EvalResult:
     out: dict[str, Any] = {"num_cases": len(self.cases), "per_class": {}}
     for index, name in enumerate(self.class_names):
       entry = {}
-      for score in SCORE_NAMES:
+      for score in self.score_names:
         values = self.score_matrix(score)[:, index]
         defined = values[~np.isnan(values)]
         entry[score] = {
@@ -115,8 +126,16 @@ def evaluate(
   batch_size: int,
   mesh: Mesh,
   keep_arrays: bool = False,
+  surface_metrics: bool = False,
+  tolerance_mm: float = 1.0,
 ) -> EvalResult:
-  """Runs ``predict_fn`` over ``examples`` and scores every case."""
+  """Runs ``predict_fn`` over ``examples`` and scores every case.
+
+  Overlap scores come from the confusion counts computed on device; with
+  ``surface_metrics``, HD95, HD, ASSD and NSD (at ``tolerance_mm``) are
+  added from the unpadded prediction and label on the host, with the case's
+  voxel spacing (see ``metrics.surface``).
+  """
   cases: list[CaseResult] = []
   for arrays, metas in pipeline.batch_eval_examples(examples, batch_size):
     batch = {
@@ -133,11 +152,23 @@ def evaluate(
         counts=counts,
         scores=overlap.scores_from_counts(counts),
       )
+      window = _unpad_window(arrays["label"].shape[1:], meta["shape"])
+      label = np.asarray(arrays["label"][row][window])
+      prediction = np.asarray(out["prediction"][row][window])
+      if surface_metrics:
+        case.scores.update(
+          surface.surface_scores(
+            prediction,
+            label,
+            len(class_names),
+            meta["spacing"],
+            tolerance_mm=tolerance_mm,
+          )
+        )
       if keep_arrays:
-        window = _unpad_window(arrays["label"].shape[1:], meta["shape"])
         case.image = meta["raw_image"]
-        case.label = np.asarray(arrays["label"][row][window])
-        case.prediction = np.asarray(out["prediction"][row][window])
+        case.label = label
+        case.prediction = prediction
       cases.append(case)
   if not cases:
     raise ValueError("The evaluation split has no examples.")
@@ -165,7 +196,7 @@ def per_case_rows(result: EvalResult) -> list[dict[str, Any]]:
   for case in result.cases:
     for index, name in enumerate(result.class_names):
       row = {"case_id": case.case_id, "class": name}
-      for score in ("dice", "iou", "sensitivity", "specificity", "precision"):
+      for score in result.score_names:
         row[score] = float(case.scores[score][index])
       for key in ("tp", "fp", "fn", "tn"):
         row[key] = int(case.counts[key][index])
@@ -197,7 +228,7 @@ def write_reports(
   summary.update(extra or {})
   summary["per_case"] = {
     case.case_id: {
-      name: {s: float(case.scores[s][i]) for s in SCORE_NAMES}
+      name: {s: float(case.scores[s][i]) for s in result.score_names}
       for i, name in enumerate(result.class_names)
     }
     for case in result.cases
@@ -218,12 +249,13 @@ def _atomic_write(path: epath.Path, text: str) -> None:
 def format_table(result: EvalResult) -> str:
   """A per-class table of mean ± std over cases."""
   summary = result.summary()
-  header = f"{'class':<16}" + "".join(f"{s:>20}" for s in SCORE_NAMES)
+  scores = [s for s in TABLE_SCORES if s in result.score_names]
+  header = f"{'class':<16}" + "".join(f"{s:>20}" for s in scores)
   lines = [header, "-" * len(header)]
   for name in result.class_names:
     entry = summary["per_class"][name]
     cells = []
-    for score in SCORE_NAMES:
+    for score in scores:
       mean, std = entry[score]["mean"], entry[score]["std"]
       cells.append(f"{mean:>12.4f} ± {std:<6.4f}")
     lines.append(f"{name:<16}" + "".join(f"{c:>20}" for c in cells))
@@ -233,3 +265,55 @@ def format_table(result: EvalResult) -> str:
     f"{summary['mean_foreground_dice']:.4f}"
   )
   return "\n".join(lines)
+
+
+def score_case(
+  case_id: str,
+  prediction: np.ndarray,
+  label: np.ndarray,
+  *,
+  num_classes: int,
+  spacing: Sequence[float],
+  surface_metrics: bool = True,
+  tolerance_mm: float = 1.0,
+  mask: np.ndarray | None = None,
+) -> CaseResult:
+  """Scores one host-side prediction (sliding-window or baseline output).
+
+  Args:
+    case_id: name of the case.
+    prediction: `int[*S]` class ids.
+    label: `int[*S]` ground truth.
+    num_classes: number of classes.
+    spacing: voxel size in mm (array axis order), for surface metrics.
+    surface_metrics: add HD95, HD, ASSD and NSD.
+    tolerance_mm: NSD tolerance.
+    mask: optional `[*S]` of valid voxels for the overlap counts.
+  """
+  counts = jax.device_get(
+    _counts_fn(num_classes)(
+      jnp.asarray(prediction, jnp.int32)[None],
+      jnp.asarray(label, jnp.int32)[None],
+      None if mask is None else jnp.asarray(mask, jnp.float32)[None],
+    )
+  )
+  counts = {k: np.asarray(v[0], np.int64) for k, v in counts.items()}
+  scores = overlap.scores_from_counts(counts)
+  if surface_metrics:
+    scores.update(
+      surface.surface_scores(
+        np.asarray(prediction),
+        np.asarray(label),
+        num_classes,
+        spacing,
+        tolerance_mm=tolerance_mm,
+      )
+    )
+  return CaseResult(case_id=case_id, counts=counts, scores=scores)
+
+
+@functools.cache
+def _counts_fn(num_classes: int):
+  return jax.jit(
+    lambda p, y, m: overlap.confusion_counts(p, y, num_classes, mask=m)
+  )
