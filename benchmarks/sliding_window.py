@@ -1,0 +1,261 @@
+r"""Sliding-window inference: medseg_jax beside MONAI on one 3-D volume.
+
+  .venv/bin/python benchmarks/sliding_window.py              # defaults below
+  .venv/bin/python benchmarks/sliding_window.py --repeats=5 --norm=instance
+  .venv/bin/python benchmarks/sliding_window.py --skip_monai
+
+A 160x192x160 volume with 1 channel, 96^3 windows, overlap 0.5, Gaussian
+weighting, sw_batch_size 4, through the same 3-D U-Net in both libraries
+(two 3^3 convolutions + normalisation + ReLU per level, 2^3 max pooling,
+2^3 transposed-convolution up-sampling, skip connections concatenated,
+1^3 head; widths 8-16-32-64; softmax probabilities blended):
+
+* medseg_jax: `medseg_jax.models.UNet` through
+  `medseg_jax.inference.sliding_window_predict` (device and host
+  accumulation).
+* MONAI: `monai.inferers.sliding_window_inference` with the PyTorch module
+  `TorchUNet3D` below (channels first, `torch.inference_mode`).
+
+Both place 27 windows (3 per axis) here. Prints the median wall time of
+`--repeats` runs after one warm-up run (the runs of the two libraries are
+interleaved, since the machine is shared), the network alone on the same
+windows (where the time goes), and the ratio MONAI time / medseg_jax time
+(> 1 means medseg_jax is faster). torch and monai are benchmark-only extras.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+# Run as a script from anywhere: make the repository importable.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from medseg_jax import inference  # noqa: E402
+from medseg_jax import models  # noqa: E402
+
+
+def parse_ints(text: str) -> tuple[int, ...]:
+  return tuple(int(t) for t in text.split(","))
+
+
+def make_torch_unet(features, in_channels, num_classes, norm):
+  """The PyTorch twin of `medseg_jax.models.UNet(spatial_dims=3)`."""
+  import torch  # noqa: PLC0415
+
+  def norm_layer(c):
+    if norm == "batch":
+      return torch.nn.BatchNorm3d(c)
+    if norm == "instance":
+      return torch.nn.InstanceNorm3d(c, affine=True)
+    return torch.nn.Identity()
+
+  def block(cin, cout):
+    bias = norm == "none"
+    return torch.nn.Sequential(
+      torch.nn.Conv3d(cin, cout, 3, padding=1, bias=bias),
+      norm_layer(cout),
+      torch.nn.ReLU(inplace=True),
+      torch.nn.Conv3d(cout, cout, 3, padding=1, bias=bias),
+      norm_layer(cout),
+      torch.nn.ReLU(inplace=True),
+    )
+
+  class TorchUNet3D(torch.nn.Module):
+    def __init__(self):
+      super().__init__()
+      levels = len(features)
+      self.downs = torch.nn.ModuleList()
+      cin = in_channels
+      for f in features[:-1]:
+        self.downs.append(block(cin, f))
+        cin = f
+      self.bottleneck = block(cin, features[-1])
+      self.upconvs = torch.nn.ModuleList()
+      self.ups = torch.nn.ModuleList()
+      cin = features[-1]
+      for level in reversed(range(levels - 1)):
+        f = features[level]
+        self.upconvs.append(torch.nn.ConvTranspose3d(cin, f, 2, stride=2))
+        self.ups.append(block(2 * f, f))
+        cin = f
+      self.head = torch.nn.Conv3d(cin, num_classes, 1)
+      self.pool = torch.nn.MaxPool3d(2)
+
+    def forward(self, x):
+      skips = []
+      for down in self.downs:
+        x = down(x)
+        skips.append(x)
+        x = self.pool(x)
+      x = self.bottleneck(x)
+      for upconv, up, skip in zip(
+        self.upconvs, self.ups, reversed(skips), strict=True
+      ):
+        x = up(torch.cat([skip, upconv(x)], dim=1))
+      return self.head(x)
+
+  return TorchUNet3D().eval()
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--shape", type=parse_ints, default=(160, 192, 160))
+  parser.add_argument("--window", type=int, default=96)
+  parser.add_argument("--overlap", type=float, default=0.5)
+  parser.add_argument("--sw_batch_size", type=int, default=4)
+  parser.add_argument("--mode", default="gaussian")
+  parser.add_argument("--features", type=parse_ints, default=(8, 16, 32, 64))
+  parser.add_argument("--norm", default="batch")
+  parser.add_argument("--num_classes", type=int, default=3)
+  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--skip_monai", action="store_true")
+  parser.add_argument("--skip_host", action="store_true")
+  args = parser.parse_args()
+
+  window = (args.window,) * 3
+  rng = np.random.default_rng(0)
+  image = rng.standard_normal((*args.shape, 1)).astype(np.float32)
+  starts = inference.window_starts(args.shape, window, args.overlap)
+  num_batches = -(-len(starts) // args.sw_batch_size)
+  print(
+    f"volume {args.shape} x1, window {window}, overlap {args.overlap}, "
+    f"mode {args.mode}, sw_batch_size {args.sw_batch_size}: "
+    f"{len(starts)} windows in {num_batches} batches; U-Net widths "
+    f"{args.features}, norm {args.norm}, {args.num_classes} classes"
+  )
+  print(
+    f"jax {jax.__version__} on {jax.devices()[0].platform}, "
+    f"{os.cpu_count()} CPUs"
+  )
+
+  # ---- medseg_jax ---------------------------------------------------------
+  model = models.get_model(
+    "unet",
+    num_classes=args.num_classes,
+    spatial_dims=3,
+    in_channels=1,
+    features=args.features,
+    norm=args.norm,
+  )
+  variables = model.init(
+    jax.random.key(0),
+    jnp.zeros((1, *window, 1), jnp.float32),
+    train=False,
+  )
+  predict_fn = inference.make_window_predictor(model, variables)
+  image_dev = jnp.asarray(image)
+
+  def run_jax(accumulate):
+    out = inference.sliding_window_predict(
+      predict_fn,
+      image_dev,
+      window=window,
+      overlap=args.overlap,
+      sw_batch_size=args.sw_batch_size,
+      mode=args.mode,
+      accumulate=accumulate,
+    )
+    return jax.block_until_ready(out)
+
+  windows = jnp.asarray(
+    rng.standard_normal((args.sw_batch_size, *window, 1)).astype(np.float32)
+  )
+
+  def run_jax_net():
+    for _ in range(num_batches):
+      jax.block_until_ready(predict_fn(windows))
+
+  runs = {"medseg_jax (device accumulation)": lambda: run_jax("device")}
+  if not args.skip_host:
+    runs["medseg_jax (host accumulation)"] = lambda: run_jax("host")
+  runs["medseg_jax network only"] = run_jax_net
+
+  # ---- MONAI --------------------------------------------------------------
+  if not args.skip_monai:
+    import monai  # noqa: PLC0415
+    import torch  # noqa: PLC0415
+    from monai.inferers import sliding_window_inference  # noqa: PLC0415
+
+    print(
+      f"torch {torch.__version__} ({torch.get_num_threads()} threads), "
+      f"monai {monai.__version__}"
+    )
+    torch.manual_seed(0)
+    net = make_torch_unet(args.features, 1, args.num_classes, args.norm)
+    image_t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0)))
+    image_t = image_t[None]  # [1, C, D, H, W]
+    windows_t = torch.from_numpy(
+      np.ascontiguousarray(np.moveaxis(np.asarray(windows), -1, 1))
+    )
+
+    def torch_predictor(x):
+      return torch.softmax(net(x), dim=1)
+
+    def run_monai():
+      with torch.inference_mode():
+        return sliding_window_inference(
+          image_t,
+          roi_size=window,
+          sw_batch_size=args.sw_batch_size,
+          predictor=torch_predictor,
+          overlap=args.overlap,
+          mode=args.mode,
+          sigma_scale=0.125,
+        )
+
+    def run_torch_net():
+      with torch.inference_mode():
+        for _ in range(num_batches):
+          torch_predictor(windows_t)
+
+    runs["MONAI"] = run_monai
+    runs["PyTorch network only"] = run_torch_net
+
+  # Warm-up (compilation, allocator), then interleaved timed runs.
+  for name, fn in runs.items():
+    t0 = time.perf_counter()
+    fn()
+    print(f"warm-up {name}: {time.perf_counter() - t0:.2f} s", flush=True)
+  times = {name: [] for name in runs}
+  for _ in range(args.repeats):
+    for name, fn in runs.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+  median = {name: statistics.median(t) for name, t in times.items()}
+  print()
+  print(f"median of {args.repeats} runs (all runs in s):")
+  for name, t in times.items():
+    runs_text = ", ".join(f"{x:.2f}" for x in t)
+    print(f"  {name:36s} {median[name]:8.2f} s   [{runs_text}]")
+  jax_best = min(v for k, v in median.items() if k.startswith("medseg_jax ("))
+  for name in median:
+    if name.startswith("medseg_jax ("):
+      net = median["medseg_jax network only"]
+      print(
+        f"  {name}: blending overhead {median[name] - net:.2f} s "
+        f"beyond the network"
+      )
+  if "MONAI" in median:
+    overhead = median["MONAI"] - median["PyTorch network only"]
+    print(f"  MONAI: blending overhead {overhead:.2f} s beyond the network")
+    print()
+    print(
+      f"speed ratio MONAI / medseg_jax (best accumulation): "
+      f"{median['MONAI'] / jax_best:.2f}x "
+      f"(network alone: "
+      f"{median['PyTorch network only'] / median['medseg_jax network only']:.2f}x)"
+    )
+
+
+if __name__ == "__main__":
+  main()
