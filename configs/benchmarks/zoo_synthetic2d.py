@@ -1,0 +1,36 @@
+r"""Deep models side by side with classical methods on the 2-D phantoms.
+
+  python -m medseg_jax.benchmark --suite=configs/benchmarks/zoo_synthetic2d.py
+
+Every zoo model at its CPU-sized preset, 600 steps, 2 seeds; Otsu,
+watershed and random walker fitted on the training split.
+"""
+
+MODELS = ("unet", "attention_unet", "deeplabv3plus", "deeplabv3", "fcn8s")
+
+
+def get_suite():
+  experiments = [
+    dict(name=model, config=f"configs/zoo.py:model={model}", seeds=(0, 1))
+    for model in MODELS
+  ]
+  config = "configs/unet_synthetic.py"
+  baselines = [
+    dict(
+      name=name,
+      method=method,
+      config=config,
+      kwargs=dict(num_clusters=4, fit_mapping=True),
+    )
+    for name, method in (
+      ("Otsu", "otsu"),
+      ("Watershed", "watershed"),
+      ("Random walker", "random_walker"),
+    )
+  ]
+  return dict(
+    name="zoo_synthetic2d",
+    split="test",
+    experiments=experiments,
+    baselines=baselines,
+  )

@@ -1,0 +1,92 @@
+"""Tests for the suite runner `medseg_jax.benchmark`."""
+
+import math
+import textwrap
+
+import pytest
+
+from medseg_jax import benchmark
+
+
+def _write_suite(path, body):
+  path.write_text(textwrap.dedent(body))
+  return str(path)
+
+
+def test_load_suite_checks_its_fields(tmp_path):
+  with pytest.raises(FileNotFoundError):
+    benchmark.load_suite(str(tmp_path / "absent.py"))
+  no_fn = _write_suite(tmp_path / "a.py", "X = 1\n")
+  with pytest.raises(ValueError, match="get_suite"):
+    benchmark.load_suite(no_fn)
+  repeated = _write_suite(
+    tmp_path / "b.py",
+    """
+    def get_suite():
+      e = dict(name="m", config="configs/unet_synthetic.py")
+      return dict(name="s", experiments=[e, e])
+    """,
+  )
+  with pytest.raises(ValueError, match="repeats"):
+    benchmark.load_suite(repeated)
+
+
+def test_shipped_suites_load():
+  for name in ("data_size_synthetic2d", "zoo_synthetic2d", "isbi_kfold"):
+    suite = benchmark.load_suite(f"configs/benchmarks/{name}.py")
+    assert suite.experiments
+
+
+def test_tables_and_plot(tmp_path):
+  rows = [
+    benchmark.Row(
+      "A", "model", [0.9, 0.8], [1.0, 3.0], [0.85], 60.0, 1234, "x"
+    ),
+    benchmark.Row(
+      "B", "baseline", [0.5, math.nan], [math.nan, 2.0], [0.5], 1.0, None, "y"
+    ),
+  ]
+  markdown = benchmark.write_tables(rows, tmp_path)
+  assert "| A | 0.850 ± 0.050 | 2.00 ± 1.00 | 0.850 | 1.0 min | 1,234 |" in (
+    markdown
+  )
+  assert "| B | 0.500 ± 0.000 | 2.00 ± 0.00 |" in markdown
+  assert (tmp_path / "results.csv").read_text().count("\n") == 3
+  assert (tmp_path / "dice.png").stat().st_size > 0
+
+
+def test_suite_end_to_end(tmp_path, synthetic_2d_dir, monkeypatch):
+  """One tiny model run and one baseline, through the real entry points."""
+  monkeypatch.setenv("MEDSEG_DATA_DIR", str(synthetic_2d_dir))
+  suite = benchmark.load_suite(
+    _write_suite(
+      tmp_path / "suite.py",
+      """
+      def get_suite():
+        tiny = {"model.features": (4, 8), "data.patch_size": (32, 32),
+                "num_train_steps": 4, "eval_every_steps": 4,
+                "checkpoint_every_steps": 4, "test_split": "test[:3]",
+                "num_overlays": 1}
+        return dict(
+          name="tiny",
+          experiments=[dict(name="unet", seeds=(0,), overrides=tiny,
+                            config="configs/unet_synthetic.py:runlocal")],
+          baselines=[dict(name="otsu", method="otsu",
+                          config="configs/unet_synthetic.py",
+                          overrides={"test_split": "test[:3]"},
+                          kwargs=dict(num_clusters=4, fit_mapping=True),
+                          fit_cases=4)],
+        )
+      """,
+    )
+  )
+  model = benchmark.run_experiment(
+    suite.experiments[0], tmp_path / "runs", "test", dry_run=False
+  )
+  assert len(model.dice) == 3 and model.params > 0
+  assert all(0 <= d <= 1 for d in model.dice)
+  baseline = benchmark.run_baseline(suite.baselines[0], "test")
+  assert len(baseline.dice) == 3
+  assert baseline.dice[0] > 0.3  # Otsu finds the bright organ at least.
+  markdown = benchmark.write_tables([model, baseline], tmp_path / "out")
+  assert "| unet |" in markdown and "| otsu |" in markdown
