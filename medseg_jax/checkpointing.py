@@ -166,6 +166,19 @@ def load_params(
   Used for ``config.init_from``: only the weights are taken, not the
   optimizer, step or data position.
   """
+  params, batch_stats, _ = load_weights(directory, which)
+  return params, batch_stats
+
+
+def load_weights(
+  directory: str | epath.Path, which: str = "latest"
+) -> tuple[Any, Any, int]:
+  """Reads ``(params, batch_stats, step)`` of checkpoint ``which``.
+
+  Args:
+    directory: a run's work dir, or its ``checkpoints`` folder.
+    which: ``"latest"``, ``"best"`` (highest validation Dice) or a step.
+  """
   directory = absolute(directory)
   if (directory / "checkpoints").exists():
     directory = directory / "checkpoints"
@@ -183,4 +196,4 @@ def load_params(
     state = dataclasses.asdict(state)
   if "params" not in state:
     raise ValueError(f"Checkpoint {directory}/{step} has no 'params'.")
-  return state["params"], state.get("batch_stats") or {}
+  return state["params"], state.get("batch_stats") or {}, step
