@@ -98,6 +98,33 @@ def get_dataset_spec(
     ) from None
 
 
+def input_preprocessing(
+  name: str,
+  data_dir: str | os.PathLike[str],
+  manual_dir: str | os.PathLike[str] | None = None,
+) -> Any:
+  """The build-time `preprocessing.Preprocessing` of a dataset, or None.
+
+  What a new case (e.g. for `python -m medseg_jax.predict`) must go through
+  to look like the stored training data: reorientation, cropping,
+  resampling and intensity normalisation. None for datasets that store
+  their images as read (the synthetic phantoms, ISBI 2012).
+  """
+  if name == FROM_FOLDER:
+    return from_folder.load_dataset_json(_folder(manual_dir)).preprocessing()
+  spec = get_dataset_spec(name)
+  builder = tfds.builder(spec.tfds_name, data_dir=os.fspath(data_dir))
+  for owner, attribute in (
+    (builder, "PREPROCESSING"),
+    (builder, "preprocessing"),
+    (builder.builder_config, "preprocess"),
+  ):
+    value = getattr(owner, attribute, None) if owner is not None else None
+    if value is not None:
+      return value
+  return None
+
+
 def _folder(manual_dir: str | os.PathLike[str] | None) -> str:
   if not manual_dir:
     raise ValueError(

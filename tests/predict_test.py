@@ -1,0 +1,114 @@
+"""Tests for `python -m medseg_jax.predict`."""
+
+import subprocess
+import sys
+
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+
+from configs import unet_folder
+from medseg_jax import predict
+from medseg_jax import train
+from medseg_jax.data import medical_io
+from medseg_jax.data.from_folder import dummy_data
+
+
+def _trained(tmp_path_factory, fmt, patch):
+  root = tmp_path_factory.mktemp(fmt)
+  folder = dummy_data.make_dummy_data(root / "raw", fmt=fmt, num_cases=4)
+  config = unet_folder.get_config(f"folder={folder},patch={patch},runlocal")
+  config.data_dir = str(root / "tfds")
+  config.num_train_steps = 2
+  config.eval_every_steps = 2
+  config.checkpoint_every_steps = 2
+  config.eval.surface_metrics = False
+  train.train_and_evaluate(config, str(root / "run"))
+  return config, root / "run", folder
+
+
+@pytest.fixture(scope="module")
+def nifti_run(tmp_path_factory):
+  return _trained(tmp_path_factory, "nifti", 8)
+
+
+@pytest.fixture(scope="module")
+def png_run(tmp_path_factory):
+  return _trained(tmp_path_factory, "png", 16)
+
+
+def test_nifti_round_trip_keeps_shape_affine_and_orientation(
+  nifti_run, tmp_path
+):
+  config, workdir, folder = nifti_run
+  # A 2-channel case as one 4-D NIfTI in another orientation (LPS-like)
+  # and shape than the training data.
+  rng = np.random.default_rng(0)
+  data = rng.normal(100, 20, size=(9, 11, 6, 2)).astype(np.float32)
+  affine = np.array(
+    [[-1.5, 0, 0, 20], [0, -1.0, 0, 14], [0, 0, 2.0, -5], [0, 0, 0, 1]]
+  )
+  source = tmp_path / "new_case.nii.gz"
+  medical_io.write_nifti(source, data, affine)
+  written, failed = predict.predict_all(
+    config, str(workdir), [str(source)], str(tmp_path / "out"), "latest"
+  )
+  assert not failed
+  assert written == [tmp_path / "out" / "new_case_seg.nii.gz"]
+  mask = nib.load(written[0])
+  assert mask.shape == (9, 11, 6)
+  np.testing.assert_allclose(mask.affine, affine)
+  assert nib.aff2axcodes(mask.affine) == nib.aff2axcodes(affine)
+  values = np.unique(np.asarray(mask.dataobj))
+  assert set(values.tolist()) <= {0, 1}
+
+
+def test_png_in_png_out_and_bad_inputs_are_skipped(png_run, tmp_path):
+  config, workdir, folder = png_run
+  good = sorted((folder / "images").glob("*.png"))[0]
+  broken = tmp_path / "broken.png"
+  broken.write_bytes(good.read_bytes()[:40])
+  gray = tmp_path / "gray.png"
+  Image.fromarray(np.zeros((12, 10), np.uint8)).save(gray)
+  written, failed = predict.predict_all(
+    config,
+    str(workdir),
+    [str(broken), str(good), str(gray), str(tmp_path / "absent.nii.gz")],
+    str(tmp_path / "out"),
+    "latest",
+  )
+  assert [p.name for p in written] == [f"{good.stem}_seg.png"]
+  mask = np.asarray(Image.open(written[0]))
+  assert mask.shape == np.asarray(Image.open(good)).shape[:2]
+  reasons = dict(failed)
+  assert "broken.png" in reasons[str(broken)]
+  assert "channel" in reasons[str(gray)]
+  assert "no such file" in reasons[str(tmp_path / "absent.nii.gz")]
+
+
+def test_command_line_exit_code_says_some_failed(png_run, tmp_path, repo_root):
+  config, workdir, folder = png_run
+  good = sorted((folder / "images").glob("*.png"))[0]
+  result = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "medseg_jax.predict",
+      f"--config=configs/unet_folder.py:folder={folder},patch=16,runlocal",
+      f"--config.data_dir={config.data_dir}",
+      f"--workdir={workdir}",
+      "--checkpoint=latest",
+      f"--output={tmp_path}",
+      f"--input={good}",
+      f"--input={tmp_path / 'absent.png'}",
+    ],
+    cwd=repo_root,
+    capture_output=True,
+    text=True,
+    timeout=600,
+    check=False,
+  )
+  assert result.returncode == 1, result.stderr[-2000:]
+  assert "1 mask(s) written" in result.stdout and "1 failed" in result.stdout
+  assert (tmp_path / f"{good.stem}_seg.png").is_file()
