@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 DEMO_WORKDIR ?= workdirs/demo
 export MEDSEG_DATA_DIR ?= $(CURDIR)/data_cache/tensorflow_datasets
 
-.PHONY: demo test lint format clean-demo
+.PHONY: demo test lint format clean-demo bench-deps
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,11 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest tests
+
+# torch (CPU wheel) and monai, for the benchmarks' peer columns only.
+bench-deps: $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-bench.txt \
+	  --extra-index-url https://download.pytorch.org/whl/cpu
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check medseg_jax configs tests benchmarks
