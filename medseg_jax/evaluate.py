@@ -31,21 +31,6 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "The run's config file (path.py[:arg])."
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The run's work dir.")
-_CHECKPOINT = flags.DEFINE_string(
-  "checkpoint", "best", "best, latest, or a step number."
-)
-_SPLIT = flags.DEFINE_string(
-  "split", "test", "train, validation, test, or a TFDS split string."
-)
-_OUTPUT_DIR = flags.DEFINE_string(
-  "output_dir", None, "Default: <workdir>/eval."
-)
-flags.mark_flags_as_required(["config", "workdir"])
-
 
 def resolve_split(config, split: str) -> str:
   """Maps a split role to the config's split string."""
@@ -161,17 +146,32 @@ def evaluate_run(
   return summary
 
 
+def _define_flags():
+  """Flags exist only when run as a program, so tests can import this."""
+  config_flags.DEFINE_config_file(
+    "config", None, "The run's config file (path.py[:arg])."
+  )
+  flags.DEFINE_string("workdir", None, "The run's work dir.")
+  flags.DEFINE_string("checkpoint", "best", "best, latest, or a step number.")
+  flags.DEFINE_string(
+    "split", "test", "train, validation, test, or a TFDS split string."
+  )
+  flags.DEFINE_string("output_dir", None, "Default: <workdir>/eval.")
+  flags.mark_flags_as_required(["config", "workdir"])
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   evaluate_run(
-    _CONFIG.value,
-    _WORKDIR.value,
-    checkpoint=_CHECKPOINT.value,
-    split=_SPLIT.value,
-    output_dir=_OUTPUT_DIR.value,
+    flags.FLAGS.config,
+    flags.FLAGS.workdir,
+    checkpoint=flags.FLAGS.checkpoint,
+    split=flags.FLAGS.split,
+    output_dir=flags.FLAGS.output_dir,
   )
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)

@@ -37,19 +37,6 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-  "config", None, "The run's config file (path.py[:arg])."
-)
-_WORKDIR = flags.DEFINE_string("workdir", None, "The trained run.")
-_CHECKPOINT = flags.DEFINE_string(
-  "checkpoint", "best", "best, latest, or a step number."
-)
-_INPUT = flags.DEFINE_multi_string(
-  "input", [], "Input file or DICOM directory; repeat for several."
-)
-_OUTPUT = flags.DEFINE_string("output", None, "Output directory.")
-flags.mark_flags_as_required(["config", "workdir", "output"])
-
 
 def output_path(source: pathlib.Path, output_dir: pathlib.Path) -> pathlib.Path:
   """Where the mask of `source` goes (see the module docstring)."""
@@ -184,15 +171,33 @@ def predict_all(
   return written, failed
 
 
+def _define_flags():
+  """Flags exist only when run as a program, so tests can import this."""
+  config_flags.DEFINE_config_file(
+    "config", None, "The run's config file (path.py[:arg])."
+  )
+  flags.DEFINE_string("workdir", None, "The trained run.")
+  flags.DEFINE_string("checkpoint", "best", "best, latest, or a step number.")
+  flags.DEFINE_multi_string(
+    "input", [], "Input file or DICOM directory; repeat for several."
+  )
+  flags.DEFINE_string("output", None, "Output directory.")
+  flags.mark_flags_as_required(["config", "workdir", "output"])
+
+
 def main(argv):
-  inputs = list(_INPUT.value) + list(argv[1:])
+  inputs = list(flags.FLAGS.input) + list(argv[1:])
   if not inputs:
     raise app.UsageError("Give at least one --input.")
   written, failed = predict_all(
-    _CONFIG.value, _WORKDIR.value, inputs, _OUTPUT.value, _CHECKPOINT.value
+    flags.FLAGS.config,
+    flags.FLAGS.workdir,
+    inputs,
+    flags.FLAGS.output,
+    flags.FLAGS.checkpoint,
   )
   print(
-    f"{len(written)} mask(s) written to {_OUTPUT.value}; {len(failed)} failed."
+    f"{len(written)} mask(s) written to {flags.FLAGS.output}; {len(failed)} failed."
   )
   for item, message in failed:
     print(f"  {item}: {message}")
@@ -201,4 +206,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+  _define_flags()
   app.run(main)
