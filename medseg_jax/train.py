@@ -340,7 +340,15 @@ def train_and_evaluate(
   latest = manager.latest_step()
   if latest is not None:
     logging.info("Resuming from %s step %d.", manager.directory, latest)
-    state, iter_state = checkpointing.restore(manager, latest, state)
+    try:
+      state, iter_state = checkpointing.restore(manager, latest, state)
+    except ValueError as e:
+      raise ValueError(
+        f"The checkpoint at step {latest} in {workdir} does not fit this "
+        "config's model or optimizer (was the run started with another "
+        "config?). Resume with the config it was trained with, or use a new "
+        f"--workdir. Orbax says: {str(e)[:300]}"
+      ) from e
     if iter_state:
       train_iter.set_state(iter_state)
   elif config.get("resume_from"):

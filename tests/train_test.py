@@ -309,3 +309,11 @@ def test_relative_workdir_and_data_dir(data_dir, tmp_path, monkeypatch):
   train.train_and_evaluate(config, "runs/relative")
   assert (tmp_path / "runs" / "relative" / "checkpoints" / "2").is_dir()
   assert checkpointing.load_params("runs/relative")[0]
+
+
+def test_resuming_with_another_model_is_explained(tmp_path, data_dir):
+  train.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
+  wider = tiny_config(data_dir, **{"model.features": (8, 16)})
+  wider.num_train_steps = 8
+  with pytest.raises(ValueError, match="does not fit this config's model"):
+    train.train_and_evaluate(wider, str(tmp_path))
