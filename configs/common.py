@@ -124,12 +124,14 @@ def shrink_for_local_run(config: ml_collections.ConfigDict) -> None:
 
 
 def apply_data_args(config: ml_collections.ConfigDict, args) -> None:
-  """Applies the shared experiment arguments ``percent`` and ``seed``.
+  """Applies the shared experiment arguments ``percent``, ``seed``, ``fg``.
 
   ``percent`` (1-100) keeps that share of the training split (the first
   cases of it, so smaller shares are subsets of larger ones), for studies of
   how the amount of labelled data changes the result. ``seed`` sets the run
-  seed (initialisation and data order).
+  seed (initialisation and data order). ``fg`` (0-1) is the share of
+  training patches centred on a foreground voxel (see
+  ``transforms.RandomCropOrPad``).
   """
   percent = args.get("percent", 100)
   if not 0 < percent <= 100:
@@ -137,3 +139,12 @@ def apply_data_args(config: ml_collections.ConfigDict, args) -> None:
   config.data.train_percent = percent
   if args.get("seed", -1) >= 0:
     config.seed = args.seed
+  share = args.get("fg", -1.0)
+  if share >= 0:
+    transforms = []
+    for spec in config.data.train_transforms:
+      spec = dict(spec)
+      if spec["op"] == "random_crop_or_pad":
+        spec["foreground_share"] = share
+      transforms.append(spec)
+    config.data.train_transforms = transforms

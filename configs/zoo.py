@@ -13,7 +13,8 @@ count tests check). Data (``data=``): ``synthetic2d`` (default),
 ``synthetic3d``, ``isbi`` (needs ``--config.manual_dir``, default
 ``../shared/data/isbi2012_em_membrane``). Add ``runlocal`` for a
 seconds-long smoke run, ``percent=`` to train on a share of the training
-split, ``seed=``, and ``fold=0..4`` for ISBI cross-validation.
+split, ``seed=``, ``fold=0..4`` for ISBI cross-validation, and ``fg=0.33``
+for a share of foreground-centred training patches.
 """
 
 import ml_collections
@@ -121,6 +122,7 @@ def get_config(arg=None):
     percent=100,
     seed=-1,
     fold=-1,
+    fg=-1.0,
   )
   if args.model not in MODELS:
     raise ValueError(
