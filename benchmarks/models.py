@@ -30,14 +30,64 @@ from medseg_jax import models  # noqa: E402
 
 # (label, registry name, constructor kwargs, input shape [B, *S, C]).
 ENTRIES = [
-  ("unet", "unet", dict(features=(16, 32, 64, 128), norm="instance"), (8, 128, 128, 1)),
-  ("unet_paper", "unet", dict(features=(64, 128, 256, 512, 1024), norm="none"), (1, 512, 512, 1)),
-  ("attention_unet", "attention_unet", dict(features=(16, 32, 64, 128)), (8, 128, 128, 1)),
-  ("fcn8s_vgg16_w0.25", "fcn", dict(variant="8s", backbone="vgg16", width=0.25), (8, 128, 128, 1)),
-  ("deeplabv3_r50_w0.25", "deeplabv3", dict(backbone="resnet50", width=0.25, aspp_features=64), (8, 128, 128, 1)),
-  ("deeplabv3plus_r50_w0.25", "deeplabv3plus", dict(backbone="resnet50", width=0.25, aspp_features=64), (8, 128, 128, 1)),
-  ("unet3d", "unet", dict(features=(4, 8, 16, 32), norm="instance", double_within_level=True, spatial_dims=3), (4, 32, 32, 32, 1)),
-  ("vnet", "vnet", dict(features=(8, 16, 32, 64), convs=(1, 2, 2, 2), norm="instance", spatial_dims=3), (2, 32, 32, 32, 1)),
+  (
+    "unet",
+    "unet",
+    dict(features=(16, 32, 64, 128), norm="instance"),
+    (8, 128, 128, 1),
+  ),
+  (
+    "unet_paper",
+    "unet",
+    dict(features=(64, 128, 256, 512, 1024), norm="none"),
+    (1, 512, 512, 1),
+  ),
+  (
+    "attention_unet",
+    "attention_unet",
+    dict(features=(16, 32, 64, 128)),
+    (8, 128, 128, 1),
+  ),
+  (
+    "fcn8s_vgg16_w0.25",
+    "fcn",
+    dict(variant="8s", backbone="vgg16", width=0.25),
+    (8, 128, 128, 1),
+  ),
+  (
+    "deeplabv3_r50_w0.25",
+    "deeplabv3",
+    dict(backbone="resnet50", width=0.25, aspp_features=64),
+    (8, 128, 128, 1),
+  ),
+  (
+    "deeplabv3plus_r50_w0.25",
+    "deeplabv3plus",
+    dict(backbone="resnet50", width=0.25, aspp_features=64),
+    (8, 128, 128, 1),
+  ),
+  (
+    "unet3d",
+    "unet",
+    dict(
+      features=(4, 8, 16, 32),
+      norm="instance",
+      double_within_level=True,
+      spatial_dims=3,
+    ),
+    (4, 32, 32, 32, 1),
+  ),
+  (
+    "vnet",
+    "vnet",
+    dict(
+      features=(8, 16, 32, 64),
+      convs=(1, 2, 2, 2),
+      norm="instance",
+      spatial_dims=3,
+    ),
+    (2, 32, 32, 32, 1),
+  ),
 ]
 
 
@@ -45,7 +95,9 @@ def _flops(compiled) -> float:
   analysis = compiled.cost_analysis()
   if isinstance(analysis, list):
     analysis = analysis[0]
-  return float(analysis.get("flops", float("nan"))) if analysis else float("nan")
+  return (
+    float(analysis.get("flops", float("nan"))) if analysis else float("nan")
+  )
 
 
 def _time(fn, *args, repeats: int) -> float:
@@ -81,8 +133,11 @@ def measure(name, kwargs, shape, repeats):
   def train_step(variables, opt_state, x):
     def objective(params):
       logits, updates = model.apply(
-        {**variables, "params": params}, x, train=True,
-        mutable=["batch_stats"], rngs={"dropout": jax.random.key(1)},
+        {**variables, "params": params},
+        x,
+        train=True,
+        mutable=["batch_stats"],
+        rngs={"dropout": jax.random.key(1)},
       )
       return jnp.mean(loss_fn(logits, labels, mask)), updates
 

@@ -36,8 +36,12 @@ def workdir_for(root: pathlib.Path, config: str) -> pathlib.Path:
 def run(config: str, root: pathlib.Path, extra: list[str]) -> dict:
   workdir = workdir_for(root, config)
   cmd = [
-    sys.executable, "-m", "medseg_jax.main", f"--config={config}",
-    f"--workdir={workdir}", *extra,
+    sys.executable,
+    "-m",
+    "medseg_jax.main",
+    f"--config={config}",
+    f"--workdir={workdir}",
+    *extra,
   ]
   start = time.time()
   result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
@@ -80,7 +84,9 @@ def main():
       flush=True,
     )
   print()
-  print("| config | split | per-class Dice (mean ± std) | mean fg Dice | wall time |")
+  print(
+    "| config | split | per-class Dice (mean ± std) | mean fg Dice | wall time |"
+  )
   print("|---|---|---|---|---|")
   for row in rows:
     if "error" in row:
