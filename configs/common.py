@@ -61,6 +61,11 @@ def base_config() -> ml_collections.ConfigDict:
     dict(op="random_flip", axes=(0, 1)),
   ]
 
+  # On-device augmentation inside the jitted train step, per example:
+  # [dict(op="elastic", p=0.3, magnitude=(0, 8)), ...]; see
+  # medseg_jax/augment (unknown ops or bad ranges fail at start-up).
+  config.augment = []
+
   config.model = ml_collections.ConfigDict()
   config.model.name = "unet"
   config.model.features = (32, 64, 128, 256)

@@ -33,6 +33,7 @@ from etils import epath
 from flax import struct
 from flax.training import train_state
 
+from medseg_jax import augment as augment_lib
 from medseg_jax import checkpointing
 from medseg_jax import losses as losses_lib
 from medseg_jax import models as models_lib
@@ -175,9 +176,18 @@ def _train_step(
   *,
   loss_fn,
   schedule,
+  augment=None,
 ) -> tuple[TrainState, TrainMetrics, jax.Array]:
-  """One optimisation step; pure, so it is compiled once and donated."""
+  """One optimisation step; pure, so it is compiled once and donated.
+
+  With ``augment`` (a ``medseg_jax.augment.Augment``), the batch is
+  augmented on the device first, per example, from a key that depends only
+  on the seed and the step, so a resumed run sees the same batches.
+  """
   rng = jax.random.fold_in(rng, state.step)
+  if augment is not None:
+    rng, augment_rng = jax.random.split(rng)
+    batch = augment(augment_rng, batch)
 
   def objective(params):
     variables = {"params": params}
@@ -383,8 +393,16 @@ def train_and_evaluate(
   # --------------------------------------------------------------------------
   # Jitted functions: the state is donated so its buffers are reused.
   # --------------------------------------------------------------------------
+  augment_specs = list(config.get("augment", None) or [])
+  augment = (
+    augment_lib.build(augment_specs, spatial_shape=config.data.patch_size)
+    if augment_specs
+    else None
+  )
   train_step = jax.jit(
-    functools.partial(_train_step, loss_fn=loss_fn, schedule=schedule),
+    functools.partial(
+      _train_step, loss_fn=loss_fn, schedule=schedule, augment=augment
+    ),
     in_shardings=(state_sharding, sharding.data_sharded(mesh), replicated),
     out_shardings=(state_sharding, replicated, replicated),
     donate_argnums=(0,),

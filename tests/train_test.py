@@ -317,3 +317,33 @@ def test_resuming_with_another_model_is_explained(tmp_path, data_dir):
   wider.num_train_steps = 8
   with pytest.raises(ValueError, match="does not fit this config's model"):
     train.train_and_evaluate(wider, str(tmp_path))
+
+
+AUGMENT = [
+  dict(op="flip", p=0.5),
+  dict(op="affine", p=0.5, rotation=(-10, 10)),
+  dict(op="gamma", p=0.5, gamma=(0.8, 1.2)),
+]
+
+
+def test_on_device_augmentation_is_deterministic_and_changes_training(
+  tmp_path, data_dir
+):
+  plain = train.train_and_evaluate(tiny_config(data_dir), str(tmp_path / "a"))
+  del plain
+  augmented = tiny_config(data_dir, augment=AUGMENT)
+  train.train_and_evaluate(augmented, str(tmp_path / "b"))
+  train.train_and_evaluate(augmented, str(tmp_path / "c"))
+  a, b, c = (final_params(tmp_path / x) for x in "abc")
+  assert max_abs_diff(b, c) == 0.0  # Same seed and steps: same batches.
+  assert max_abs_diff(a, b) > 0.0  # The augmentation did something.
+  assert train_losses(tmp_path / "b") == train_losses(tmp_path / "c")
+
+
+def test_bad_augmentation_fails_at_start_up(tmp_path, data_dir):
+  config = tiny_config(data_dir, augment=[dict(op="swirl", p=0.5)])
+  with pytest.raises(ValueError, match="swirl"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists() or not any(
+    (tmp_path / "checkpoints").iterdir()
+  )
