@@ -20,6 +20,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from medseg_jax.data import checks
+from medseg_jax.data import medical_builder
 
 CLASS_NAMES = ("cell_interior", "membrane")
 NUM_SLICES = 30
@@ -231,7 +232,9 @@ def _find_source(manual_dir: os.PathLike[str] | str) -> _Source:
   )
 
 
-class Isbi2012Em(tfds.core.GeneratorBasedBuilder):
+class Isbi2012Em(
+  medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder
+):
   """ISBI 2012 EM membrane segmentation (30 labelled 512 x 512 sections).
 
   Splits are fixed: `train` = slices 0-23, `validation` = slices 24-29, a
@@ -246,11 +249,6 @@ class Isbi2012Em(tfds.core.GeneratorBasedBuilder):
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
-
-  def __init__(self, *, file_format: str | None = None, **kwargs: Any):
-    # `tfds.data_source(name, data_dir=...)` passes no file format, and
-    # TFDS would then default to TFRecord, which has no random access.
-    super().__init__(file_format=file_format or "array_record", **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(

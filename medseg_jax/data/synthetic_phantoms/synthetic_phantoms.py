@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from medseg_jax.data import checks
+from medseg_jax.data import medical_builder
 from medseg_jax.data import phantoms
 
 # Split sizes of the registered configs. Change them here (and bump VERSION).
@@ -67,7 +68,9 @@ class SyntheticPhantomsConfig(tfds.core.BuilderConfig):
   seed: int = 0
 
 
-class SyntheticPhantoms(tfds.core.GeneratorBasedBuilder):
+class SyntheticPhantoms(
+  medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder
+):
   """Synthetic organ / lesion / vessel phantoms in 2-D and 3-D.
 
   Configs:
@@ -101,11 +104,6 @@ class SyntheticPhantoms(tfds.core.GeneratorBasedBuilder):
     ),
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "2d"
-
-  def __init__(self, *, file_format: str | None = None, **kwargs: Any):
-    # `tfds.data_source(name, data_dir=...)` passes no file format, and
-    # TFDS would then default to TFRecord, which has no random access.
-    super().__init__(file_format=file_format or "array_record", **kwargs)
 
   def _info(self) -> tfds.core.DatasetInfo:
     config = self.builder_config
