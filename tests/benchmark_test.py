@@ -81,7 +81,7 @@ def test_suite_end_to_end(tmp_path, synthetic_2d_dir, monkeypatch):
     )
   )
   model = benchmark.run_experiment(
-    suite.experiments[0], tmp_path / "runs", "test", dry_run=False
+    suite.experiments[0], tmp_path / "runs", dry_run=False
   )
   assert len(model.dice) == 3 and model.params > 0
   assert all(0 <= d <= 1 for d in model.dice)
