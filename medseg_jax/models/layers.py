@@ -97,6 +97,140 @@ def make_norm(
   return lambda x: x
 
 
+CONV_IMPLS = ("auto", "xla", "depth_stacked")
+
+
+def conv_impl_for(
+  impl: str, *, spatial_dims: int, kernel_size: int, strides: int, padding: str
+) -> str:
+  """Resolves a convolution implementation name to the one that runs.
+
+  `"depth_stacked"` applies to 3-D, stride-1, `"SAME"` convolutions with an
+  odd kernel larger than 1; anything else falls back to `"xla"`. `"auto"`
+  picks `"depth_stacked"` where it applies and the default backend is the
+  CPU (where it is 3-14x faster, forward plus backward, measured in
+  `benchmarks/conv3d.py`), and `"xla"` otherwise.
+  """
+  if impl not in CONV_IMPLS:
+    raise ValueError(
+      f"Unknown conv impl {impl!r}; expected one of {CONV_IMPLS}."
+    )
+  stackable = (
+    spatial_dims == 3
+    and strides == 1
+    and padding == "SAME"
+    and kernel_size % 2 == 1
+    and kernel_size > 1
+  )
+  if not stackable or impl == "xla":
+    return "xla"
+  if impl == "auto" and jax.default_backend() != "cpu":
+    return "xla"
+  return "depth_stacked"
+
+
+def depth_stacked_conv3d(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """A stride-1 'SAME' k^3 convolution computed as one 2-D convolution.
+
+  The k depth taps are moved into the channel axis: the depth-padded input
+  is stacked with its k depth shifts (`[B, D, H, W, k * C]`), depth is folded
+  into the batch, and a k x k 2-D convolution with `k * C` input channels
+  does the rest. The result equals `lax.conv_general_dilated` on the 3-D
+  input up to float rounding. XLA:CPU lowers 2-D convolutions to a fast
+  Eigen kernel but 3-D ones to a much slower generic loop, so this trades
+  k times the input memory for a 3-14x faster convolution on the CPU.
+
+  Args:
+    x: `f[B, D, H, W, C]`.
+    kernel: `f[k, k, k, C, F]` (depth, height, width, in, out), k odd.
+
+  Returns:
+    `f[B, D, H, W, F]`.
+  """
+  k = kernel.shape[0]
+  r = k // 2
+  b, d, h, w, c = x.shape
+  padded = jnp.pad(x, ((0, 0), (r, r), (0, 0), (0, 0), (0, 0)))
+  stacked = jnp.concatenate([padded[:, i : i + d] for i in range(k)], axis=-1)
+  stacked = stacked.reshape(b * d, h, w, k * c)
+  # [kd, kh, kw, C, F] -> [kh, kw, kd * C, F], matching the stacking order.
+  kernel_2d = kernel.transpose(1, 2, 0, 3, 4).reshape(k, k, k * c, -1)
+  y = jax.lax.conv_general_dilated(
+    stacked,
+    kernel_2d,
+    window_strides=(1, 1),
+    padding="SAME",
+    dimension_numbers=("NHWC", "HWIO", "NHWC"),
+  )
+  return y.reshape(b, d, h, w, -1)
+
+
+class Conv(nn.Module):
+  """A k^d convolution whose parameters match `nn.Conv`'s exactly.
+
+  Same parameter names, shapes and meaning as `nn.Conv(features, (k,) * d,
+  strides, padding)` (`kernel: f32[k, ..., k, C_in, features]`, `bias:
+  f32[features]`), so checkpoints, parameter counts and the torchvision
+  importer see no difference; only the lowering can differ (see
+  `conv_impl_for`).
+
+  Attributes:
+    features: output channels.
+    kernel_size: edge length of the cubic/square kernel.
+    spatial_dims: 2 or 3.
+    strides: stride along every spatial axis.
+    padding: `"SAME"` or `"VALID"`.
+    use_bias: whether to add a bias.
+    kernel_init: kernel initialiser.
+    dtype: computation dtype; parameters are float32.
+    impl: one of `CONV_IMPLS`.
+  """
+
+  features: int
+  kernel_size: int
+  spatial_dims: int = 2
+  strides: int = 1
+  padding: str = "SAME"
+  use_bias: bool = True
+  kernel_init: Callable = conv_init
+  dtype: jax.typing.DTypeLike = jnp.float32
+  impl: str = "auto"
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """Maps `f[B, *S, C_in]` to `f[B, *S / strides, features]`."""
+    d = self.spatial_dims
+    kernel = self.param(
+      "kernel",
+      self.kernel_init,
+      (self.kernel_size,) * d + (x.shape[-1], self.features),
+    )
+    bias = None
+    if self.use_bias:
+      bias = self.param("bias", nn.initializers.zeros, (self.features,))
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    impl = conv_impl_for(
+      self.impl,
+      spatial_dims=d,
+      kernel_size=self.kernel_size,
+      strides=self.strides,
+      padding=self.padding,
+    )
+    if impl == "depth_stacked":
+      y = depth_stacked_conv3d(x, kernel)
+    else:
+      spec = "NDHWC" if d == 3 else "NHWC"
+      kernel_spec = ("DHW" if d == 3 else "HW") + "IO"
+      y = jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=(self.strides,) * d,
+        padding=self.padding,
+        dimension_numbers=(spec, kernel_spec, spec),
+      )
+    return y if bias is None else y + bias
+
+
 def conv(
   features: int,
   kernel_size: int,
@@ -106,8 +240,9 @@ def conv(
   strides: int = 1,
   padding: str = "SAME",
   dtype: jax.typing.DTypeLike = jnp.float32,
+  impl: str = "auto",
   name: str | None = None,
-) -> nn.Conv:
+) -> Conv:
   """A k^d convolution with the house defaults.
 
   He-normal kernel initialisation; a bias only when `norm == "none"` (a
@@ -121,19 +256,21 @@ def conv(
     strides: stride along every spatial axis.
     padding: `"SAME"` or `"VALID"`.
     dtype: computation dtype; parameters are float32.
+    impl: one of `CONV_IMPLS` (see `conv_impl_for`).
     name: name of the child module.
 
   Returns:
-    An `nn.Conv` mapping `f[B, *S, C_in]` to `f[B, *S / strides, features]`.
+    A `Conv` mapping `f[B, *S, C_in]` to `f[B, *S / strides, features]`.
   """
-  return nn.Conv(
+  return Conv(
     features,
-    (kernel_size,) * spatial_dims,
-    strides=(strides,) * spatial_dims,
+    kernel_size,
+    spatial_dims=spatial_dims,
+    strides=strides,
     padding=padding,
     use_bias=norm == "none",
-    kernel_init=conv_init,
     dtype=dtype,
+    impl=impl,
     name=name,
   )
 

@@ -105,3 +105,72 @@ def test_check_image_and_divisible_messages():
   layers.check_divisible(x, model="M", num_downsamplings=3)
   with pytest.raises(ValueError, match=r"multiples of 16.*\(16, 16\)"):
     layers.check_divisible(x, model="M", num_downsamplings=4)
+
+
+@pytest.mark.parametrize(
+  "spatial_dims,kernel_size,strides,padding,impl",
+  [
+    (3, 3, 1, "SAME", "depth_stacked"),
+    (3, 5, 1, "SAME", "depth_stacked"),
+    (3, 3, 1, "SAME", "xla"),
+    (3, 2, 2, "VALID", "depth_stacked"),  # Not stackable: falls back.
+    (3, 1, 1, "SAME", "auto"),
+    (2, 3, 1, "SAME", "auto"),
+    (2, 3, 2, "SAME", "depth_stacked"),
+  ],
+)
+def test_conv_equals_flax_conv(
+  spatial_dims, kernel_size, strides, padding, impl
+):
+  d = spatial_dims
+  x = jax.random.normal(jax.random.key(0), (2, *(6, 5, 7)[:d], 3))
+  ours = layers.Conv(
+    4, kernel_size, spatial_dims=d, strides=strides, padding=padding, impl=impl
+  )
+  flax_conv = nn.Conv(
+    4,
+    (kernel_size,) * d,
+    strides=(strides,) * d,
+    padding=padding,
+    kernel_init=layers.conv_init,
+  )
+  variables = ours.init(jax.random.key(1), x)
+  reference = flax_conv.init(jax.random.key(1), x)
+  # Same names, shapes and initial values: checkpoints are interchangeable.
+  assert jax.tree.map(jnp.shape, variables) == jax.tree.map(
+    jnp.shape, reference
+  )
+  np.testing.assert_array_equal(
+    variables["params"]["kernel"], reference["params"]["kernel"]
+  )
+  variables = jax.tree.map(lambda v: v + 0.1, variables)  # A nonzero bias.
+
+  def loss(module, variables, x):
+    return jnp.sum(jnp.sin(module.apply(variables, x)))
+
+  np.testing.assert_allclose(
+    ours.apply(variables, x), flax_conv.apply(variables, x), atol=1e-5
+  )
+  ours_grads = jax.grad(loss, argnums=(1, 2))(ours, variables, x)
+  flax_grads = jax.grad(loss, argnums=(1, 2))(flax_conv, variables, x)
+  for a, b in zip(
+    jax.tree.leaves(ours_grads), jax.tree.leaves(flax_grads), strict=True
+  ):
+    np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
+
+
+def test_conv_impl_resolution():
+  def resolve(impl, **kw):
+    args = dict(spatial_dims=3, kernel_size=3, strides=1, padding="SAME")
+    return layers.conv_impl_for(impl, **(args | kw))
+
+  assert resolve("depth_stacked") == "depth_stacked"
+  assert resolve("xla") == "xla"
+  expected_auto = "depth_stacked" if jax.default_backend() == "cpu" else "xla"
+  assert resolve("auto") == expected_auto
+  assert resolve("depth_stacked", spatial_dims=2) == "xla"
+  assert resolve("depth_stacked", strides=2) == "xla"
+  assert resolve("depth_stacked", kernel_size=2) == "xla"
+  assert resolve("depth_stacked", padding="VALID") == "xla"
+  with pytest.raises(ValueError, match="Unknown conv impl 'fast'"):
+    resolve("fast")
