@@ -82,10 +82,12 @@ MODELS = {
     ),
     (2,),
   ),
+  # Cicek's layout at 1/4 of the paper's widths (8-64; the paper has 32-256
+  # with 512 at the bottom).
   "unet3d": (
     dict(
       name="unet",
-      features=(4, 8, 16, 32),
+      features=(8, 16, 32, 64),
       norm="instance",
       double_within_level=True,
     ),

@@ -32,7 +32,12 @@ def test_load_suite_checks_its_fields(tmp_path):
 
 
 def test_shipped_suites_load():
-  for name in ("data_size_synthetic2d", "zoo_synthetic2d", "isbi_kfold"):
+  for name in (
+    "data_size_synthetic2d",
+    "zoo_synthetic2d",
+    "zoo_synthetic3d",
+    "isbi_kfold",
+  ):
     suite = benchmark.load_suite(f"configs/benchmarks/{name}.py")
     assert suite.experiments
 
