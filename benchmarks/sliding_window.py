@@ -39,71 +39,13 @@ import numpy as np
 # Run as a script from anywhere: make the repository importable.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from benchmarks.torch_twins import make_torch_unet  # noqa: E402
 from medseg_jax import inference  # noqa: E402
 from medseg_jax import models  # noqa: E402
 
 
 def parse_ints(text: str) -> tuple[int, ...]:
   return tuple(int(t) for t in text.split(","))
-
-
-def make_torch_unet(features, in_channels, num_classes, norm):
-  """The PyTorch twin of `medseg_jax.models.UNet(spatial_dims=3)`."""
-  import torch  # noqa: PLC0415
-
-  def norm_layer(c):
-    if norm == "batch":
-      return torch.nn.BatchNorm3d(c)
-    if norm == "instance":
-      return torch.nn.InstanceNorm3d(c, affine=True)
-    return torch.nn.Identity()
-
-  def block(cin, cout):
-    bias = norm == "none"
-    return torch.nn.Sequential(
-      torch.nn.Conv3d(cin, cout, 3, padding=1, bias=bias),
-      norm_layer(cout),
-      torch.nn.ReLU(inplace=True),
-      torch.nn.Conv3d(cout, cout, 3, padding=1, bias=bias),
-      norm_layer(cout),
-      torch.nn.ReLU(inplace=True),
-    )
-
-  class TorchUNet3D(torch.nn.Module):
-    def __init__(self):
-      super().__init__()
-      levels = len(features)
-      self.downs = torch.nn.ModuleList()
-      cin = in_channels
-      for f in features[:-1]:
-        self.downs.append(block(cin, f))
-        cin = f
-      self.bottleneck = block(cin, features[-1])
-      self.upconvs = torch.nn.ModuleList()
-      self.ups = torch.nn.ModuleList()
-      cin = features[-1]
-      for level in reversed(range(levels - 1)):
-        f = features[level]
-        self.upconvs.append(torch.nn.ConvTranspose3d(cin, f, 2, stride=2))
-        self.ups.append(block(2 * f, f))
-        cin = f
-      self.head = torch.nn.Conv3d(cin, num_classes, 1)
-      self.pool = torch.nn.MaxPool3d(2)
-
-    def forward(self, x):
-      skips = []
-      for down in self.downs:
-        x = down(x)
-        skips.append(x)
-        x = self.pool(x)
-      x = self.bottleneck(x)
-      for upconv, up, skip in zip(
-        self.upconvs, self.ups, reversed(skips), strict=True
-      ):
-        x = up(torch.cat([skip, upconv(x)], dim=1))
-      return self.head(x)
-
-  return TorchUNet3D().eval()
 
 
 def main() -> None:
@@ -205,7 +147,7 @@ def main() -> None:
       f"monai {monai.__version__}"
     )
     torch.manual_seed(0)
-    net = make_torch_unet(args.features, 1, args.num_classes, args.norm)
+    net = make_torch_unet(args.features, 1, args.num_classes, args.norm).eval()
     image_t = torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 0)))
     image_t = image_t[None]  # [1, C, D, H, W]
     windows_t = torch.from_numpy(np.moveaxis(np.asarray(windows), -1, 1).copy())

@@ -1,0 +1,255 @@
+r"""Train-step speed: medseg_jax beside PyTorch eager and MONAI, one run.
+
+  .venv/bin/python benchmarks/train_throughput.py                # 2-D
+  .venv/bin/python benchmarks/train_throughput.py --dims=3       # 3-D
+  .venv/bin/python benchmarks/train_throughput.py --steps=20 --skip_monai
+
+The reference network (issue 7): U-Net, widths 16-32-64-128, two 3^d
+convolutions + batch norm + ReLU per level, 2^d max pooling, 2^d
+transposed-convolution up-sampling, 1^d head, Adam (lr 1e-3), mean
+cross-entropy over 4 classes. 2-D: batch 8 of 128x128x1; 3-D: batch 2 of
+64^3 x 1.
+
+* medseg_jax: `medseg_jax.models.UNet(norm="batch")`, one jitted train
+  step (forward, backward, Adam update, batch-norm statistics) with donated
+  state.
+* PyTorch eager: `benchmarks/torch_twins.make_torch_unet`, the same
+  network; channels-first and channels-last memory formats. Before timing,
+  its weights are copied into ours and the two losses on the same batch are
+  compared (`--check`), so the maths are identical.
+* MONAI `BasicUNet` (its default widths 32-32-64-128-256-32, so a wider
+  network): the tool users reach for, for context.
+
+All runs alternate, step by step, so a shared machine slows them alike.
+Prints per library the compile (or first-step) time, the median ms per step
+over `--steps` steps after `--warmup` steps, and the speed ratio (PyTorch ms
+/ medseg_jax ms; above 1 means medseg_jax is faster). torch and monai are
+benchmark-only extras (`make bench-deps`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+# Run as a script from anywhere: make the repository importable.
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks.torch_twins import flax_variables_from_torch  # noqa: E402
+from benchmarks.torch_twins import make_torch_unet  # noqa: E402
+from medseg_jax import models  # noqa: E402
+
+FEATURES = (16, 32, 64, 128)
+NUM_CLASSES = 4
+SHAPES = {2: (8, 128, 128, 1), 3: (2, 64, 64, 64, 1)}
+
+
+def jax_trainer(shape, dims, variables=None, dtype="float32"):
+  """(state, jitted step) for our U-Net; `variables` overrides the init."""
+  model = models.get_model(
+    "unet",
+    num_classes=NUM_CLASSES,
+    spatial_dims=dims,
+    in_channels=1,
+    features=FEATURES,
+    norm="batch",
+    dtype=jnp.dtype(dtype),
+  )
+  if variables is None:
+    variables = model.init(
+      jax.random.key(0), jnp.zeros(shape, jnp.float32), train=False
+    )
+  tx = optax.adam(1e-3)
+  params = variables["params"]
+  state = (params, variables["batch_stats"], tx.init(params))
+
+  def loss_fn(params, batch_stats, image, label):
+    logits, updates = model.apply(
+      {"params": params, "batch_stats": batch_stats},
+      image,
+      train=True,
+      mutable=["batch_stats"],
+    )
+    loss = optax.softmax_cross_entropy_with_integer_labels(
+      logits.astype(jnp.float32), label
+    ).mean()
+    return loss, updates["batch_stats"]
+
+  def step(state, image, label):
+    params, batch_stats, opt_state = state
+    (loss, batch_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+      params, batch_stats, image, label
+    )
+    updates, opt_state = tx.update(grads, opt_state, params)
+    params = optax.apply_updates(params, updates)
+    return (params, batch_stats, opt_state), loss
+
+  return state, jax.jit(step, donate_argnums=0)
+
+
+def torch_trainer(net, torch_image, torch_label, memory_format):
+  """A closure running one eager Adam step; returns the loss."""
+  import torch  # noqa: PLC0415
+
+  net = net.to(memory_format=memory_format).train()
+  image = torch_image.contiguous(memory_format=memory_format)
+  optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+  criterion = torch.nn.CrossEntropyLoss()
+
+  def step():
+    optimizer.zero_grad(set_to_none=True)
+    loss = criterion(net(image), torch_label)
+    loss.backward()
+    optimizer.step()
+    return loss.item()
+
+  return step
+
+
+def main() -> None:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--dims", type=int, default=2, choices=(2, 3))
+  parser.add_argument("--steps", type=int, default=10)
+  parser.add_argument("--warmup", type=int, default=3)
+  parser.add_argument("--dtype", default="float32")
+  parser.add_argument("--skip_monai", action="store_true")
+  parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument(
+    "--check",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="check that both networks give the same loss on the same weights",
+  )
+  args = parser.parse_args()
+  dims = args.dims
+  shape = SHAPES[dims]
+  rng = np.random.default_rng(0)
+  image = rng.standard_normal(shape).astype(np.float32)
+  label = rng.integers(0, NUM_CLASSES, shape[:-1]).astype(np.int32)
+  print(
+    f"{dims}-D U-Net {'-'.join(map(str, FEATURES))}, batch norm, input "
+    f"{'x'.join(map(str, shape))}, {NUM_CLASSES} classes, Adam, CE; "
+    f"jax {jax.__version__} on {jax.devices()[0].platform}, "
+    f"{os.cpu_count()} CPUs"
+  )
+
+  steps = {}  # name -> zero-argument callable running one step.
+  first = {}  # name -> seconds of the first call (compile / warm-up).
+
+  state, jax_step = jax_trainer(shape, dims, dtype=args.dtype)
+  image_dev, label_dev = jnp.asarray(image), jnp.asarray(label)
+  params_count = sum(x.size for x in jax.tree.leaves(state[0]))
+  t0 = time.perf_counter()
+  compiled = jax_step.lower(state, image_dev, label_dev).compile()
+  first["medseg_jax"] = time.perf_counter() - t0
+  holder = {"state": state}
+
+  def run_jax():
+    holder["state"], loss = compiled(holder["state"], image_dev, label_dev)
+    return float(loss)
+
+  steps["medseg_jax"] = run_jax
+
+  if not args.skip_torch:
+    import torch  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    print(f"torch {torch.__version__} ({torch.get_num_threads()} threads)")
+    torch_image = torch.from_numpy(
+      np.ascontiguousarray(np.moveaxis(image, -1, 1))
+    )
+    torch_label = torch.from_numpy(label.astype(np.int64))
+    channels_last = {2: torch.channels_last, 3: torch.channels_last_3d}[dims]
+    nets = {}
+    for fmt_name, fmt in (
+      ("channels-first", torch.contiguous_format),
+      ("channels-last", channels_last),
+    ):
+      torch.manual_seed(0)
+      net = make_torch_unet(FEATURES, 1, NUM_CLASSES, "batch", dims)
+      nets[fmt_name] = net
+      steps[f"PyTorch eager, {fmt_name}"] = torch_trainer(
+        net, torch_image, torch_label, fmt
+      )
+    torch_params = sum(p.numel() for p in nets["channels-first"].parameters())
+    print(f"parameters: medseg_jax {params_count:,}, PyTorch {torch_params:,}")
+    if torch_params != params_count:
+      raise SystemExit("The two networks differ in size; not comparable.")
+    if args.check:
+      # Same weights, same batch, training mode: the same loss.
+      variables = flax_variables_from_torch(
+        nets["channels-first"], len(FEATURES), dims
+      )
+      check_state, check_step = jax_trainer(shape, dims, variables)
+      _, jax_loss = check_step(check_state, image_dev, label_dev)
+      net = make_torch_unet(FEATURES, 1, NUM_CLASSES, "batch", dims)
+      net.load_state_dict(nets["channels-first"].state_dict())
+      with torch.no_grad():
+        torch_loss = torch.nn.functional.cross_entropy(
+          net.train()(torch_image), torch_label
+        ).item()
+      rel = abs(float(jax_loss) - torch_loss) / abs(torch_loss)
+      print(
+        f"same weights, same batch: loss medseg_jax {float(jax_loss):.6f}, "
+        f"PyTorch {torch_loss:.6f} (relative difference {rel:.1e})"
+      )
+      if rel > 1e-4:
+        raise SystemExit("The networks compute different losses.")
+  if not args.skip_monai and not args.skip_torch:
+    from monai.networks.nets import BasicUNet  # noqa: PLC0415
+
+    torch.manual_seed(0)
+    monai_net = BasicUNet(
+      spatial_dims=dims, in_channels=1, out_channels=NUM_CLASSES
+    )
+    count = sum(p.numel() for p in monai_net.parameters())
+    name = f"MONAI BasicUNet ({count:,} params), channels-first"
+    steps[name] = torch_trainer(
+      monai_net, torch_image, torch_label, torch.contiguous_format
+    )
+
+  for name, fn in steps.items():
+    if name not in first:
+      t0 = time.perf_counter()
+      fn()
+      first[name] = time.perf_counter() - t0
+  for _ in range(args.warmup):
+    for fn in steps.values():
+      fn()
+  times = {name: [] for name in steps}
+  for _ in range(args.steps):
+    for name, fn in steps.items():
+      t0 = time.perf_counter()
+      fn()
+      times[name].append(time.perf_counter() - t0)
+  median = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+  ours = median["medseg_jax"]
+  print()
+  print(f"median of {args.steps} steps after {args.warmup} warm-up steps:")
+  print(
+    f"  {'library':48s} {'first/compile s':>15s} {'ms/step':>9s} {'ratio':>6s}"
+  )
+  for name in steps:
+    print(
+      f"  {name:48s} {first[name]:15.2f} {median[name]:9.1f} "
+      f"{median[name] / ours:6.2f}"
+    )
+  print(
+    "  ratio: that library's ms per step / medseg_jax's (>1: we are faster)"
+  )
+  torch_best = [v for k, v in median.items() if k.startswith("PyTorch")]
+  if torch_best:
+    print(f"medseg_jax vs best PyTorch format: {min(torch_best) / ours:.2f}x")
+
+
+if __name__ == "__main__":
+  main()
