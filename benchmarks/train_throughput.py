@@ -23,7 +23,9 @@ cross-entropy over 4 classes. 2-D: batch 8 of 128x128x1; 3-D: batch 2 of
 All runs alternate, step by step, so a shared machine slows them alike.
 Prints per library the compile (or first-step) time, the median ms per step
 over `--steps` steps after `--warmup` steps, and the speed ratio (PyTorch ms
-/ medseg_jax ms; above 1 means medseg_jax is faster). torch and monai are
+/ medseg_jax ms; above 1 means medseg_jax is faster). `--profile` then times
+every 3^d convolution of the network on its own (forward, input gradient,
+weight gradient) in XLA and PyTorch, which is where the gap comes from. torch and monai are
 benchmark-only extras (`make bench-deps`).
 """
 
@@ -115,6 +117,104 @@ def torch_trainer(net, torch_image, torch_label, memory_format):
   return step
 
 
+def conv_shapes(shape, dims):
+  """(spatial size, C_in, C_out) of every 3^d convolution in the network."""
+  batch, size = shape[0], shape[1]
+  out = []
+  cin = shape[-1]
+  for level, f in enumerate(FEATURES):  # Encoder and bottleneck.
+    s = size // 2**level
+    out += [(batch, s, cin, f), (batch, s, f, f)]
+    cin = f
+  for level in reversed(range(len(FEATURES) - 1)):  # Decoder.
+    f = FEATURES[level]
+    s = size // 2**level
+    out += [(batch, s, 2 * f, f), (batch, s, f, f)]
+  return out
+
+
+def _median_ms(fn, repeats):
+  fn()
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    fn()
+    times.append(time.perf_counter() - t0)
+  return 1e3 * statistics.median(times)
+
+
+def time_xla_conv(batch, size, cin, cout, dims, repeats):
+  """(forward, input-gradient, weight-gradient) ms of one XLA 3^d conv."""
+  spec = ("NDHWC", "DHWIO", "NDHWC") if dims == 3 else ("NHWC", "HWIO", "NHWC")
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(
+    rng.standard_normal((batch, *(size,) * dims, cin)), jnp.float32
+  )
+  k = jnp.asarray(rng.standard_normal((3,) * dims + (cin, cout)), jnp.float32)
+  dy = jnp.asarray(rng.standard_normal((*x.shape[:-1], cout)), jnp.float32)
+
+  def conv(x, k):
+    return jax.lax.conv_general_dilated(
+      x, k, (1,) * dims, "SAME", dimension_numbers=spec
+    )
+
+  fwd = jax.jit(conv)
+  grad_x = jax.jit(lambda dy: jax.vjp(lambda x: conv(x, k), x)[1](dy)[0])
+  grad_k = jax.jit(lambda dy: jax.vjp(lambda k: conv(x, k), k)[1](dy)[0])
+  return (
+    _median_ms(lambda: jax.block_until_ready(fwd(x, k)), repeats),
+    _median_ms(lambda: jax.block_until_ready(grad_x(dy)), repeats),
+    _median_ms(lambda: jax.block_until_ready(grad_k(dy)), repeats),
+  )
+
+
+def time_torch_conv(batch, size, cin, cout, dims, repeats):
+  """(forward, forward + backward) ms of one PyTorch channels-last conv."""
+  import torch  # noqa: PLC0415
+
+  fmt = {2: torch.channels_last, 3: torch.channels_last_3d}[dims]
+  conv_cls = {2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[dims]
+  layer = conv_cls(cin, cout, 3, padding=1, bias=False).to(memory_format=fmt)
+  x = torch.randn(batch, cin, *(size,) * dims).contiguous(memory_format=fmt)
+  x.requires_grad_(True)
+  dy = torch.randn(batch, cout, *(size,) * dims).contiguous(memory_format=fmt)
+
+  def forward():
+    with torch.no_grad():
+      layer(x)
+
+  return (
+    _median_ms(forward, repeats),
+    _median_ms(lambda: layer(x).backward(dy), repeats),
+  )
+
+
+def profile_convs(shape, dims, repeats, with_torch):
+  """Times each 3^d convolution of the network on its own."""
+  print()
+  print("per-layer profile, median ms:")
+  header = f"  {'layer':>18s}   XLA fwd / grad x / grad w"
+  if with_torch:
+    header += "   PyTorch fwd / fwd+bwd"
+  print(header)
+  totals = np.zeros(4)
+  for batch, size, cin, cout in conv_shapes(shape, dims):
+    xla = time_xla_conv(batch, size, cin, cout, dims, repeats)
+    text = f"  {size:>4d}^{dims} {cin:>4d}->{cout:<4d}    "
+    text += f"{xla[0]:7.1f} / {xla[1]:6.1f} / {xla[2]:6.1f}"
+    peer = (0.0, 0.0)
+    if with_torch:
+      peer = time_torch_conv(batch, size, cin, cout, dims, repeats)
+      text += f"   {peer[0]:11.1f} / {peer[1]:7.1f}"
+    totals += np.array([*xla, peer[1]])
+    print(text)
+  line = f"  {'sum':>18s}    {totals[0]:7.1f} / {totals[1]:6.1f} / "
+  line += f"{totals[2]:6.1f}   (XLA fwd+bwd {totals[:3].sum():.1f} ms"
+  if with_torch:
+    line += f", PyTorch fwd+bwd {totals[3]:.1f} ms"
+  print(line + ")")
+
+
 def main() -> None:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--dims", type=int, default=2, choices=(2, 3))
@@ -123,6 +223,11 @@ def main() -> None:
   parser.add_argument("--dtype", default="float32")
   parser.add_argument("--skip_monai", action="store_true")
   parser.add_argument("--skip_torch", action="store_true")
+  parser.add_argument(
+    "--profile",
+    action="store_true",
+    help="also time every 3^d convolution of the network on its own",
+  )
   parser.add_argument(
     "--check",
     action=argparse.BooleanOptionalAction,
@@ -249,6 +354,8 @@ def main() -> None:
   torch_best = [v for k, v in median.items() if k.startswith("PyTorch")]
   if torch_best:
     print(f"medseg_jax vs best PyTorch format: {min(torch_best) / ours:.2f}x")
+  if args.profile:
+    profile_convs(shape, dims, args.steps, not args.skip_torch)
 
 
 if __name__ == "__main__":
