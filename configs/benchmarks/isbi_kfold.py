@@ -3,7 +3,7 @@ r"""ISBI 2012: 5-fold cross-validation over the 30 labelled slices.
   python -m medseg_jax.benchmark --suite=configs/benchmarks/isbi_kfold.py
 
 Each fold validates on 6 contiguous slices and trains on the other 24
-(`configs/unet_isbi2012.py:fold=k`) for 300 steps of batch 4, a fifth of
+(`configs/unet_isbi2012.py:fold=k`) for 200 steps of batch 4, an eighth of
 the single-split run's budget, so that five folds fit on a 2-core CPU. The
 table pools the held-out slices of all folds (one "seed" per fold). Otsu (membranes are dark) as the classical
 reference, fitted per fold.
@@ -18,9 +18,9 @@ def get_suite():
       name=f"U-Net fold {k}",
       config=f"configs/unet_isbi2012.py:fold={k}",
       overrides={
-        "num_train_steps": 300,
-        "eval_every_steps": 100,
-        "checkpoint_every_steps": 100,
+        "num_train_steps": 200,
+        "eval_every_steps": 200,
+        "checkpoint_every_steps": 200,
       },
     )
     for k in FOLDS
