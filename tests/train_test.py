@@ -5,9 +5,11 @@ SIGKILL and SIGTERM tests run ``python -m medseg_jax.main`` in a subprocess,
 because the device count and signals are per process.
 """
 
+import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -217,6 +219,65 @@ def test_eight_devices_match_one_device(data_dir, tmp_path):
       one,
       eight,
     )
+
+
+def _free_port():
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_both_shards(data_dir, tmp_path):
+  # Two processes on localhost, one CPU device each, joined through
+  # jax.distributed (gloo collectives), against one process with two
+  # devices: the same batches, losses, gathered evaluation and reports.
+  flags = ["--config.num_train_steps=5", "--config.eval_every_steps=5"]
+  port = _free_port()
+  procs = [
+    run_main(
+      tmp_path / "two",
+      data_dir,
+      *flags,
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+      wait=False,
+    )
+    for i in range(2)
+  ]
+  outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+  for proc, output in zip(procs, outputs, strict=True):
+    assert proc.returncode == 0, output[-3000:]
+  assert "JAX process 1 of 2" in outputs[1]
+  result = run_main(tmp_path / "one", data_dir, *flags, devices=2)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  # Only process 0 wrote metrics: one line per step.
+  records = writers.read_jsonl(tmp_path / "two" / "metrics.jsonl")
+  assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4, 5]
+  one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+  for step in one:
+    assert abs(one[step] - two[step]) <= 1e-4 * abs(one[step]), (one, two)
+  # Each process evaluated half of the test cases; the gathered report has
+  # all of them, in order, with the same scores.
+  reports = [
+    json.loads((tmp_path / name / "eval" / "test[:8]_summary.json").read_text())
+    for name in ("one", "two")
+  ]
+  assert list(reports[1]["per_case"]) == [f"test_{i:04d}" for i in range(8)]
+  for case, scores in reports[0]["per_case"].items():
+    for name, values in scores.items():
+      np.testing.assert_allclose(
+        values["dice"], reports[1]["per_case"][case][name]["dice"], atol=1e-6
+      )
+  overlays = [
+    sorted(p.name for p in (tmp_path / name / "eval").glob("*/*.png"))
+    for name in ("one", "two")
+  ]
+  assert overlays[0] == overlays[1] and overlays[0]
+  # Both processes took part in the checkpoint; it restores.
+  params = final_params(tmp_path / "two")
+  assert max_abs_diff(params, final_params(tmp_path / "one")) < 1e-4
 
 
 def _wait_for_checkpoint(workdir, proc, timeout=300):
