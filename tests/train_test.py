@@ -221,6 +221,59 @@ def test_eight_devices_match_one_device(data_dir, tmp_path):
     )
 
 
+@pytest.mark.parametrize(
+  "switch", [{"model.dtype": "bfloat16"}, {"model.remat": True}]
+)
+def test_precision_and_remat_switches_train(data_dir, tmp_path, switch):
+  # A higher learning rate without warm-up so that 8 steps move the loss.
+  overrides = {
+    "num_train_steps": 8,
+    "eval_every_steps": 8,
+    "checkpoint_every_steps": 8,
+    "optimizer.warmup_steps": 0,
+    "optimizer.learning_rate": 1e-2,
+  }
+  train.train_and_evaluate(
+    tiny_config(data_dir, **overrides), str(tmp_path / "f32")
+  )
+  train.train_and_evaluate(
+    tiny_config(data_dir, **overrides, **switch), str(tmp_path / "switch")
+  )
+  base, losses = (
+    train_losses(tmp_path / "f32"),
+    train_losses(tmp_path / "switch"),
+  )
+  assert sorted(losses) == list(range(1, 9))
+  assert all(np.isfinite(v) for v in losses.values())
+  assert np.mean([losses[s] for s in (6, 7, 8)]) < np.mean(
+    [losses[s] for s in (1, 2, 3)]
+  )
+  params = final_params(tmp_path / "switch")
+  assert {np.asarray(x).dtype for x in jax.tree.leaves(params)} == {
+    np.dtype(np.float32)
+  }
+  if "model.remat" in switch:
+    # Recomputing activations changes nothing but memory and time.
+    for step in base:
+      assert abs(base[step] - losses[step]) <= 1e-4 * abs(base[step])
+  else:
+    # bfloat16 follows the float32 run closely, but not exactly.
+    assert losses != base
+    for step in base:
+      assert abs(base[step] - losses[step]) <= 0.05 * abs(base[step])
+
+
+def test_bad_dtype_and_unsupported_remat_are_explained(data_dir, tmp_path):
+  with pytest.raises(ValueError, match=r"dtype 'float16'.*'bfloat16'"):
+    train.train_and_evaluate(
+      tiny_config(data_dir, **{"model.dtype": "float16"}), str(tmp_path / "a")
+    )
+  config = tiny_config(data_dir, **{"model.remat": True})
+  config.model.name = "fcn"  # Checked before FCN sees U-Net's arguments.
+  with pytest.raises(ValueError, match=r"support remat.*'unet'"):
+    train.train_and_evaluate(config, str(tmp_path / "b"))
+
+
 def _free_port():
   with socket.socket() as sock:
     sock.bind(("127.0.0.1", 0))
