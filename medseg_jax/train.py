@@ -126,7 +126,10 @@ def build_model(config: ml_collections.ConfigDict, spec: registry.DatasetSpec):
   if spec.spatial_dims == 3 and mesh_axes.get(sharding.SPATIAL_AXIS, 1) != 1:
     switches["partition"] = (sharding.DATA_AXIS, sharding.SPATIAL_AXIS)
   constructor = models_lib.MODELS.get(config.model.name)
-  fields = {f.name for f in dataclasses.fields(constructor or object)}
+  # An unknown name is left to get_model, whose error lists the valid ones.
+  fields = (
+    {f.name for f in dataclasses.fields(constructor)} if constructor else set()
+  )
   for name, value in switches.items():
     if not value:
       continue
