@@ -71,6 +71,17 @@ def base_config() -> ml_collections.ConfigDict:
   config.model.features = (32, 64, 128, 256)
   config.model.norm = "instance"
   config.model.upsample = "transpose"  # The paper's 2x2 up-convolution.
+  # "bfloat16": bfloat16 activations and convolutions; parameters, logits
+  # and the loss stay float32.
+  config.model.dtype = "float32"
+  # Recompute each block's activations in the backward pass (less memory,
+  # about one more forward pass of compute); unet, attention_unet, vnet.
+  config.model.remat = False
+
+  # Device mesh (see medseg_jax/sharding.py): batches split over "data";
+  # spatial > 1 also splits 3-D volumes and activations along depth.
+  # -1: the remaining devices. The default is plain data parallelism.
+  config.mesh = ml_collections.ConfigDict(dict(data=-1, spatial=1))
 
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "ce_dice"

@@ -184,12 +184,23 @@ def load_weights(
     directory = directory / "checkpoints"
   manager = ocp.CheckpointManager(
     directory,
-    item_names=("state", "data_iter"),
+    item_handlers={
+      "state": ocp.StandardCheckpointHandler(),
+      "data_iter": ocp.JsonCheckpointHandler(),
+    },
     options=ocp.CheckpointManagerOptions(read_only=True),
   )
   step = resolve_step(manager, which)
+  # Onto one local device, whatever mesh saved it (e.g. a multi-process
+  # run's): the saved shardings name devices this process may not have.
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  metadata = manager.item_metadata(step)["state"]
+  target = jax.tree.map(
+    lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+    getattr(metadata, "tree", metadata),
+  )
   restored = manager.restore(
-    step, args=ocp.args.Composite(state=ocp.args.StandardRestore())
+    step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target))
   )
   state = restored["state"]
   if dataclasses.is_dataclass(state):

@@ -2,6 +2,18 @@
 
   python -m medseg_jax.main --config=configs/unet_synthetic.py \
       --workdir=/tmp/run [--config.num_train_steps=100 ...]
+
+Several processes (one per host, or per GPU): every process runs the same
+command with the same --workdir (a shared file system) and joins through
+``jax.distributed.initialize``:
+
+  # explicit: process i of N, the coordinator is process 0's host:port
+  python -m medseg_jax.main ... --coordinator_address=host0:12345 \
+      --num_processes=N --process_id=i
+
+  # from the cluster environment (Cloud TPU pod slices, SLURM, Open MPI,
+  # Kubernetes JobSet...): JAX's own cluster detection fills in all three
+  python -m medseg_jax.main ... --distributed
 """
 
 from __future__ import annotations
@@ -23,19 +35,52 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints and logs.")
 flags.DEFINE_bool(
   "distributed",
   False,
-  "Call jax.distributed.initialize() (multi-host; the coordinator address "
-  "and process ids come from the cluster environment).",
+  "Call jax.distributed.initialize() even without --coordinator_address: "
+  "the coordinator and process ids then come from the cluster environment "
+  "(TPU pod slice, SLURM, Open MPI, ...).",
+)
+flags.DEFINE_string(
+  "coordinator_address",
+  None,
+  "host:port of process 0's coordinator service; implies --distributed.",
+)
+flags.DEFINE_integer("num_processes", None, "Number of processes.")
+flags.DEFINE_integer("process_id", None, "This process's id, 0..N-1.")
+flags.DEFINE_list(
+  "local_device_ids",
+  None,
+  "Devices of this host that this process uses (e.g. one GPU per process: "
+  "--local_device_ids=0); default all.",
 )
 flags.mark_flags_as_required(["config", "workdir"])
+
+
+def initialize_distributed() -> bool:
+  """Joins the processes of a multi-process run, if the flags ask for one.
+
+  Returns whether ``jax.distributed.initialize`` was called. Must run
+  before anything touches a JAX device.
+  """
+  if not (FLAGS.distributed or FLAGS.coordinator_address):
+    return False
+  import jax  # pylint: disable=g-import-not-at-top
+
+  local_ids = FLAGS.local_device_ids
+  jax.distributed.initialize(
+    coordinator_address=FLAGS.coordinator_address,
+    num_processes=FLAGS.num_processes,
+    process_id=FLAGS.process_id,
+    local_device_ids=[int(i) for i in local_ids] if local_ids else None,
+  )
+  return True
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
 
-  if FLAGS.distributed:
-    jax.distributed.initialize()
   from medseg_jax import train  # pylint: disable=g-import-not-at-top
 
   logging.info(

@@ -16,6 +16,7 @@ Initialisation order (the first that applies wins):
 """
 
 import contextlib
+import dataclasses
 import functools
 import re
 import signal
@@ -104,8 +105,45 @@ def variables_of(state: TrainState) -> dict[str, Any]:
   return {"params": state.params}
 
 
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
 def build_model(config: ml_collections.ConfigDict, spec: registry.DatasetSpec):
+  """The config's model, with the precision, remat and sharding switches.
+
+  ``config.model.dtype`` is the computation dtype (parameters, logits and
+  the loss stay float32); ``config.model.remat`` rematerialises every
+  block; a ``config.mesh`` with a ``spatial`` axis makes 3-D models keep
+  their activations split over ``("data", "spatial")``.
+  """
   kwargs = {k: v for k, v in config.model.items() if k != "name"}
+  dtype = str(kwargs.pop("dtype", "float32"))
+  if dtype not in COMPUTE_DTYPES:
+    raise ValueError(f"Unknown model dtype {dtype!r}; valid: {COMPUTE_DTYPES}.")
+  kwargs["dtype"] = jnp.dtype(dtype)
+  switches = {"remat": bool(kwargs.pop("remat", False))}
+  mesh_axes = dict(config.get("mesh", None) or {})
+  if spec.spatial_dims == 3 and mesh_axes.get(sharding.SPATIAL_AXIS, 1) != 1:
+    switches["partition"] = (sharding.DATA_AXIS, sharding.SPATIAL_AXIS)
+  constructor = models_lib.MODELS.get(config.model.name)
+  # An unknown name is left to get_model, whose error lists the valid ones.
+  fields = (
+    {f.name for f in dataclasses.fields(constructor)} if constructor else set()
+  )
+  for name, value in switches.items():
+    if not value:
+      continue
+    if constructor is not None and name not in fields:
+      able = sorted(
+        n
+        for n, c in models_lib.MODELS.items()
+        if name in {f.name for f in dataclasses.fields(c)}
+      )
+      raise ValueError(
+        f"Model {config.model.name!r} does not support {name}; models "
+        f"that do: {able}."
+      )
+    kwargs[name] = value
   return models_lib.get_model(
     config.model.name,
     num_classes=spec.num_classes,
@@ -200,6 +238,8 @@ def _train_step(
       mutable=["batch_stats", "aux_logits"],
       rngs={"dropout": rng},
     )
+    # Mixed precision: whatever the compute dtype, the loss is float32.
+    logits = logits.astype(jnp.float32)
     loss = jnp.mean(loss_fn(logits, batch["label"], batch["mask"]))
     aux = jax.tree.leaves(updates.get("aux_logits", {}))
     if aux:
@@ -245,7 +285,7 @@ def _deep_supervision_loss(
     window = (slice(None),) + (slice(None, None, 2**level),) * ndim
     weight = 0.5**level
     total = total + weight * jnp.mean(
-      loss_fn(logits, labels[window], mask[window])
+      loss_fn(logits.astype(jnp.float32), labels[window], mask[window])
     )
     weight_sum += weight
   return total / weight_sum
@@ -263,6 +303,17 @@ def _check_finite(finite: jax.Array, step: int, last_good: int | None) -> None:
       f"nothing after it was saved: {where}. Lower the learning rate, enable "
       f"config.optimizer.grad_clip_norm, or check the input data."
     )
+
+
+def _under_mesh(fn, mesh):
+  """``fn`` called (and so traced) inside ``jax.set_mesh(mesh)``."""
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    with jax.set_mesh(mesh):
+      return fn(*args, **kwargs)
+
+  return wrapped
 
 
 def _host_metrics(metrics: TrainMetrics) -> dict[str, float]:
@@ -286,9 +337,13 @@ def train_and_evaluate(
   )
 
   # --------------------------------------------------------------------------
-  # Mesh: one "data" axis over every device of every process.
+  # Mesh: a "data" axis over every device of every process, and optionally a
+  # "spatial" axis (config.mesh) that splits 3-D volumes along depth.
+  # Evaluation runs on this process's devices alone (eval_mesh): each
+  # process scores its own cases, and the results are gathered.
   # --------------------------------------------------------------------------
-  mesh = sharding.make_mesh()
+  mesh = sharding.make_mesh(axes=config.get("mesh", None))
+  eval_mesh = sharding.local_mesh(mesh)
   local_batch_size = sharding.check_batch_size(config.batch_size, mesh)
   logging.info(
     "Mesh %s over %d devices, %d processes; global batch %d.",
@@ -399,32 +454,51 @@ def train_and_evaluate(
     if augment_specs
     else None
   )
-  train_step = jax.jit(
-    functools.partial(
-      _train_step, loss_fn=loss_fn, schedule=schedule, augment=augment
+  # The models' sharding constraints name mesh axes, so they are traced
+  # under the mesh (jax.set_mesh).
+  train_step = _under_mesh(
+    jax.jit(
+      functools.partial(
+        _train_step, loss_fn=loss_fn, schedule=schedule, augment=augment
+      ),
+      in_shardings=(
+        state_sharding,
+        sharding.batch_sharding(mesh, spec.spatial_dims),
+        replicated,
+      ),
+      out_shardings=(state_sharding, replicated, replicated),
+      donate_argnums=(0,),
     ),
-    in_shardings=(state_sharding, sharding.data_sharded(mesh), replicated),
-    out_shardings=(state_sharding, replicated, replicated),
-    donate_argnums=(0,),
+    mesh,
   )
-  predict_fn = evaluator.make_predict_fn(model.apply, spec.num_classes, mesh)
+  predict_fn = _under_mesh(
+    evaluator.make_predict_fn(model.apply, spec.num_classes, eval_mesh),
+    eval_mesh,
+  )
 
   def validate(current: TrainState, split: str, keep_arrays: bool = False):
     examples = pipeline.eval_examples(
-      config, data_dir, split, pad_multiple=pad_multiple(config)
+      config,
+      data_dir,
+      split,
+      pad_multiple=pad_multiple(config),
+      process_index=jax.process_index(),
+      process_count=jax.process_count(),
     )
-    return evaluator.evaluate(
+    local = evaluator.evaluate(
       predict_fn,
-      variables_of(current),
+      sharding.to_local(variables_of(current), eval_mesh),
       examples,
       class_names=spec.class_names,
       batch_size=config.eval_batch_size,
-      mesh=mesh,
+      mesh=eval_mesh,
       keep_arrays=keep_arrays,
       # The final report adds surface distances; validation stays cheap.
       surface_metrics=keep_arrays and config.eval.surface_metrics,
       tolerance_mm=config.eval.nsd_tolerance_mm,
+      allow_empty=jax.process_count() > 1,
     )
+    return evaluator.gather(local)
 
   # --------------------------------------------------------------------------
   # Training loop.
@@ -449,7 +523,9 @@ def train_and_evaluate(
   # the loop stops on an error (e.g. a NaN loss) right after it.
   with _StopSignal() as stop, _finish_saves(manager):
     while step < num_steps:
-      batch = sharding.to_global_batch(next(train_iter), mesh)
+      batch = sharding.to_global_batch(
+        next(train_iter), mesh, spec.spatial_dims
+      )
       state, metrics, finite = train_step(state, batch, step_rng)
       step += 1
       if pending_finite is not None:
@@ -539,20 +615,22 @@ def evaluate_and_report(
 ) -> dict[str, Any]:
   """Writes CSV/JSON reports and overlays of ``result`` and prints a table."""
   summary = {"step": step}
+  # The overlay cases are chosen on every process: with several processes
+  # their arrays are sent from the process that evaluated them.
+  dice = np.nanmean(result.score_matrix("dice")[:, 1:], axis=1)
+  order = np.argsort(dice)
+  chosen = list(order[-2:][::-1]) + [order[len(order) // 2]] + list(order[:2])
+  chosen = chosen[: config.get("num_overlays", 5)]
+  indices = list(dict.fromkeys(int(i) for i in chosen))  # In order, once.
+  evaluator.share_arrays(result, indices)
   if jax.process_index() == 0:
     summary = evaluator.write_reports(
       result, workdir / "eval", split, extra={"step": step}
     )
     table = evaluator.format_table(result)
     print(f"\nEvaluation of split '{split}' (checkpoint step {step}):\n{table}")
-    dice = np.nanmean(result.score_matrix("dice")[:, 1:], axis=1)
-    order = np.argsort(dice)
-    chosen = list(order[-2:][::-1]) + [order[len(order) // 2]] + list(order[:2])
-    seen, picks = set(), []
-    for index in chosen[: config.get("num_overlays", 5)]:
-      if index in seen:
-        continue
-      seen.add(index)
+    picks = []
+    for index in indices:
       case = result.cases[index]
       picks.append(
         (case.case_id, case.image, case.label, case.prediction, dice[index])

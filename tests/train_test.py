@@ -5,9 +5,11 @@ SIGKILL and SIGTERM tests run ``python -m medseg_jax.main`` in a subprocess,
 because the device count and signals are per process.
 """
 
+import json
 import os
 import pathlib
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,6 +24,7 @@ from medseg_jax import checkpointing
 from medseg_jax import optimizers
 from medseg_jax import train
 from medseg_jax import writers
+from medseg_jax.data import registry
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -217,6 +220,166 @@ def test_eight_devices_match_one_device(data_dir, tmp_path):
       one,
       eight,
     )
+
+
+@pytest.mark.parametrize(
+  "switch", [{"model.dtype": "bfloat16"}, {"model.remat": True}]
+)
+def test_precision_and_remat_switches_train(data_dir, tmp_path, switch):
+  # A higher learning rate without warm-up so that 8 steps move the loss.
+  overrides = {
+    "num_train_steps": 8,
+    "eval_every_steps": 8,
+    "checkpoint_every_steps": 8,
+    "optimizer.warmup_steps": 0,
+    "optimizer.learning_rate": 1e-2,
+  }
+  train.train_and_evaluate(
+    tiny_config(data_dir, **overrides), str(tmp_path / "f32")
+  )
+  train.train_and_evaluate(
+    tiny_config(data_dir, **overrides, **switch), str(tmp_path / "switch")
+  )
+  base, losses = (
+    train_losses(tmp_path / "f32"),
+    train_losses(tmp_path / "switch"),
+  )
+  assert sorted(losses) == list(range(1, 9))
+  assert all(np.isfinite(v) for v in losses.values())
+  assert np.mean([losses[s] for s in (6, 7, 8)]) < np.mean(
+    [losses[s] for s in (1, 2, 3)]
+  )
+  params = final_params(tmp_path / "switch")
+  assert {np.asarray(x).dtype for x in jax.tree.leaves(params)} == {
+    np.dtype(np.float32)
+  }
+  if "model.remat" in switch:
+    # Recomputing activations changes nothing but memory and time.
+    for step in base:
+      assert abs(base[step] - losses[step]) <= 1e-4 * abs(base[step])
+  else:
+    # bfloat16 follows the float32 run closely, but not exactly.
+    assert losses != base
+    for step in base:
+      assert abs(base[step] - losses[step]) <= 0.05 * abs(base[step])
+
+
+def test_bad_dtype_and_unsupported_remat_are_explained(data_dir, tmp_path):
+  with pytest.raises(ValueError, match=r"dtype 'float16'.*'bfloat16'"):
+    train.train_and_evaluate(
+      tiny_config(data_dir, **{"model.dtype": "float16"}), str(tmp_path / "a")
+    )
+  config = tiny_config(data_dir, **{"model.remat": True})
+  config.model.name = "fcn"  # Checked before FCN sees U-Net's arguments.
+  with pytest.raises(ValueError, match=r"support remat.*'unet'"):
+    train.train_and_evaluate(config, str(tmp_path / "b"))
+
+
+def _free_port():
+  with socket.socket() as sock:
+    sock.bind(("127.0.0.1", 0))
+    return sock.getsockname()[1]
+
+
+def test_two_processes_match_one_process_with_both_shards(data_dir, tmp_path):
+  # Two processes on localhost, one CPU device each, joined through
+  # jax.distributed (gloo collectives), against one process with two
+  # devices: the same batches, losses, gathered evaluation and reports.
+  flags = ["--config.num_train_steps=5", "--config.eval_every_steps=5"]
+  port = _free_port()
+  procs = [
+    run_main(
+      tmp_path / "two",
+      data_dir,
+      *flags,
+      f"--coordinator_address=127.0.0.1:{port}",
+      "--num_processes=2",
+      f"--process_id={i}",
+      wait=False,
+    )
+    for i in range(2)
+  ]
+  outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+  for proc, output in zip(procs, outputs, strict=True):
+    assert proc.returncode == 0, output[-3000:]
+  assert "JAX process 1 of 2" in outputs[1]
+  result = run_main(tmp_path / "one", data_dir, *flags, devices=2)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  # Only process 0 wrote metrics: one line per step.
+  records = writers.read_jsonl(tmp_path / "two" / "metrics.jsonl")
+  assert [r["step"] for r in records if "train/loss" in r] == [1, 2, 3, 4, 5]
+  one, two = train_losses(tmp_path / "one"), train_losses(tmp_path / "two")
+  for step in one:
+    assert abs(one[step] - two[step]) <= 1e-4 * abs(one[step]), (one, two)
+  # Each process evaluated half of the test cases; the gathered report has
+  # all of them, in order, with the same scores.
+  reports = [
+    json.loads((tmp_path / name / "eval" / "test[:8]_summary.json").read_text())
+    for name in ("one", "two")
+  ]
+  assert list(reports[1]["per_case"]) == [f"test_{i:04d}" for i in range(8)]
+  for case, scores in reports[0]["per_case"].items():
+    for name, values in scores.items():
+      np.testing.assert_allclose(
+        values["dice"], reports[1]["per_case"][case][name]["dice"], atol=1e-6
+      )
+  overlays = [
+    sorted(p.name for p in (tmp_path / name / "eval").glob("*/*.png"))
+    for name in ("one", "two")
+  ]
+  assert overlays[0] == overlays[1] and overlays[0]
+  # Both processes took part in the checkpoint; it restores.
+  params = final_params(tmp_path / "two")
+  assert max_abs_diff(params, final_params(tmp_path / "one")) < 1e-4
+
+
+def test_depth_split_mesh_trains_like_the_data_mesh(tmp_path):
+  # 3-D U-Net on 4 devices: mesh data=2 x spatial=2 (batches and
+  # activations split along depth too) against the plain 4-way data mesh.
+  data_dir = tmp_path / "tfds"
+  registry.prepare("synthetic_phantoms/3d", str(data_dir))
+  env = dict(os.environ)
+  env["XLA_FLAGS"] = (
+    env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
+  )
+  for spatial in (2, 1):
+    result = subprocess.run(
+      [
+        sys.executable,
+        "-m",
+        "medseg_jax.main",
+        "--config=configs/unet3d_synthetic.py:runlocal",
+        f"--workdir={tmp_path / f'spatial{spatial}'}",
+        f"--config.data_dir={data_dir}",
+        "--config.num_train_steps=3",
+        "--config.eval_every_steps=3",
+        "--config.log_every_steps=1",
+        "--config.batch_size=4",
+        "--config.eval_batch_size=4",
+        "--config.eval_split=validation[:4]",
+        "--config.test_split=test[:4]",
+        "--config.eval.surface_metrics=False",
+        f"--config.mesh.spatial={spatial}",
+      ],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=900,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    mesh = "{'data': 2, 'spatial': 2}" if spatial == 2 else "{'data': 4}"
+    assert f"Mesh {mesh}" in result.stderr
+  split, plain = (
+    writers.read_jsonl(tmp_path / name / "metrics.jsonl")
+    for name in ("spatial2", "spatial1")
+  )
+  for key in ("train/loss", "val/mean_foreground_dice"):
+    a = [r[key] for r in split if key in r]
+    b = [r[key] for r in plain if key in r]
+    assert len(a) == len(b) > 0
+    np.testing.assert_allclose(a, b, rtol=1e-4)
 
 
 def _wait_for_checkpoint(workdir, proc, timeout=300):

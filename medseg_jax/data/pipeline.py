@@ -1,13 +1,21 @@
 """grain input pipelines over TFDS ArrayRecord data sources.
 
 Training: ``MapDataset`` over ``tfds.data_source`` -> seeded shuffle (a new
-order each epoch) -> infinite repeat -> this process's slice -> per-example
-transforms -> batch -> iterator. Everything is a pure function of the seed
-and the position, so the iterator state (a few integers) is all that a
+order each epoch) -> infinite repeat -> per-example transforms -> this
+process's rows -> batch -> iterator. Everything is a pure function of the
+seed and the position, so the iterator state (a few integers) is all that a
 checkpoint needs to resume the exact batch sequence.
 
-Evaluation: cases in order, normalised and padded, batched with a validity
-flag so that a last partial batch can be padded to a fixed shape.
+With several processes, global batch ``b`` is positions ``b * B, ...,
+(b + 1) * B - 1`` of that stream, and process ``p`` reads (and transforms)
+only its block of ``B / P`` rows of it. Random transforms draw from the
+stream position, not from the process's own count, so ``P`` processes
+train on exactly the batches that one process would (see
+``ProcessRows``).
+
+Evaluation: cases in order (process ``p`` of ``P`` takes cases ``p, p + P,
+...``), normalised and padded, batched with a validity flag so that a last
+partial batch can be padded to a fixed shape.
 """
 
 from __future__ import annotations
@@ -60,8 +68,6 @@ def train_dataset(
     ds = ds[: max(1, round(len(source) * percent / 100))]
   ds = ds.seed(config.seed)
   ds = ds.shuffle().repeat()
-  # Interleaved rows: process p reads positions p, p + P, p + 2P, ...
-  ds = ds[process_index::process_count]
   specs = []
   for spec in config.data.train_transforms:
     spec = dict(spec)
@@ -74,6 +80,9 @@ def train_dataset(
     else:
       ds = ds.map(transform)
   ds = ds.map(transforms_lib.ToModelInputs())
+  # After the transforms, so their random draws follow the stream position.
+  # Lazy: only this process's rows are read and transformed.
+  ds = ProcessRows(ds, local_batch_size, process_index, process_count)
   ds = ds.batch(local_batch_size, drop_remainder=True)
   read_options = grain.ReadOptions(
     num_threads=config.data.get("read_threads", 2),
@@ -88,17 +97,64 @@ def train_dataset(
   return iter_ds
 
 
+class ProcessRows(grain.MapDataset):
+  """This process's rows of every global batch of a (repeated) stream.
+
+  Element ``i`` of process ``p`` (of ``P``, ``B_local`` rows each) is
+  element ``(i // B_local) * B_local * P + p * B_local + i % B_local`` of
+  the parent: batching the result by ``B_local`` gives process ``p`` the
+  ``p``-th block of rows of each global batch of ``B_local * P``.
+  """
+
+  _MUTATES_ELEMENT_SPEC = False
+
+  def __init__(
+    self,
+    parent: grain.MapDataset,
+    local_batch_size: int,
+    process_index: int,
+    process_count: int,
+  ):
+    super().__init__(parent)
+    if not 0 <= process_index < process_count:
+      raise ValueError(f"process {process_index} of {process_count}?")
+    self._rows = local_batch_size
+    self._index = process_index
+    self._count = process_count
+
+  def __len__(self) -> int:
+    return len(self._parent) // self._count
+
+  def _parent_index(self, index: int) -> int:
+    batch, row = divmod(index, self._rows)
+    return (batch * self._count + self._index) * self._rows + row
+
+  def __getitem__(self, index):
+    if isinstance(index, slice):
+      return self.slice(index)
+    return self._parent[self._parent_index(index)]
+
+  def __str__(self) -> str:
+    return (
+      f"ProcessRows(rows={self._rows}, process={self._index}/{self._count})"
+    )
+
+
 def eval_examples(
   config: ml_collections.ConfigDict,
   data_dir: str,
   split: str,
   *,
   pad_multiple: int,
+  process_index: int = 0,
+  process_count: int = 1,
 ) -> Iterator[dict[str, Any]]:
   """Yields evaluation examples in order, normalised and padded.
 
   Each example keeps ``case_id`` (str), ``spacing`` and the unpadded
-  ``shape`` so predictions can be cropped back.
+  ``shape`` so predictions can be cropped back. With ``process_count > 1``
+  only cases ``process_index, process_index + process_count, ...`` are read
+  (``evaluator.gather`` puts the results back in order).
   """
   source = registry.data_source(
     config.dataset, split, data_dir, manual_dir=config.get("manual_dir")
@@ -106,7 +162,7 @@ def eval_examples(
   specs = [s for s in config.data.train_transforms if s["op"] == "normalize"]
   normalize = transforms_lib.build(specs)
   pad = transforms_lib.CenterPad(multiple=pad_multiple)
-  for index in range(len(source)):
+  for index in range(process_index, len(source), process_count):
     raw = source[index]
     example = dict(raw)
     for transform in normalize:

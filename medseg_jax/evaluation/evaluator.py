@@ -128,13 +128,15 @@ def evaluate(
   keep_arrays: bool = False,
   surface_metrics: bool = False,
   tolerance_mm: float = 1.0,
+  allow_empty: bool = False,
 ) -> EvalResult:
   """Runs ``predict_fn`` over ``examples`` and scores every case.
 
   Overlap scores come from the confusion counts computed on device; with
   ``surface_metrics``, HD95, HD, ASSD and NSD (at ``tolerance_mm``) are
   added from the unpadded prediction and label on the host, with the case's
-  voxel spacing (see ``metrics.surface``).
+  voxel spacing (see ``metrics.surface``). ``allow_empty``: no examples is
+  not an error (one process's share of a tiny split; see ``gather``).
   """
   cases: list[CaseResult] = []
   for arrays, metas in pipeline.batch_eval_examples(examples, batch_size):
@@ -170,9 +172,101 @@ def evaluate(
         case.label = label
         case.prediction = prediction
       cases.append(case)
-  if not cases:
+  if not cases and not allow_empty:
     raise ValueError("The evaluation split has no examples.")
   return EvalResult(class_names=tuple(class_names), cases=cases)
+
+
+# ---------------------------------------------------------------------------
+# Several processes: process p evaluates cases p, p + P, ... of a split.
+# ---------------------------------------------------------------------------
+
+
+def _allgather_bytes(blob: bytes) -> list[bytes]:
+  """Every process's ``blob``, in process order, on every process."""
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+
+  data = np.frombuffer(blob, np.uint8)
+  sizes = multihost_utils.process_allgather(np.array([data.size], np.int32))
+  sizes = np.asarray(sizes).reshape(-1)
+  padded = np.zeros(max(int(sizes.max()), 1), np.uint8)
+  padded[: data.size] = data
+  gathered = np.asarray(multihost_utils.process_allgather(padded))
+  return [bytes(gathered[p, : sizes[p]]) for p in range(len(sizes))]
+
+
+def gather(local: EvalResult) -> EvalResult:
+  """Puts every process's cases together, in the split's order.
+
+  Args:
+    local: this process's result, over cases ``p, p + P, ...`` of the split
+      (``pipeline.eval_examples(..., process_index=p, process_count=P)``).
+
+  Returns:
+    On every process, the result over all cases in order: ids, counts and
+    scores (exactly, as JSON of float64). Arrays kept for overlays stay on
+    the process that evaluated the case (see ``share_arrays``). With one
+    process, ``local`` itself.
+  """
+  if jax.process_count() == 1:
+    return local
+  records = [
+    {
+      "case_id": case.case_id,
+      "counts": {k: v.tolist() for k, v in case.counts.items()},
+      "scores": {k: v.tolist() for k, v in case.scores.items()},
+    }
+    for case in local.cases
+  ]
+  blobs = _allgather_bytes(json.dumps(records).encode())
+  shares = [json.loads(blob) for blob in blobs]
+  own = jax.process_index()
+  cases = []
+  for i in range(sum(len(share) for share in shares)):
+    process, row = i % len(shares), i // len(shares)
+    if process == own:
+      cases.append(local.cases[row])
+      continue
+    record = shares[process][row]
+    cases.append(
+      CaseResult(
+        case_id=record["case_id"],
+        counts={
+          k: np.asarray(v, np.int64) for k, v in record["counts"].items()
+        },
+        scores={
+          k: np.asarray(v, np.float64) for k, v in record["scores"].items()
+        },
+      )
+    )
+  if not cases:
+    raise ValueError("The evaluation split has no examples.")
+  return EvalResult(class_names=local.class_names, cases=cases)
+
+
+def share_arrays(result: EvalResult, indices: Sequence[int]) -> None:
+  """Copies the kept arrays of cases ``indices`` of a ``gather``-ed result
+  to every process (in place), from the process that evaluated each.
+
+  For the few cases drawn as overlays; a no-op with one process.
+  """
+  if jax.process_count() == 1:
+    return
+  count, own = jax.process_count(), jax.process_index()
+  buffer = io.BytesIO()
+  arrays = {}
+  for index in indices:
+    case = result.cases[index]
+    if index % count == own and case.image is not None:
+      arrays[f"{index}/image"] = case.image
+      arrays[f"{index}/label"] = case.label
+      arrays[f"{index}/prediction"] = case.prediction
+  np.savez(buffer, **arrays)
+  for blob in _allgather_bytes(buffer.getvalue()):
+    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+      for key in data.files:
+        index, name = key.split("/")
+        setattr(result.cases[int(index)], name, data[key])
 
 
 def _unpad_window(

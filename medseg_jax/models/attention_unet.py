@@ -37,6 +37,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from medseg_jax import sharding
 from medseg_jax.models import layers
 
 INTERMEDIATES = "intermediates"
@@ -199,6 +200,9 @@ class AttentionUNet(nn.Module):
     pad_input: zero-pad inputs whose spatial sizes are not multiples of
       `2 ** (len(features) - 1)` and crop the logits back; if False such
       inputs raise a ValueError. Sown coefficients stay at the padded size.
+    remat: rematerialise every convolution block, as in `UNet`.
+    partition: mesh axis names for the leading axes of the input and of
+      every convolution block's output, as in `UNet`.
   """
 
   num_classes: int
@@ -212,6 +216,8 @@ class AttentionUNet(nn.Module):
   gate_finest: bool = True
   gate_projection: bool = True
   pad_input: bool = False
+  remat: bool = False
+  partition: tuple[str | None, ...] | None = None
 
   def __post_init__(self):
     layers.check_spatial_dims(self.spatial_dims)
@@ -262,20 +268,23 @@ class AttentionUNet(nn.Module):
       num_downsamplings=num_levels - 1,
       pad_input=self.pad_input,
     )
-    x = x.astype(self.dtype)
+    x = sharding.constrain(x.astype(self.dtype), self.partition)
 
-    def block(features: int, name: str) -> layers.ConvBlock:
-      return layers.ConvBlock(
+    def block(features: int, name: str, x: jax.Array) -> jax.Array:
+      module = layers.ConvBlock(
         features, spatial_dims=d, norm=self.norm, dtype=self.dtype, name=name
+      )
+      return layers.apply_block(
+        module, x, train=train, remat=self.remat, partition=self.partition
       )
 
     skips = []
     for level, features in enumerate(self.features[:-1]):
-      x = block(features, f"down_{level}")(x, train=train)
+      x = block(features, f"down_{level}", x)
       skips.append(x)
       x = layers.max_pool(x, d)
 
-    x = block(self.features[-1], "bottleneck")(x, train=train)
+    x = block(self.features[-1], "bottleneck", x)
 
     gated = self.gated_levels()
     for level in reversed(range(num_levels - 1)):
@@ -300,7 +309,7 @@ class AttentionUNet(nn.Module):
         name=f"upsample_{level}",
       )(x)
       x = jnp.concatenate([skip, x.astype(self.dtype)], axis=-1)
-      x = block(features, f"up_{level}")(x, train=train)
+      x = block(features, f"up_{level}", x)
 
     logits = nn.Conv(
       self.num_classes,

@@ -29,6 +29,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from medseg_jax import sharding
+
 NORMS = ("batch", "group", "instance", "none")
 UPSAMPLE_MODES = ("transpose", "resize")
 
@@ -652,3 +654,40 @@ class UpConv(nn.Module):
     raise ValueError(
       f"Unknown upsample mode {self.mode!r}; expected one of {UPSAMPLE_MODES}."
     )
+
+
+def _call_block(block: nn.Module, x: jax.Array, train: bool) -> jax.Array:
+  return block(x, train=train)
+
+
+def apply_block(
+  block: nn.Module,
+  x: jax.Array,
+  *,
+  train: bool,
+  remat: bool = False,
+  partition: tuple[str | None, ...] | None = None,
+) -> jax.Array:
+  """Calls `block(x, train=train)`, optionally rematerialised and sharded.
+
+  Args:
+    block: a module whose `__call__` takes `(x, *, train)`, e.g. `ConvBlock`.
+    x: `f[B, *S, C]` input.
+    train: training mode, static.
+    remat: wrap the call in `flax.linen.remat` (`jax.checkpoint`): the
+      block's intermediate activations are recomputed in the backward pass
+      instead of being kept, so only its input stays in memory. Parameter
+      names and values are unchanged.
+    partition: mesh axis names for the leading axes of the output, e.g.
+      `("data", "spatial")` splits `[B, D, H, W, C]` over batch and depth;
+      see `medseg_jax.sharding.constrain`. `None` leaves the layout to XLA.
+
+  Returns:
+    The block's output `f[B, *S, C_out]`.
+  """
+  if remat:
+    # `train` must be static: it selects Python branches (batch norm).
+    y = nn.remat(_call_block, static_argnums=(2,))(block, x, train)
+  else:
+    y = block(x, train=train)
+  return sharding.constrain(y, partition)

@@ -34,6 +34,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from medseg_jax import sharding
 from medseg_jax.models import layers
 
 # Collection and name under which deep-supervision logits are sown.
@@ -140,6 +141,14 @@ class UNet(nn.Module):
       `2 ** (len(features) - 1)` at the end of each axis and crop the logits
       back; if False such inputs raise a ValueError. Deep-supervision logits
       at level `k` are cropped to `ceil(S / 2^k)`.
+    remat: rematerialise every block (`flax.linen.remat`): its activations
+      are recomputed in the backward pass rather than stored. Same
+      parameters and, up to float rounding, the same gradients.
+    partition: mesh axis names for the leading axes of the input and of
+      every block's output, e.g. `("data", "spatial")` to split 3-D
+      activations `[B, D, H, W, C]` over batch and depth; needs a context
+      mesh (`jax.set_mesh`) and is a no-op without one. See
+      `medseg_jax.sharding.constrain`.
   """
 
   num_classes: int
@@ -153,6 +162,8 @@ class UNet(nn.Module):
   deep_supervision: bool = False
   double_within_level: bool = False
   pad_input: bool = False
+  remat: bool = False
+  partition: tuple[str | None, ...] | None = None
 
   def __post_init__(self):
     layers.check_spatial_dims(self.spatial_dims)
@@ -207,14 +218,14 @@ class UNet(nn.Module):
       num_downsamplings=num_levels - 1,
       pad_input=self.pad_input,
     )
-    x = x.astype(self.dtype)
+    x = sharding.constrain(x.astype(self.dtype), self.partition)
     block_cls = layers.ResidualBlock if self.residual else layers.ConvBlock
 
-    def block(level: int, name: str, *, encoder: bool) -> nn.Module:
+    def block(level: int, name: str, x: jax.Array, *, encoder: bool):
       mid = None
       if self.double_within_level and encoder:
         mid = self.features[level]
-      return block_cls(
+      module = block_cls(
         self._level_channels(level),
         spatial_dims=d,
         norm=self.norm,
@@ -222,14 +233,17 @@ class UNet(nn.Module):
         dtype=self.dtype,
         name=name,
       )
+      return layers.apply_block(
+        module, x, train=train, remat=self.remat, partition=self.partition
+      )
 
     skips = []
     for level in range(num_levels - 1):
-      x = block(level, f"down_{level}", encoder=True)(x, train=train)
+      x = block(level, f"down_{level}", x, encoder=True)
       skips.append(x)
       x = layers.max_pool(x, d)
 
-    x = block(num_levels - 1, "bottleneck", encoder=True)(x, train=train)
+    x = block(num_levels - 1, "bottleneck", x, encoder=True)
 
     # Auxiliary heads cost a convolution per level; skip them unless the
     # caller collects their output (init always builds them).
@@ -249,7 +263,7 @@ class UNet(nn.Module):
         name=f"upsample_{level}",
       )(x)
       x = jnp.concatenate([skips[level], x.astype(self.dtype)], axis=-1)
-      x = block(level, f"up_{level}", encoder=False)(x, train=train)
+      x = block(level, f"up_{level}", x, encoder=False)
       if want_aux and level > 0:
         aux[level] = self._head(x, f"aux_head_{level}")
 

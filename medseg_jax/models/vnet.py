@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from medseg_jax import sharding
 from medseg_jax.models import layers
 
 
@@ -223,6 +224,9 @@ class VNet(nn.Module):
     pad_input: zero-pad inputs whose spatial sizes are not multiples of
       `2 ** (len(features) - 1)` and crop the logits back; if False such
       inputs raise a ValueError.
+    remat: rematerialise every stage (`flax.linen.remat`), as in `UNet`.
+    partition: mesh axis names for the leading axes of the input and of
+      every stage's and resampling's output, as in `UNet`.
   """
 
   num_classes: int
@@ -235,6 +239,8 @@ class VNet(nn.Module):
   in_channels: int | None = None
   dtype: jax.typing.DTypeLike = jnp.float32
   pad_input: bool = False
+  remat: bool = False
+  partition: tuple[str | None, ...] | None = None
 
   def __post_init__(self):
     layers.check_spatial_dims(self.spatial_dims)
@@ -294,37 +300,51 @@ class VNet(nn.Module):
       num_downsamplings=num_levels - 1,
       pad_input=self.pad_input,
     )
-    x = x.astype(self.dtype)
+    x = sharding.constrain(x.astype(self.dtype), self.partition)
     common = dict(spatial_dims=d, norm=self.norm, dtype=self.dtype)
+
+    def run(module: nn.Module, x: jax.Array) -> jax.Array:
+      return layers.apply_block(
+        module, x, train=train, remat=self.remat, partition=self.partition
+      )
 
     skips = []
     for level in range(num_levels):
       if level > 0:
-        x = Resample(
-          self.features[level], "down", name=f"down_{level - 1}", **common
-        )(x, train=train)
-      x = ResidualStage(
-        self.features[level],
-        self.convs[level],
-        kernel_size=self.kernel_size,
-        name=f"encoder_{level}",
-        **common,
-      )(x, train=train)
+        x = run(
+          Resample(
+            self.features[level], "down", name=f"down_{level - 1}", **common
+          ),
+          x,
+        )
+      x = run(
+        ResidualStage(
+          self.features[level],
+          self.convs[level],
+          kernel_size=self.kernel_size,
+          name=f"encoder_{level}",
+          **common,
+        ),
+        x,
+      )
       skips.append(x)
 
     decoder_convs = self._decoder_convs()
     for level in reversed(range(num_levels - 1)):
-      x = Resample(self.features[level], "up", name=f"up_{level}", **common)(
-        x, train=train
+      x = run(
+        Resample(self.features[level], "up", name=f"up_{level}", **common), x
       )
       x = jnp.concatenate([skips[level], x], axis=-1)
-      x = ResidualStage(
-        2 * self.features[level],
-        decoder_convs[level],
-        kernel_size=self.kernel_size,
-        name=f"decoder_{level}",
-        **common,
-      )(x, train=train)
+      x = run(
+        ResidualStage(
+          2 * self.features[level],
+          decoder_convs[level],
+          kernel_size=self.kernel_size,
+          name=f"decoder_{level}",
+          **common,
+        ),
+        x,
+      )
 
     logits = nn.Conv(
       self.num_classes,

@@ -89,6 +89,42 @@ def test_processes_read_disjoint_rows(synthetic_2d_dir):
   assert not rows_a & rows_b
 
 
+def test_two_processes_read_the_rows_of_one_process(synthetic_2d_dir):
+  # With the default random crops and flips: process p's batch b is the
+  # p-th half of one process's batch b, augmented the same way.
+  config = _config(synthetic_2d_dir)
+  whole = list(
+    itertools.islice(
+      iter(pipeline.train_dataset(config, config.data_dir, local_batch_size=8)),
+      3,
+    )
+  )
+  halves = [
+    _case_images(config, 3, process_index=p, process_count=2) for p in (0, 1)
+  ]
+  for step, batch in enumerate(whole):
+    for key in ("image", "label", "mask"):
+      joined = np.concatenate([halves[0][step][key], halves[1][step][key]])
+      np.testing.assert_array_equal(joined, batch[key])
+
+
+def test_eval_examples_are_shared_out_by_process(synthetic_2d_dir):
+  config = _config(synthetic_2d_dir)
+
+  def ids(**kwargs):
+    return [
+      e["case_id"]
+      for e in pipeline.eval_examples(
+        config, config.data_dir, "validation[:5]", pad_multiple=1, **kwargs
+      )
+    ]
+
+  everything = ids()
+  assert len(everything) == 5
+  assert ids(process_index=0, process_count=2) == everything[0::2]
+  assert ids(process_index=1, process_count=2) == everything[1::2]
+
+
 def test_eval_examples_pad_and_keep_the_shape(synthetic_2d_dir):
   config = _config(synthetic_2d_dir)
   examples = list(

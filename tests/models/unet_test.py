@@ -463,3 +463,68 @@ def test_cicek_3d_unet_parameter_count(norm, expected):
   )
   if norm == "none":
     assert model_testing.num_params(params) - up_biases == 19_069_955
+
+
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_remat_keeps_parameters_and_gradients(spatial_dims):
+  shape = SHAPES[spatial_dims]
+  kwargs = dict(
+    num_classes=3, features=FEATURES, spatial_dims=spatial_dims, norm="batch"
+  )
+  plain, remat = UNet(**kwargs), UNet(**kwargs, remat=True)
+  variables, x = model_testing.init(plain, shape)
+  assert jax.tree.structure(
+    model_testing.abstract_variables(remat, shape)
+  ) == jax.tree.structure(variables)
+  expected = model_testing.train_gradients(plain, variables, x, 3)
+  got = model_testing.train_gradients(remat, variables, x, 3)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+    got,
+    expected,
+  )
+
+  # The backward pass really recomputes: a remat (checkpoint) per block.
+  def loss(params, model):
+    logits, _ = model.apply(
+      {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+    )
+    return jnp.sum(logits)
+
+  jaxprs = [
+    str(
+      jax.make_jaxpr(jax.grad(loss), static_argnums=1)(variables["params"], m)
+    )
+    for m in (plain, remat)
+  ]
+  assert "remat" not in jaxprs[0] and "checkpoint" not in jaxprs[0]
+  assert jaxprs[1].count("checkpoint") + jaxprs[1].count("remat") >= 3
+
+
+def test_bfloat16_gradients_are_close_to_float32():
+  kwargs = dict(num_classes=3, features=FEATURES, norm="instance")
+  f32, bf16 = UNet(**kwargs), UNet(**kwargs, dtype=jnp.bfloat16)
+  variables, x = model_testing.init(f32, SHAPES[2])
+  logits = model_testing.apply(bf16, variables, x, train=False)
+  assert logits.dtype == jnp.float32  # The head runs in float32.
+  expected, _ = model_testing.train_gradients(f32, variables, x, 3)
+  got, _ = model_testing.train_gradients(bf16, variables, x, 3)
+  for leaf in jax.tree.leaves(got):
+    assert leaf.dtype == jnp.float32  # Float32 parameters and gradients.
+  a, b = (
+    jnp.concatenate([leaf.ravel() for leaf in jax.tree.leaves(tree)])
+    for tree in (got, expected)
+  )
+  # bfloat16 keeps 8 bits of mantissa; these random-label gradients are
+  # small differences of large terms, so agreement is ~10 %, not 1e-3 (a
+  # float16 or broken cast would be far off).
+  cosine = float(a @ b / (jnp.linalg.norm(a) * jnp.linalg.norm(b)))
+  assert cosine > 0.98
+  assert float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) < 0.2
+  # ... and bfloat16 really was used: the gradients are not the float32 ones.
+  assert any(
+    not np.array_equal(a, b)
+    for a, b in zip(
+      jax.tree.leaves(got), jax.tree.leaves(expected), strict=True
+    )
+  )
