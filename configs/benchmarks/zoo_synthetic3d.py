@@ -2,14 +2,14 @@ r"""The 3-D models side by side with classical methods on the 3-D phantoms.
 
   python -m medseg_jax.benchmark --suite=configs/benchmarks/zoo_synthetic3d.py
 
-V-Net (3^3 kernels, 2000 steps) and the 3-D U-Net (Cicek layout 8-64, 1500
+V-Net (3^3 kernels, 2000 steps) and the 3-D U-Net (Cicek layout 8-64, 800
 steps), batch 4 of 32^3 crops, one seed each, scored on the 16 test volumes
 of 64^3; Otsu and a random walker fitted on the training volumes.
 """
 
 EXPERIMENTS = (
   ("vnet", "configs/zoo.py:model=vnet,data=synthetic3d,steps=2000"),
-  ("unet3d", "configs/zoo.py:model=unet3d,data=synthetic3d,steps=1500"),
+  ("unet3d", "configs/zoo.py:model=unet3d,data=synthetic3d,steps=800"),
 )
 
 
