@@ -281,6 +281,13 @@ def train_and_evaluate(
   loss_kwargs = {k: v for k, v in config.loss.items() if k != "name"}
   loss_fn = losses_lib.get_loss(config.loss.name, **loss_kwargs)
   tx, schedule = optimizers.create(config.optimizer, config.num_train_steps)
+  augment_on = augment_lib.check_augment_on(config.get("augment_on", "device"))
+  augment_specs = list(config.get("augment", None) or [])
+  augment = (
+    augment_lib.build(augment_specs, spatial_shape=config.data.patch_size)
+    if augment_specs
+    else None
+  )
   writer = writers.create_writer(
     str(workdir), config.get("writer", "tensorboard")
   )
@@ -393,15 +400,16 @@ def train_and_evaluate(
   # --------------------------------------------------------------------------
   # Jitted functions: the state is donated so its buffers are reused.
   # --------------------------------------------------------------------------
-  augment_specs = list(config.get("augment", None) or [])
-  augment = (
-    augment_lib.build(augment_specs, spatial_shape=config.data.patch_size)
-    if augment_specs
-    else None
-  )
+  # With augment_on="host" the input pipeline has already augmented the
+  # batch, with the key this step would use (medseg_jax/augment/host.py).
+  if augment is not None:
+    logging.info("Augmentation on the %s: %s.", augment_on, augment.ops)
   train_step = jax.jit(
     functools.partial(
-      _train_step, loss_fn=loss_fn, schedule=schedule, augment=augment
+      _train_step,
+      loss_fn=loss_fn,
+      schedule=schedule,
+      augment=augment if augment_on == "device" else None,
     ),
     in_shardings=(state_sharding, sharding.data_sharded(mesh), replicated),
     out_shardings=(state_sharding, replicated, replicated),
