@@ -4,13 +4,15 @@ r"""Cost of the JAX augmentations: in the train step, and against MONAI.
   .venv/bin/python benchmarks/augment.py --repeats=30 --part=step
   .venv/bin/python benchmarks/augment.py --part=throughput --examples=64
 
-Part ``step``: the median wall time of one jitted train step of the 2-D
-U-Net of ``benchmarks/models.py`` (16-32-64-128, two 3x3 conv + instance
-norm + ReLU per block, batch 8 of 128x128x1, 4 classes, Adam,
-cross-entropy), without and with ``OPS`` applied on the device inside the
-same jitted step, and the overhead ratio. The two steps are timed in
-alternation, so a change of machine load hits both. Each op alone on the
-batch is timed as well, to show where the cost is.
+Part ``step``: the median wall and process CPU time of one jitted train
+step of the 2-D U-Net of ``benchmarks/models.py`` (16-32-64-128, two 3x3
+conv + instance norm + ReLU per block, batch 8 of 128x128x1, 4 classes,
+Adam, cross-entropy), without and with ``OPS`` applied on the device inside
+the same jitted step, and the overhead ratios; also with the geometric ops
+resampled one by one (``Augment(fuse=False)``), the layout before they were
+composed. The variants are timed in alternation, so a change of machine
+load hits all of them; CPU time is the steadier figure on a shared machine.
+Each op alone on the batch is timed as well, to show where the cost is.
 
 Part ``throughput``: augmented examples per second on the CPU, the jitted
 batch call of ``medseg_jax.augment`` against the equivalent MONAI
@@ -24,6 +26,7 @@ are imported only here; without them that column is skipped.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import math
 import pathlib
 import statistics
@@ -102,6 +105,13 @@ def make_step(model, tx, augment_fn):
   return jax.jit(step)
 
 
+def _timed(fn, *args) -> tuple[float, float]:
+  """Wall and process CPU seconds of one call, waited for."""
+  wall, cpu = time.perf_counter(), time.process_time()
+  jax.block_until_ready(fn(*args))
+  return time.perf_counter() - wall, time.process_time() - cpu
+
+
 def bench_step(repeats: int) -> None:
   model = models.get_model(
     "unet",
@@ -117,42 +127,55 @@ def bench_step(repeats: int) -> None:
   tx = optax.adam(1e-3)
   opt_state = tx.init(params)
   pipeline = augment.build(OPS, spatial_shape=(SIZE, SIZE))
+  separate = dataclasses.replace(pipeline, fuse=False)
   steps = {
-    "plain": make_step(model, tx, None),
-    "augmented": make_step(model, tx, pipeline),
+    "plain step": make_step(model, tx, None),
+    "+ augmentation on device": make_step(model, tx, pipeline),
+    "+ augmentation, resampling per op": make_step(model, tx, separate),
   }
   for name, fn in steps.items():
     start = time.perf_counter()
     jax.block_until_ready(fn(params, opt_state, batch, jax.random.key(0)))
-    print(f"compile + first {name} step: {time.perf_counter() - start:.1f} s")
+    print(f"compile + first call, {name}: {time.perf_counter() - start:.1f} s")
   times = {name: [] for name in steps}
   for i in range(repeats):
     for name, fn in steps.items():
-      key = jax.random.key(i)
-      start = time.perf_counter()
-      jax.block_until_ready(fn(params, opt_state, batch, key))
-      times[name].append(time.perf_counter() - start)
-  plain, augmented = (_median_ms(times[n]) for n in ("plain", "augmented"))
+      times[name].append(
+        _timed(fn, params, opt_state, batch, jax.random.key(i))
+      )
+  base_wall = _median_ms([w for w, _ in times["plain step"]])
+  base_cpu = _median_ms([c for _, c in times["plain step"]])
   print(
     f"\nTrain step, U-Net 16-128, batch {BATCH}x{SIZE}x{SIZE}x1, Adam, CE; "
-    f"median of {repeats}, alternating:"
+    f"median of {repeats}, variants alternating:"
   )
-  print(f"  {'plain step':<34}{plain:>9.1f} ms")
-  print(f"  {'step + augmentation on device':<34}{augmented:>9.1f} ms")
-  print(f"  {'overhead':<34}{augmented / plain - 1:>9.1%}   (target <= 15 %)")
+  print(
+    f"  {'':<36}{'wall ms':>9}{'overhead':>10}{'CPU ms':>10}{'overhead':>10}"
+  )
+  for name, pairs in times.items():
+    wall = _median_ms([w for w, _ in pairs])
+    cpu = _median_ms([c for _, c in pairs])
+    print(
+      f"  {name:<36}{wall:>9.1f}{wall / base_wall - 1:>10.1%}"
+      f"{cpu:>10.1f}{cpu / base_cpu - 1:>10.1%}"
+    )
+  print("  (target: at most 15 % overhead with augmentation on device)")
 
-  print(f"\nEach op alone, jitted, on the batch ({BATCH}x{SIZE}x{SIZE}x1):")
-  for spec in [*OPS, None]:
-    ops = OPS if spec is None else [spec]
-    fn = jax.jit(augment.build(ops))
+  print(f"\nAugmentation alone, jitted, batch {BATCH}x{SIZE}x{SIZE}x1:")
+  variants = [(spec["op"], augment.build([spec])) for spec in OPS]
+  variants += [
+    ("whole list", pipeline),
+    ("whole list, resampling per op", separate),
+  ]
+  for name, ops in variants:
+    fn = jax.jit(ops)
     jax.block_until_ready(fn(jax.random.key(0), batch))
-    op_times = []
-    for i in range(max(repeats, 5)):
-      start = time.perf_counter()
-      jax.block_until_ready(fn(jax.random.key(i), batch))
-      op_times.append(time.perf_counter() - start)
-    name = "whole list" if spec is None else spec["op"]
-    print(f"  {name:<34}{_median_ms(op_times):>9.2f} ms")
+    pairs = [
+      _timed(fn, jax.random.key(i), batch) for i in range(max(repeats, 5))
+    ]
+    wall = _median_ms([w for w, _ in pairs])
+    cpu = _median_ms([c for _, c in pairs])
+    print(f"  {name:<36}{wall:>9.2f} ms wall{cpu:>9.2f} ms CPU")
 
 
 # ----------------------------------------------------------------------------
@@ -223,6 +246,16 @@ def bench_throughput(examples: int, repeats: int) -> None:
     times.append(time.perf_counter() - start)
   ours = examples / statistics.median(times)
   rows = [(f"medseg_jax, jitted batch of {examples}", ours)]
+  separate = jax.jit(dataclasses.replace(augment.build(OPS), fuse=False))
+  jax.block_until_ready(separate(jax.random.key(0), batch))
+  times = []
+  for i in range(repeats):
+    start = time.perf_counter()
+    jax.device_get(separate(jax.random.key(i), jax.device_put(data, cpu)))
+    times.append(time.perf_counter() - start)
+  rows.append(
+    ("medseg_jax, resampling per op", examples / statistics.median(times))
+  )
 
   try:
     import monai  # noqa: F401  # pylint: disable=g-import-not-at-top
