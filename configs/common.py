@@ -61,10 +61,13 @@ def base_config() -> ml_collections.ConfigDict:
     dict(op="random_flip", axes=(0, 1)),
   ]
 
-  # On-device augmentation inside the jitted train step, per example:
-  # [dict(op="elastic", p=0.3, magnitude=(0, 8)), ...]; see
-  # medseg_jax/augment (unknown ops or bad ranges fail at start-up).
+  # JAX augmentation per example: [dict(op="elastic", p=0.3,
+  # magnitude=(0, 8)), ...]; see medseg_jax/augment (unknown ops or bad
+  # ranges fail at start-up). augment_on="device" runs it inside the jitted
+  # train step; "host" runs the same functions, with the same keys, in the
+  # grain pipeline on the CPU (in the workers if data.worker_count > 0).
   config.augment = []
+  config.augment_on = "device"
 
   config.model = ml_collections.ConfigDict()
   config.model.name = "unet"

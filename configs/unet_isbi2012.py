@@ -11,15 +11,42 @@ Fixed validation fold: slices 24-29 (a contiguous block, since neighbouring
 sections are correlated); training uses slices 0-23. Classes: 0 cell
 interior, 1 membrane. Arguments: ``fold=k`` (0-4) for 5-fold
 cross-validation over the 30 slices, ``percent=`` and ``seed=`` as in
-``configs/common.py``.
+``configs/common.py``, ``slices=N`` to train on slices 0..N-1 only, and
+``augment=NAME`` for one of the augmentation lists in ``AUGMENT`` (run in
+the train step; ``--config.augment_on=host`` runs them in the input
+pipeline instead).
+
+Scarce labels, with and without elastic deformation (same budget):
+
+  python -m medseg_jax.main \
+      --config=configs/unet_isbi2012.py:slices=6,steps=500 \
+      --workdir=workdirs/results/isbi6_none
+  python -m medseg_jax.main \
+      --config=configs/unet_isbi2012.py:slices=6,steps=500,augment=elastic \
+      --workdir=workdirs/results/isbi6_elastic
 """
 
 from configs import common
 
+# Named augmentation lists for ``augment=NAME`` (see medseg_jax/augment).
+AUGMENT = {
+  "none": [],
+  # The U-Net paper's: random displacements on a coarse 3x3 grid, about
+  # 10 pixels std, interpolated smoothly.
+  "elastic": [dict(op="elastic", p=0.8, magnitude=(0.0, 10.0), grid=3)],
+}
+
 
 def get_config(arg=None):
   args = common.parse_arg(
-    arg, runlocal=False, steps=0, fold=-1, percent=100, seed=-1
+    arg,
+    runlocal=False,
+    steps=0,
+    fold=-1,
+    percent=100,
+    seed=-1,
+    slices=0,
+    augment="none",
   )
   config = common.base_config()
   config.dataset = "isbi2012_em"
@@ -44,6 +71,20 @@ def get_config(arg=None):
     config.num_train_steps = args.steps
   if args.fold >= 0:
     set_fold(config, args.fold)
+  if args.slices:
+    if args.fold >= 0:
+      raise ValueError(
+        "slices= trains on slices 0..N-1 of the fixed split; with fold= use "
+        "percent= instead."
+      )
+    if not 0 < args.slices <= 24:
+      raise ValueError(f"slices must be in [1, 24]; got {args.slices}.")
+    config.train_split = f"train[:{args.slices}]"
+  if args.augment not in AUGMENT:
+    raise ValueError(
+      f"Unknown augment={args.augment!r}; valid: {sorted(AUGMENT)}."
+    )
+  config.augment = [dict(spec) for spec in AUGMENT[args.augment]]
   common.apply_data_args(config, args)
   return config
 

@@ -332,6 +332,13 @@ def train_and_evaluate(
   loss_kwargs = {k: v for k, v in config.loss.items() if k != "name"}
   loss_fn = losses_lib.get_loss(config.loss.name, **loss_kwargs)
   tx, schedule = optimizers.create(config.optimizer, config.num_train_steps)
+  augment_on = augment_lib.check_augment_on(config.get("augment_on", "device"))
+  augment_specs = list(config.get("augment", None) or [])
+  augment = (
+    augment_lib.build(augment_specs, spatial_shape=config.data.patch_size)
+    if augment_specs
+    else None
+  )
   writer = writers.create_writer(
     str(workdir), config.get("writer", "tensorboard")
   )
@@ -448,18 +455,19 @@ def train_and_evaluate(
   # --------------------------------------------------------------------------
   # Jitted functions: the state is donated so its buffers are reused.
   # --------------------------------------------------------------------------
-  augment_specs = list(config.get("augment", None) or [])
-  augment = (
-    augment_lib.build(augment_specs, spatial_shape=config.data.patch_size)
-    if augment_specs
-    else None
-  )
+  # With augment_on="host" the input pipeline has already augmented the
+  # batch, with the key this step would use (medseg_jax/augment/host.py).
+  if augment is not None:
+    logging.info("Augmentation on the %s: %s.", augment_on, augment.ops)
   # The models' sharding constraints name mesh axes, so they are traced
   # under the mesh (jax.set_mesh).
   train_step = _under_mesh(
     jax.jit(
       functools.partial(
-        _train_step, loss_fn=loss_fn, schedule=schedule, augment=augment
+        _train_step,
+        loss_fn=loss_fn,
+        schedule=schedule,
+        augment=augment if augment_on == "device" else None,
       ),
       in_shardings=(
         state_sharding,

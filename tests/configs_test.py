@@ -76,3 +76,18 @@ def test_zoo_presets_build_their_model(arg):
   )
   out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
   assert out.shape == (1, *size, spec.num_classes)
+
+
+def test_isbi_slices_and_augment_arguments():
+  from configs import unet_isbi2012
+  from medseg_jax import augment
+
+  config = unet_isbi2012.get_config("slices=6,augment=elastic")
+  assert config.train_split == "train[:6]"
+  assert [s["op"] for s in config.augment] == ["elastic"]
+  augment.build(config.augment, spatial_shape=config.data.patch_size)
+  assert unet_isbi2012.get_config("slices=6").augment == []
+  with pytest.raises(ValueError, match="elastic"):
+    unet_isbi2012.get_config("augment=swirl")
+  with pytest.raises(ValueError, match="percent"):
+    unet_isbi2012.get_config("slices=6,fold=1")

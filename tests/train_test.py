@@ -8,6 +8,7 @@ because the device count and signals are per process.
 import json
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
@@ -501,6 +502,41 @@ def test_on_device_augmentation_is_deterministic_and_changes_training(
   assert max_abs_diff(b, c) == 0.0  # Same seed and steps: same batches.
   assert max_abs_diff(a, b) > 0.0  # The augmentation did something.
   assert train_losses(tmp_path / "b") == train_losses(tmp_path / "c")
+
+
+def test_host_augmentation_trains_like_device_and_resumes_exactly(
+  tmp_path, data_dir
+):
+  device = tiny_config(data_dir, augment=AUGMENT)
+  host = tiny_config(data_dir, augment=AUGMENT, augment_on="host")
+  train.train_and_evaluate(device, str(tmp_path / "device"))
+  train.train_and_evaluate(host, str(tmp_path / "host"))
+  # The same ops with the same keys, once in the pipeline and once in the
+  # step (no dropout here, so nothing else differs).
+  on_device, on_host = (
+    train_losses(tmp_path / "device"),
+    train_losses(tmp_path / "host"),
+  )
+  assert sorted(on_host) == list(range(1, 7))
+  for step, loss in on_device.items():
+    assert on_host[step] == pytest.approx(loss, rel=1e-5), step
+  # Resume from step 3 (as after a crash): the grain iterator state brings
+  # back the position, and with it the augmented batches of steps 4-6.
+  resumed = tmp_path / "resumed"
+  shutil.copytree(tmp_path / "host" / "checkpoints", resumed / "checkpoints")
+  shutil.rmtree(resumed / "checkpoints" / "6")
+  train.train_and_evaluate(host, str(resumed))
+  assert train_losses(resumed) == {step: on_host[step] for step in range(4, 7)}
+  assert (
+    max_abs_diff(final_params(tmp_path / "host"), final_params(resumed)) == 0
+  )
+
+
+def test_bad_augment_on_fails_at_start_up(tmp_path, data_dir):
+  config = tiny_config(data_dir, augment=AUGMENT, augment_on="gpu")
+  with pytest.raises(ValueError, match="augment_on='gpu'"):
+    train.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists()
 
 
 def test_bad_augmentation_fails_at_start_up(tmp_path, data_dir):

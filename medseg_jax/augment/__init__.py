@@ -19,8 +19,17 @@ with one draw: the image is interpolated linearly, label and mask by
 nearest neighbour, and voxels from outside the input become image 0,
 label 0, mask 0. Intensity ops (gamma, brightness, contrast, noise, blur,
 low_resolution) change the image on real voxels only.
+
+``config.augment_on`` runs a config's list inside the jitted train step
+(``"device"``) or in the grain input pipeline on the CPU (``"host"``,
+:class:`HostAugment`), with the same keys; see
+:mod:`medseg_jax.augment.host`.
 """
 
+from medseg_jax.augment.host import AUGMENT_ON
+from medseg_jax.augment.host import HostAugment
+from medseg_jax.augment.host import check_augment_on
+from medseg_jax.augment.host import step_key
 from medseg_jax.augment.intensity import blur
 from medseg_jax.augment.intensity import brightness
 from medseg_jax.augment.intensity import contrast
@@ -41,7 +50,9 @@ from medseg_jax.augment.spatial import rot90
 
 __all__ = [
   "AUGMENTATIONS",
+  "AUGMENT_ON",
   "Augment",
+  "HostAugment",
   "OpSpec",
   "Param",
   "Step",
@@ -49,6 +60,7 @@ __all__ = [
   "blur",
   "brightness",
   "build",
+  "check_augment_on",
   "contrast",
   "elastic",
   "flip",
@@ -57,4 +69,5 @@ __all__ = [
   "noise",
   "resample",
   "rot90",
+  "step_key",
 ]

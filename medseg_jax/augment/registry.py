@@ -15,6 +15,15 @@ skips the op statically; otherwise the op output is chosen with
 ``lax.cond`` (a ``select`` under ``vmap``), so an example that was not
 drawn is returned bit for bit. Op ``i`` draws from ``fold_in(key, i)``, so
 the draws of one op do not depend on the other ops' parameters.
+
+Consecutive geometric ops that include an interpolating one (affine,
+elastic) are composed: their maps of positions are chained and the example
+is resampled once, from the input of the run. That is cheaper than one
+resampling per op (XLA would otherwise recompute each upstream
+interpolation inside every corner gather of the next) and blurs the image
+once instead of repeatedly. ``elastic`` closes a run (its displacement
+field lives on the grid), so list it after ``affine``. A run of flips and
+rot90 alone stays an exact voxel permutation.
 """
 
 import dataclasses
@@ -30,6 +39,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from medseg_jax.augment import intensity
+from medseg_jax.augment import sampling
 from medseg_jax.augment import spatial
 
 Example = dict[str, Any]
@@ -101,12 +111,21 @@ class OpSpec:
     params: option name -> :class:`Param` (``p`` is implicit).
     geometric: True if the op moves voxels (label and mask change too).
     doc: one line for listings.
+    points: for geometric ops, ``points(key, points, shape, **params) ->
+      points``: where each output position samples the op's input, with
+      the same draws as ``fn``; used to compose runs of geometric ops.
+    interpolates: the op resamples (not an exact voxel permutation).
+    grid_only: ``points`` accepts the identity grid only, so the op must
+      be the last of a composed run.
   """
 
   fn: OpFn
   params: Mapping[str, Param]
   geometric: bool
   doc: str = ""
+  points: Callable[..., jax.Array] | None = None
+  interpolates: bool = False
+  grid_only: bool = False
 
 
 def _range(default, low=None, high=None, strict=False, help="") -> Param:
@@ -121,6 +140,7 @@ AUGMENTATIONS: dict[str, OpSpec] = {
       "axis_p": Param(0.5, "prob", help="flip probability per axis"),
     },
     geometric=True,
+    points=spatial.flip_points,
     doc="mirror each spatial axis independently",
   ),
   "rot90": OpSpec(
@@ -134,6 +154,7 @@ AUGMENTATIONS: dict[str, OpSpec] = {
       ),
     },
     geometric=True,
+    points=spatial.rot90_points,
     doc="rotate by k * 90 degrees in a random square plane",
   ),
   "affine": OpSpec(
@@ -152,6 +173,8 @@ AUGMENTATIONS: dict[str, OpSpec] = {
       ),
     },
     geometric=True,
+    points=spatial.affine_points,
+    interpolates=True,
     doc="random rotation, scale, shear and translation",
   ),
   "elastic": OpSpec(
@@ -163,6 +186,9 @@ AUGMENTATIONS: dict[str, OpSpec] = {
       "grid": Param(6, "ints", low=2, help="control nodes per axis"),
     },
     geometric=True,
+    points=spatial.elastic_points,
+    interpolates=True,
+    grid_only=True,
     doc="cubic-interpolated random displacements (U-Net)",
   ),
   "gamma": OpSpec(
@@ -353,6 +379,10 @@ class Step:
     """``fn(key, example) -> example`` with the options bound."""
     return functools.partial(AUGMENTATIONS[self.op].fn, **dict(self.params))
 
+  def points(self) -> Callable[..., jax.Array]:
+    """``points(key, points, shape) -> points`` with the options bound."""
+    return functools.partial(AUGMENTATIONS[self.op].points, **dict(self.params))
+
 
 def _as_example(example: Mapping[str, Any]) -> Example:
   """Converts image/label/mask to jnp; adds a mask of ones if missing."""
@@ -391,9 +421,66 @@ class Augment:
 
   Attributes:
     steps: the ops in order.
+    fuse: compose runs of geometric ops into one resampling (see the
+      module docstring); False resamples after every op.
   """
 
   steps: tuple[Step, ...]
+  fuse: bool = True
+
+  def _runs(self) -> list[list[tuple[int, Step]]]:
+    """Groups the drawn ops (p > 0) into runs that are applied together."""
+    runs, current = [], []
+    for i, step in enumerate(self.steps):
+      if step.p == 0.0:
+        continue
+      spec = AUGMENTATIONS[step.op]
+      if not (self.fuse and spec.points is not None):
+        runs += [current, [(i, step)]]
+        current = []
+        continue
+      current.append((i, step))
+      if spec.grid_only:
+        runs.append(current)
+        current = []
+    runs.append(current)
+    return [run for run in runs if run]
+
+  @staticmethod
+  def _apply(key: jax.Array, i: int, step: Step, example: Example) -> Example:
+    fn = step.fn()
+    k_apply, k_op = jax.random.split(jax.random.fold_in(key, i))
+    if step.p == 1.0:
+      return fn(k_op, example)
+    return lax.cond(
+      jax.random.bernoulli(k_apply, step.p),
+      lambda ex: fn(k_op, ex),
+      lambda ex: ex,
+      example,
+    )
+
+  @staticmethod
+  def _warp(
+    key: jax.Array, run: list[tuple[int, Step]], example: Example
+  ) -> Example:
+    """Applies a run of geometric ops with one resampling.
+
+    Output position ``y`` of the last op samples its input at ``c_k(y)``,
+    which sampled its own input at ``c_{k-1}(c_k(y))``, and so on: the maps
+    are applied last op first, each where its coin came up, and the run's
+    input is resampled once at the result.
+    """
+    shape = example["label"].shape
+    points = sampling.identity_grid(shape)
+    for i, step in reversed(run):
+      k_apply, k_op = jax.random.split(jax.random.fold_in(key, i))
+      moved = step.points()(k_op, points, shape)
+      if step.p == 1.0:
+        points = moved
+      else:
+        apply = jax.random.bernoulli(k_apply, step.p)
+        points = jnp.where(apply, moved, points)
+    return sampling.resample(example, points)
 
   def augment_example(
     self, key: jax.Array, example: Mapping[str, Any]
@@ -412,21 +499,13 @@ class Augment:
       the other input keys.
     """
     current = _as_example(example)
-    for i, step in enumerate(self.steps):
-      if step.p == 0.0:
-        continue
-      fn = step.fn()
-      k_apply, k_op = jax.random.split(jax.random.fold_in(key, i))
-      if step.p == 1.0:
-        current = fn(k_op, current)
+    for run in self._runs():
+      interpolates = any(AUGMENTATIONS[s.op].interpolates for _, s in run)
+      if len(run) > 1 and interpolates:
+        current = self._warp(key, run, current)
       else:
-        apply = jax.random.bernoulli(k_apply, step.p)
-        current = lax.cond(
-          apply,
-          lambda ex, fn=fn, k=k_op: fn(k, ex),
-          lambda ex: ex,
-          current,
-        )
+        for i, step in run:
+          current = self._apply(key, i, step, current)
     return {**example, **current}
 
   def __call__(self, key: jax.Array, batch: Mapping[str, Any]) -> Example:

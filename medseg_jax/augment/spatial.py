@@ -10,6 +10,14 @@ one grid of source coordinates and call
 :func:`medseg_jax.augment.sampling.resample` (linear image, nearest label
 and mask, zeros out of bounds). Ranges are ``(low, high)`` pairs sampled
 uniformly per example; parameters are static Python values.
+
+Each op also has a point form, ``*_points(key, points, shape, **params)``,
+that maps output positions ``f32[d, *S]`` to the positions they sample in
+the op's input, with the same random draws as the op. The pipeline
+(:mod:`medseg_jax.augment.registry`) composes a run of geometric ops
+through these and resamples once. ``elastic_points`` takes the identity
+grid only (its displacement field lives on the grid), so it can only be
+the last op of such a run.
 """
 
 import itertools
@@ -103,15 +111,39 @@ def flip(
   Returns:
     The flipped example (exact voxel permutation).
   """
-  d = len(_spatial_shape(example))
-  axes = tuple(range(d)) if axes is None else tuple(axes)
-  _check_axes(axes, d, "flip", "axes")
-  draws = jax.random.bernoulli(key, axis_p, (len(axes),))
+  axes, draws = _flip_draws(key, _spatial_shape(example), axes, axis_p)
   out = dict(example)
   for i, a in enumerate(axes):
     for name in SPATIAL_KEYS:
       out[name] = jnp.where(draws[i], jnp.flip(out[name], a), out[name])
   return out
+
+
+def _flip_draws(
+  key: jax.Array,
+  shape: Sequence[int],
+  axes: Sequence[int] | None,
+  axis_p: float,
+) -> tuple[tuple[int, ...], jax.Array]:
+  d = len(shape)
+  axes = tuple(range(d)) if axes is None else tuple(axes)
+  _check_axes(axes, d, "flip", "axes")
+  return axes, jax.random.bernoulli(key, axis_p, (len(axes),))
+
+
+def flip_points(
+  key: jax.Array,
+  points: jax.Array,
+  shape: Sequence[int],
+  axes: Sequence[int] | None = None,
+  axis_p: float = 0.5,
+) -> jax.Array:
+  """:func:`flip` as a map of positions ``f32[d, *S]`` (same draws)."""
+  axes, draws = _flip_draws(key, shape, axes, axis_p)
+  rows = list(points)
+  for i, a in enumerate(axes):
+    rows[a] = jnp.where(draws[i], (shape[a] - 1) - rows[a], rows[a])
+  return jnp.stack(rows)
 
 
 def rot90(
@@ -137,6 +169,25 @@ def rot90(
       invalid axis.
   """
   shape = _spatial_shape(example)
+  turns = _rot90_turns(shape, planes)
+  if not turns:
+    return example
+  subset = {name: example[name] for name in SPATIAL_KEYS}
+
+  def branch(plane, k):
+    return lambda ex: {
+      name: jnp.rot90(x, k, axes=plane) for name, x in ex.items()
+    }
+
+  branches = [branch(plane, k) for plane, k in turns]
+  choice = jax.random.randint(key, (), 0, len(branches))
+  return {**example, **lax.switch(choice, branches, subset)}
+
+
+def _rot90_turns(
+  shape: Sequence[int], planes: Sequence[tuple[int, int]] | None
+) -> list[tuple[tuple[int, int], int]]:
+  """The ``(plane, k)`` candidates of :func:`rot90`, in draw order."""
   d = len(shape)
   if planes is None:
     planes = [
@@ -154,18 +205,43 @@ def rot90(
         "rot90 needs a square plane (list only square planes, or use "
         "op='affine' for arbitrary rotations)."
       )
-  if not planes:
-    return example
-  subset = {name: example[name] for name in SPATIAL_KEYS}
+  return [(plane, k) for plane in planes for k in (1, 2, 3)]
+
+
+def rot90_points(
+  key: jax.Array,
+  points: jax.Array,
+  shape: Sequence[int],
+  planes: Sequence[tuple[int, int]] | None = None,
+) -> jax.Array:
+  """:func:`rot90` as a map of positions ``f32[d, *S]`` (same draws).
+
+  ``jnp.rot90(x, k, axes=(i, j))`` takes output position ``y`` from input
+  ``(y_j, n - 1 - y_i)`` (k = 1), ``(n - 1 - y_i, n - 1 - y_j)`` (k = 2) or
+  ``(n - 1 - y_j, y_i)`` (k = 3) in axes ``(i, j)``, ``n`` the plane size.
+  """
+  turns = _rot90_turns(shape, planes)
+  if not turns:
+    return points
 
   def branch(plane, k):
-    return lambda ex: {
-      name: jnp.rot90(x, k, axes=plane) for name, x in ex.items()
-    }
+    i, j = plane
+    last = shape[i] - 1
 
-  branches = [branch(p, k) for p in planes for k in (1, 2, 3)]
-  choice = jax.random.randint(key, (), 0, len(branches))
-  return {**example, **lax.switch(choice, branches, subset)}
+    def turn(p):
+      yi, yj = p[i], p[j]
+      if k == 1:
+        si, sj = yj, last - yi
+      elif k == 2:
+        si, sj = last - yi, last - yj
+      else:
+        si, sj = last - yj, yi
+      return p.at[i].set(si).at[j].set(sj)
+
+    return turn
+
+  choice = jax.random.randint(key, (), 0, len(turns))
+  return lax.switch(choice, [branch(p, k) for p, k in turns], points)
 
 
 def _rotation_matrix(angles: jax.Array, d: int) -> jax.Array:
@@ -217,6 +293,46 @@ def affine(
     0, label 0 and mask 0.
   """
   shape = _spatial_shape(example)
+  coords = affine_points(
+    key,
+    sampling.identity_grid(shape),
+    shape,
+    rotation=rotation,
+    scale=scale,
+    per_axis_scale=per_axis_scale,
+    shear=shear,
+    translation=translation,
+  )
+  return sampling.resample(example, coords)
+
+
+def _unit_upper_inverse(matrix: jax.Array) -> jax.Array:
+  """Inverse of ``I + N``, ``N`` strictly upper triangular: ``sum (-N)^k``."""
+  d = matrix.shape[0]
+  nilpotent = matrix - jnp.eye(d, dtype=matrix.dtype)
+  inverse = term = jnp.eye(d, dtype=matrix.dtype)
+  for _ in range(d - 1):
+    term = -term @ nilpotent
+    inverse = inverse + term
+  return inverse
+
+
+def affine_points(
+  key: jax.Array,
+  points: jax.Array,
+  shape: Sequence[int],
+  rotation: Sequence[Range] = ((-15.0, 15.0),),
+  scale: Range = (0.85, 1.15),
+  per_axis_scale: bool = False,
+  shear: Range = (0.0, 0.0),
+  translation: Sequence[Range] = ((0.0, 0.0),),
+) -> jax.Array:
+  """:func:`affine` as a map of positions ``f32[d, *S]`` (same draws).
+
+  Returns ``M^-1 (y - c - t) + c`` for every position ``y``, with ``M^-1 =
+  diag(1 / s) @ Sh^-1 @ R^T`` in closed form (no batched linear solve).
+  """
+  shape = tuple(shape)
   d = len(shape)
   n_angles = 1 if d == 2 else 3
   rotation = per_axis_ranges(rotation, n_angles, "affine", "rotation")
@@ -229,16 +345,18 @@ def affine(
   shear_values = _uniform(k_shear, [shear] * n_shear)
   rows, cols = jnp.triu_indices(d, 1)
   shear_matrix = jnp.eye(d, dtype=jnp.float32).at[rows, cols].set(shear_values)
-  forward = _rotation_matrix(angles, d) @ shear_matrix @ jnp.diag(zoom)
-  inverse = jnp.linalg.inv(forward)
+  # forward = R @ Sh @ diag(zoom); R is orthogonal.
+  inverse = (
+    (1.0 / zoom)[:, None]
+    * _unit_upper_inverse(shear_matrix)
+    @ _rotation_matrix(angles, d).T
+  )
   size = jnp.asarray(shape, jnp.float32)
   shift = _uniform(k_shift, translation) * size
   centre = (size - 1) / 2
-  expand = (slice(None),) + (None,) * d
-  grid = sampling.identity_grid(shape)
-  relative = grid - (centre + shift)[expand]
-  coords = jnp.tensordot(inverse, relative, axes=1) + centre[expand]
-  return sampling.resample(example, coords)
+  expand = (slice(None),) + (None,) * (points.ndim - 1)
+  relative = points - (centre + shift)[expand]
+  return jnp.tensordot(inverse, relative, axes=1) + centre[expand]
 
 
 def elastic(
@@ -267,6 +385,37 @@ def elastic(
     0, label 0 and mask 0.
   """
   shape = _spatial_shape(example)
+  coords = elastic_points(
+    key,
+    sampling.identity_grid(shape),
+    shape,
+    magnitude=magnitude,
+    grid=grid,
+  )
+  return sampling.resample(example, coords)
+
+
+def elastic_points(
+  key: jax.Array,
+  points: jax.Array,
+  shape: Sequence[int],
+  magnitude: Range = (0.0, 8.0),
+  grid: int | Sequence[int] = 6,
+) -> jax.Array:
+  """:func:`elastic` as a map of the identity grid (same draws).
+
+  Args:
+    key: PRNG key.
+    points: ``sampling.identity_grid(shape)``; the displacement field is
+      defined on the grid, so other positions are not supported.
+    shape: spatial shape ``S``.
+    magnitude: as in :func:`elastic`.
+    grid: as in :func:`elastic`.
+
+  Returns:
+    ``points + displacement``, ``f32[d, *S]``.
+  """
+  shape = tuple(shape)
   d = len(shape)
   nodes = (grid,) * d if isinstance(grid, int) else tuple(grid)
   if len(nodes) != d:
@@ -280,5 +429,4 @@ def elastic(
   for a in range(d):
     matrix = sampling.cubic_upsample_matrix(shape[a], nodes[a])
     displacement = sampling.apply_along_axis(matrix, displacement, a + 1)
-  coords = sampling.identity_grid(shape) + displacement
-  return sampling.resample(example, coords)
+  return points + displacement

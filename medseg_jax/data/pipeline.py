@@ -2,9 +2,10 @@
 
 Training: ``MapDataset`` over ``tfds.data_source`` -> seeded shuffle (a new
 order each epoch) -> infinite repeat -> per-example transforms -> this
-process's rows -> batch -> iterator. Everything is a pure function of the
-seed and the position, so the iterator state (a few integers) is all that a
-checkpoint needs to resume the exact batch sequence.
+process's rows -> batch -> (with ``config.augment_on="host"``) the JAX
+augmentations of ``config.augment`` on the CPU -> iterator. Everything is a
+pure function of the seed and the position, so the iterator state (a few
+integers) is all that a checkpoint needs to resume the exact batch sequence.
 
 With several processes, global batch ``b`` is positions ``b * B, ...,
 (b + 1) * B - 1`` of that stream, and process ``p`` reads (and transforms)
@@ -28,6 +29,7 @@ import jax
 import ml_collections
 import numpy as np
 
+from medseg_jax.augment import host as host_augment
 from medseg_jax.data import registry
 from medseg_jax.data import transforms as transforms_lib
 
@@ -44,12 +46,22 @@ def train_dataset(
 
   Each batch is ``image: f32[B_local, *S, C]``, ``label: i32[B_local, *S]``
   and ``mask: f32[B_local, *S]``.
+
+  Raises:
+    ValueError: for an empty split, a bad ``config.augment_on`` or a bad
+      ``config.augment`` list.
   """
   process_index = (
     jax.process_index() if process_index is None else process_index
   )
   process_count = (
     jax.process_count() if process_count is None else process_count
+  )
+  augment = host_augment.from_config(
+    config,
+    local_batch_size=local_batch_size,
+    process_index=process_index,
+    process_count=process_count,
   )
   source = registry.data_source(
     config.dataset,
@@ -84,6 +96,10 @@ def train_dataset(
   # Lazy: only this process's rows are read and transformed.
   ds = ProcessRows(ds, local_batch_size, process_index, process_count)
   ds = ds.batch(local_batch_size, drop_remainder=True)
+  if augment is not None:
+    # After batching: batch i is train step i, whose key the augmentation
+    # uses, so a restored iterator replays the same augmented batches.
+    ds = ds.map_with_index(augment)
   read_options = grain.ReadOptions(
     num_threads=config.data.get("read_threads", 2),
     prefetch_buffer_size=config.data.get("prefetch_buffer_size", 8),
@@ -92,7 +108,8 @@ def train_dataset(
   workers = config.data.get("worker_count", 0)
   if workers:
     iter_ds = iter_ds.mp_prefetch(
-      grain.MultiprocessingOptions(num_workers=workers)
+      grain.MultiprocessingOptions(num_workers=workers),
+      worker_init_fn=host_augment.cpu_only_worker if augment else None,
     )
   return iter_ds
 
