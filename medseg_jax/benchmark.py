@@ -13,6 +13,9 @@ A suite file defines `get_suite()` returning a ConfigDict with
                 its own process per seed, work dir
                 `<root>/<suite>/<name>/seed_<s>`. A finished run is not
                 trained again (the trainer resumes and re-evaluates).
+  pools:        [dict(name=..., members=[method names])] (optional): one
+                more row per pool over the members' held-out cases, e.g.
+                the k folds of a cross-validation.
   baselines:    [dict(name=..., method="otsu", config="configs/x.py",
                       kwargs={...}, overrides={"test_split": "test[:8]"})]
                 classical methods (`medseg_jax.baselines`), fitted on the
@@ -89,7 +92,7 @@ def load_suite(path: str) -> ml_collections.ConfigDict:
   spec.loader.exec_module(module)
   if not hasattr(module, "get_suite"):
     raise ValueError(f"{path} defines no get_suite().")
-  fields = {"split": "test", "baselines": [], **module.get_suite()}
+  fields = {"split": "test", "baselines": [], "pools": [], **module.get_suite()}
   for key in ("name", "experiments"):
     if key not in fields:
       raise ValueError(f"Suite {path} lacks {key!r}.")
@@ -99,7 +102,36 @@ def load_suite(path: str) -> ml_collections.ConfigDict:
   ]
   if len(set(names)) != len(names):
     raise ValueError(f"Suite {path} repeats a method name: {names}.")
+  for pool in suite.pools:
+    unknown = [m for m in pool["members"] if m not in names]
+    if unknown:
+      raise ValueError(
+        f"Pool {pool['name']!r} of suite {path} names unknown methods "
+        f"{unknown}; valid: {names}."
+      )
   return suite
+
+
+def pool_rows(rows: Sequence[Row], name: str, members: Sequence[str]) -> Row:
+  """One row over the held-out cases of several rows (e.g. k folds).
+
+  Cases are concatenated (each fold's held-out cases are disjoint), per-seed
+  means are listed member by member, and training times add up.
+  """
+  chosen = [r for r in rows if r.name in members]
+  if not chosen:
+    raise ValueError(f"Pool {name!r}: none of {list(members)} ran.")
+  params = {r.params for r in chosen}
+  return Row(
+    name=name,
+    kind=chosen[0].kind,
+    dice=[d for r in chosen for d in r.dice],
+    hd95=[h for r in chosen for h in r.hd95],
+    seed_dice=[d for r in chosen for d in r.seed_dice],
+    train_seconds=sum(r.train_seconds for r in chosen),
+    params=params.pop() if len(params) == 1 else None,
+    command="pooled: " + ", ".join(r.name for r in chosen),
+  )
 
 
 def _flag_value(value: Any) -> str:
@@ -323,7 +355,7 @@ def write_tables(rows: Sequence[Row], directory: pathlib.Path) -> str:
     params = f"{row.params:,}" if row.params is not None else "-"
     lines.append(
       f"| {row.name} | {dice_mean:.3f} ± {dice_std:.3f} | "
-      f"{hd_mean:.2f} ± {hd_std:.2f} | {per_seed} | "
+      f"{_mm(hd_mean)} ± {_mm(hd_std)} | {per_seed} | "
       f"{row.train_seconds / 60:.1f} min | {params} |"
     )
   _atomic_write(directory / "results.csv", buffer.getvalue())
@@ -331,6 +363,14 @@ def write_tables(rows: Sequence[Row], directory: pathlib.Path) -> str:
   _atomic_write(directory / "results.md", markdown)
   bar_plot(rows, directory / "dice.png")
   return markdown
+
+
+def _mm(value: float) -> str:
+  """Two decimals, or three significant digits for sub-0.01 distances
+  (microscopy spacings are nanometres, i.e. about 1e-6 mm)."""
+  if math.isfinite(value) and 0 < abs(value) < 0.01:
+    return f"{value:.2e}"
+  return f"{value:.2f}"
 
 
 def _atomic_write(path: pathlib.Path, text: str) -> None:
@@ -385,6 +425,8 @@ def main(argv: Sequence[str]) -> None:
     if _ONLY.value and baseline["name"] not in _ONLY.value:
       continue
     rows.append(run_baseline(baseline, suite.split))
+  for pool in suite.pools:
+    rows.append(pool_rows(rows, pool["name"], pool["members"]))
   markdown = write_tables(rows, root)
   print(markdown)
   print(f"Tables and plot in {root}")

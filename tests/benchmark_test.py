@@ -95,3 +95,35 @@ def test_suite_end_to_end(tmp_path, synthetic_2d_dir, monkeypatch):
   assert baseline.dice[0] > 0.3  # Otsu finds the bright organ at least.
   markdown = benchmark.write_tables([model, baseline], tmp_path / "out")
   assert "| unet |" in markdown and "| otsu |" in markdown
+
+
+def test_pooled_rows_and_unknown_members(tmp_path):
+  rows = [
+    benchmark.Row("f0", "model", [0.8, 0.6], [1.0, 3.0], [0.7], 60.0, 10, "a"),
+    benchmark.Row("f1", "model", [0.9], [2.0], [0.9], 30.0, 10, "b"),
+    benchmark.Row("other", "model", [0.1], [9.0], [0.1], 1.0, 5, "c"),
+  ]
+  pooled = benchmark.pool_rows(rows, "pooled", ["f0", "f1"])
+  assert pooled.dice == [0.8, 0.6, 0.9]
+  assert pooled.hd95 == [1.0, 3.0, 2.0]
+  assert pooled.seed_dice == [0.7, 0.9]
+  assert pooled.train_seconds == 90.0
+  assert pooled.params == 10
+  with pytest.raises(ValueError, match="none of"):
+    benchmark.pool_rows(rows, "empty", ["f9"])
+  suite = tmp_path / "suite.py"
+  suite.write_text(
+    "def get_suite():\n"
+    "  e = dict(name='m', config='configs/unet_synthetic.py')\n"
+    "  return dict(name='s', experiments=[e],"
+    " pools=[dict(name='p', members=['m', 'x'])])\n"
+  )
+  with pytest.raises(ValueError, match=r"unknown methods \['x'\]"):
+    benchmark.load_suite(str(suite))
+
+
+def test_sub_hundredth_distances_keep_digits(tmp_path):
+  # Microscopy: 4 nm pixels are 4e-6 mm; two decimals would print 0.00.
+  rows = [benchmark.Row("em", "model", [0.8], [1.6e-5], [0.8], 1.0, 1, "x")]
+  markdown = benchmark.write_tables(rows, tmp_path)
+  assert "| 1.60e-05 ± 0.00 |" in markdown
