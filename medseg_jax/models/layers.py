@@ -110,7 +110,7 @@ def conv_impl_for(
   `"depth_stacked"` applies to 3-D, stride-1, `"SAME"` convolutions with an
   odd kernel larger than 1; anything else falls back to `"xla"`. `"auto"`
   picks `"depth_stacked"` where it applies and the default backend is the
-  CPU (where it is 3-14x faster, forward plus backward, measured in
+  CPU (where it is 4-16x faster, forward plus backward, measured by
   `benchmarks/conv3d.py`), and `"xla"` otherwise.
   """
   if impl not in CONV_IMPLS:
@@ -146,8 +146,8 @@ def depth_stacked_conv3d(x: jax.Array, kernel: jax.Array) -> jax.Array:
     shifted along depth and summed (the cheaper side to copy).
 
   Either way the result equals `lax.conv_general_dilated` on the 3-D input
-  up to float rounding, 3-14x faster forward plus backward on the CPU
-  (`benchmarks/train_throughput.py --dims=3 --profile`).
+  up to float rounding, 4-16x faster forward plus backward on the CPU
+  (`benchmarks/conv3d.py`).
 
   Args:
     x: `f[B, D, H, W, C_in]`.
