@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import pathlib
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -26,6 +24,7 @@ import numpy as np
 # Run as a script from anywhere: make the repository importable.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import median_ms  # noqa: E402
 from medseg_jax.models import layers  # noqa: E402
 
 # (batch, edge, C_in, C_out).
@@ -46,16 +45,6 @@ def xla_conv3d(x, kernel):
   )
 
 
-def median_ms(fn, args, repeats):
-  jax.block_until_ready(fn(*args))
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - t0)
-  return 1e3 * statistics.median(times)
-
-
 def timings(conv, x, kernel, repeats):
   """(forward ms, forward + backward ms) of one convolution function."""
 
@@ -65,8 +54,8 @@ def timings(conv, x, kernel, repeats):
   forward = jax.jit(conv)
   both = jax.jit(jax.grad(loss, argnums=(0, 1)))
   return (
-    median_ms(forward, (x, kernel), repeats),
-    median_ms(both, (x, kernel), repeats),
+    median_ms(lambda: jax.block_until_ready(forward(x, kernel)), repeats),
+    median_ms(lambda: jax.block_until_ready(both(x, kernel)), repeats),
   )
 
 

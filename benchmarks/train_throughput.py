@@ -46,6 +46,7 @@ import optax
 # Run as a script from anywhere: make the repository importable.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from benchmarks.timing import median_ms  # noqa: E402
 from benchmarks.torch_twins import flax_variables_from_torch  # noqa: E402
 from benchmarks.torch_twins import make_torch_unet  # noqa: E402
 from medseg_jax import models  # noqa: E402
@@ -133,16 +134,6 @@ def conv_shapes(shape, dims):
   return out
 
 
-def _median_ms(fn, repeats):
-  fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
-  return 1e3 * statistics.median(times)
-
-
 def time_xla_conv(batch, size, cin, cout, dims, repeats):
   """(forward, input-gradient, weight-gradient) ms of one XLA 3^d conv."""
   spec = ("NDHWC", "DHWIO", "NDHWC") if dims == 3 else ("NHWC", "HWIO", "NHWC")
@@ -162,9 +153,9 @@ def time_xla_conv(batch, size, cin, cout, dims, repeats):
   grad_x = jax.jit(lambda dy: jax.vjp(lambda x: conv(x, k), x)[1](dy)[0])
   grad_k = jax.jit(lambda dy: jax.vjp(lambda k: conv(x, k), k)[1](dy)[0])
   return (
-    _median_ms(lambda: jax.block_until_ready(fwd(x, k)), repeats),
-    _median_ms(lambda: jax.block_until_ready(grad_x(dy)), repeats),
-    _median_ms(lambda: jax.block_until_ready(grad_k(dy)), repeats),
+    median_ms(lambda: jax.block_until_ready(fwd(x, k)), repeats),
+    median_ms(lambda: jax.block_until_ready(grad_x(dy)), repeats),
+    median_ms(lambda: jax.block_until_ready(grad_k(dy)), repeats),
   )
 
 
@@ -184,8 +175,8 @@ def time_torch_conv(batch, size, cin, cout, dims, repeats):
       layer(x)
 
   return (
-    _median_ms(forward, repeats),
-    _median_ms(lambda: layer(x).backward(dy), repeats),
+    median_ms(forward, repeats),
+    median_ms(lambda: layer(x).backward(dy), repeats),
   )
 
 
