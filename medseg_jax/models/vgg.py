@@ -176,8 +176,7 @@ class VGG(nn.Module):
           f"conv{block}_{i}",
           f"bn{block}_{i}",
         )
-      window = (2,) * d
-      x = nn.max_pool(x, window, strides=window, padding="SAME")
+      x = layers.max_pool(x, d, padding="SAME")
       features[f"pool{block}"] = x
 
     if self.fc:
