@@ -201,9 +201,9 @@ def test_depth_sharded_3d_model_equals_unsharded(name, axes, request):
   # per-device depth slabs of the full-resolution features (4 channels).
   slab = f"f32[{2 // axes['data']},{16 // axes['spatial']},16,16,4]"
   assert slab in compiled
-  if axes["data"] > 1:
-    # No device ever holds a whole full-resolution feature map. (With an
-    # unsplit batch, the CPU's depth-stacked convolution, which folds depth
-    # into the batch axis, makes XLA regather volumes in the backward pass;
-    # the results stay equal.)
-    assert "f32[2,16,16,16,4]" not in compiled
+  # No device ever holds a whole full-resolution feature map, also with an
+  # unsplit batch: under a spatial mesh the convolutions do not use the
+  # CPU's depth-stacked form (which folds depth into the batch axis and
+  # made XLA regather volumes in the backward pass).
+  whole = f"f32[{2 // axes['data']},16,16,16,4]"
+  assert whole not in compiled

@@ -113,7 +113,11 @@ def conv_impl_for(
   odd kernel larger than 1; anything else falls back to `"xla"`. `"auto"`
   picks `"depth_stacked"` where it applies and the default backend is the
   CPU (where it is 4-16x faster, forward plus backward, measured by
-  `benchmarks/conv3d.py`), and `"xla"` otherwise.
+  `benchmarks/conv3d.py`), and `"xla"` otherwise. It also picks `"xla"`
+  when traced under a context mesh (`jax.set_mesh`) whose `spatial` axis
+  has more than one device: the models then split depth over that axis,
+  and the stacked form, which moves depth into the batch axis, would make
+  XLA gather whole volumes on every device in the backward pass.
   """
   if impl not in CONV_IMPLS:
     raise ValueError(
@@ -128,9 +132,16 @@ def conv_impl_for(
   )
   if not stackable or impl == "xla":
     return "xla"
-  if impl == "auto" and jax.default_backend() != "cpu":
+  if impl == "auto" and (
+    jax.default_backend() != "cpu" or _depth_split_by_mesh()
+  ):
     return "xla"
   return "depth_stacked"
+
+
+def _depth_split_by_mesh() -> bool:
+  mesh = jax.sharding.get_abstract_mesh()
+  return not mesh.empty and dict(mesh.shape).get(sharding.SPATIAL_AXIS, 1) > 1
 
 
 def depth_stacked_conv3d(x: jax.Array, kernel: jax.Array) -> jax.Array:

@@ -174,3 +174,12 @@ def test_conv_impl_resolution():
   assert resolve("depth_stacked", padding="VALID") == "xla"
   with pytest.raises(ValueError, match="Unknown conv impl 'fast'"):
     resolve("fast")
+  # A context mesh that splits depth keeps XLA's convolution.
+  devices = np.array(jax.devices()[:1]).reshape(1, 1)
+  one = jax.sharding.Mesh(devices, ("data", "spatial"))
+  with jax.set_mesh(one):
+    assert resolve("auto") == expected_auto
+  spatial = jax.sharding.AbstractMesh((1, 2), ("data", "spatial"))
+  with jax.sharding.use_abstract_mesh(spatial):
+    assert resolve("auto") == "xla"
+    assert resolve("depth_stacked") == "depth_stacked"
