@@ -579,8 +579,10 @@ def max_pool(
   slower than the elementwise gradient of a plain max (22 ms against 2.4 ms
   at 8x128x128x16). The two gradients differ only where a block holds tied
   maxima: this splits the gradient among them, the window form gives it to
-  one. In the networks here pooling follows a ReLU, whose gradient is zero
-  exactly where ties occur (at 0), so the networks' gradients are the same.
+  one. In the networks here pooling follows a ReLU; in float32, ties occur
+  (almost only) at 0, where the ReLU's gradient is zero, so the networks'
+  gradients are the same. In bfloat16 nonzero ties are common, and the
+  gradient is shared among them; both are valid subgradients.
   """
   d = spatial_dims
   if padding not in ("VALID", "SAME"):
