@@ -262,21 +262,14 @@ def run_baseline(baseline: dict[str, Any], split: str) -> Row:
   labels = [np.asarray(train[i]["label"]) for i in range(len(images))]
   method.fit(images, labels)
   fit_seconds = time.time() - start
-  dice, hd95 = [], []
   held_out = getattr(config, f"{split}_split", split)
-  for example in pipeline.eval_examples(
-    config, data_dir, held_out, pad_multiple=1
-  ):
-    prediction = method.predict(example["raw_image"])
-    case = evaluator.score_case(
-      example["case_id"],
-      prediction,
-      example["label"],
-      num_classes=spec.num_classes,
-      spacing=example["spacing"],
-    )
-    dice.append(_nanmean(case.scores["dice"][1:].tolist()))
-    hd95.append(_nanmean(case.scores["hd95"][1:].tolist()))
+  cases = evaluator.score_examples(
+    pipeline.eval_examples(config, data_dir, held_out, pad_multiple=1),
+    lambda example: method.predict(example["raw_image"]),
+    num_classes=spec.num_classes,
+  )
+  dice = [_nanmean(case.scores["dice"][1:].tolist()) for case in cases]
+  hd95 = [_nanmean(case.scores["hd95"][1:].tolist()) for case in cases]
   return Row(
     name=baseline["name"],
     kind="baseline",

@@ -67,24 +67,14 @@ def evaluate_run(
   predictor = case_predictor.CasePredictor.from_config(config, trained)
   split_name = resolve_split(config, split)
   options = config.eval
-  cases = []
-  for example in pipeline.eval_examples(
-    config, data_dir, split_name, pad_multiple=1
-  ):
-    prediction = predictor.predict_label(example["image"])
-    case = evaluator.score_case(
-      example["case_id"],
-      prediction,
-      example["label"],
-      num_classes=trained.spec.num_classes,
-      spacing=example["spacing"],
-      surface_metrics=options.surface_metrics,
-      tolerance_mm=options.nsd_tolerance_mm,
-    )
-    case.image = example["raw_image"]
-    case.label = example["label"]
-    case.prediction = prediction
-    cases.append(case)
+  cases = evaluator.score_examples(
+    pipeline.eval_examples(config, data_dir, split_name, pad_multiple=1),
+    lambda example: predictor.predict_label(example["image"]),
+    num_classes=trained.spec.num_classes,
+    surface_metrics=options.surface_metrics,
+    tolerance_mm=options.nsd_tolerance_mm,
+    keep_arrays=True,
+  )
   if not cases:
     raise ValueError(f"Split {split_name!r} of {config.dataset!r} is empty.")
   result = evaluator.EvalResult(

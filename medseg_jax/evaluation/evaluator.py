@@ -406,6 +406,47 @@ def score_case(
   return CaseResult(case_id=case_id, counts=counts, scores=scores)
 
 
+def score_examples(
+  examples: Iterable[dict[str, Any]],
+  predict: Callable[[dict[str, Any]], np.ndarray],
+  *,
+  num_classes: int,
+  surface_metrics: bool = True,
+  tolerance_mm: float = 1.0,
+  keep_arrays: bool = False,
+) -> list[CaseResult]:
+  """Predicts and scores whole cases one at a time (`score_case` each).
+
+  Args:
+    examples: `pipeline.eval_examples` dicts (`case_id`, `image`,
+      `raw_image`, `label`, `spacing`).
+    predict: maps an example to its `int[*S]` class ids.
+    num_classes: number of classes.
+    surface_metrics: add HD95, HD, ASSD and NSD.
+    tolerance_mm: NSD tolerance.
+    keep_arrays: keep `raw_image`, `label` and the prediction on each
+      result (for overlays).
+  """
+  cases = []
+  for example in examples:
+    prediction = predict(example)
+    case = score_case(
+      example["case_id"],
+      prediction,
+      example["label"],
+      num_classes=num_classes,
+      spacing=example["spacing"],
+      surface_metrics=surface_metrics,
+      tolerance_mm=tolerance_mm,
+    )
+    if keep_arrays:
+      case.image = example["raw_image"]
+      case.label = example["label"]
+      case.prediction = prediction
+    cases.append(case)
+  return cases
+
+
 @functools.cache
 def _counts_fn(num_classes: int):
   return jax.jit(

@@ -23,12 +23,15 @@ no bias of their own (it would be cancelled by the mean subtraction); with
 `norm="none"` they do.
 """
 
+import functools
+import itertools
 import math
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from medseg_jax import sharding
 from medseg_jax.models import batch_norm
@@ -571,18 +574,14 @@ def max_pool(
 ) -> jax.Array:
   """2^d max pooling with stride 2: `f[B, *S, C] -> f[B, *S/2, C]`.
 
-  The same function as `nn.max_pool(x, (2,) * d, strides=(2,) * d,
-  padding)`: with `"VALID"` an odd trailing row is dropped, with `"SAME"` it
-  is pooled on its own (output size `ceil(S / 2)`). Computed as a reshape to
-  2^d blocks and a max over them rather than as a window reduction, because
-  XLA:CPU's gradient of the window reduction (`select_and_scatter`) is 5-10x
-  slower than the elementwise gradient of a plain max (22 ms against 2.4 ms
-  at 8x128x128x16). The two gradients differ only where a block holds tied
-  maxima: this splits the gradient among them, the window form gives it to
-  one. In the networks here pooling follows a ReLU; in float32, ties occur
-  (almost only) at 0, where the ReLU's gradient is zero, so the networks'
-  gradients are the same. In bfloat16 nonzero ties are common, and the
-  gradient is shared among them; both are valid subgradients.
+  The same function and the same gradient as `nn.max_pool(x, (2,) * d,
+  strides=(2,) * d, padding)`: with `"VALID"` an odd trailing row is
+  dropped, with `"SAME"` it is pooled on its own (output size `ceil(S /
+  2)`), and the gradient of each output goes to the first maximum of its
+  block in row-major order, ties included (tests). It is computed on the
+  2^d strided sub-grids of `x` (`_block_max`) rather than as a window
+  reduction, because XLA:CPU's gradient of the window reduction
+  (`select_and_scatter`) is about 10x slower: 22 ms at 8x128x128x16.
   """
   d = spatial_dims
   if padding not in ("VALID", "SAME"):
@@ -593,12 +592,73 @@ def max_pool(
     x = jnp.pad(x, pads, constant_values=-jnp.inf)
   else:
     x = x[(slice(None),) + tuple(slice(0, n - n % 2) for n in spatial)]
-  halves = [n // 2 for n in x.shape[1 : 1 + d]]
-  blocks = [x.shape[0]]
-  for h in halves:
-    blocks += [h, 2]
-  x = x.reshape(*blocks, x.shape[-1])
-  return x.max(axis=tuple(range(2, 2 * d + 1, 2)))
+  return _block_max(x, d)
+
+
+def _sub_grids(x: jax.Array, d: int) -> list[jax.Array]:
+  """The 2^d stride-2 sub-grids of `f[B, *2S, C]`, row-major block order."""
+  shape = [x.shape[0]]
+  for n in x.shape[1 : 1 + d]:
+    shape += [n // 2, 2]
+  x = x.reshape(*shape, x.shape[-1])
+  grids = []
+  for offsets in itertools.product((0, 1), repeat=d):
+    index = [slice(None)]
+    for offset in offsets:
+      index += [slice(None), offset]
+    grids.append(x[tuple(index)])
+  return grids
+
+
+def _first_max(grids: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
+  """Elementwise max of `grids` and the index of the first maximum.
+
+  A pairwise tournament that keeps the left operand on ties, so the index
+  is always that of the first maximum, as in XLA's `select_and_scatter`,
+  and it comes from the same comparisons as the maximum itself.
+  """
+  values = list(grids)
+  indices = [jnp.full(g.shape, i, jnp.int8) for i, g in enumerate(grids)]
+  while len(values) > 1:
+    pairs = range(0, len(values), 2)
+    keep = [values[i] >= values[i + 1] for i in pairs]
+    indices = [
+      jnp.where(k, indices[i], indices[i + 1])
+      for k, i in zip(keep, pairs, strict=True)
+    ]
+    values = [
+      jnp.where(k, values[i], values[i + 1])
+      for k, i in zip(keep, pairs, strict=True)
+    ]
+  return values[0], indices[0]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _block_max(x: jax.Array, d: int) -> jax.Array:
+  """Max over 2^d blocks of `f[B, *2S, C]` (even sizes): `f[B, *S, C]`."""
+  return _first_max(_sub_grids(x, d))[0]
+
+
+def _block_max_fwd(x, d):
+  y, index = _first_max(_sub_grids(x, d))
+  return y, index
+
+
+def _block_max_bwd(d, index, g):
+  # Each output's gradient goes to the one input that was its maximum,
+  # written straight into the [B, S_0, 2, S_1, 2, ..., C] block layout.
+  expand = [slice(None)]
+  for _ in range(d):
+    expand += [slice(None), None]
+  index, g = index[tuple(expand)], g[tuple(expand)]
+  # position[0, :, a_0, :, a_1, ..., 0] = row-major index of (a_0, a_1, ...).
+  position = np.arange(2**d, dtype=np.int8).reshape([1] + [1, 2] * d + [1])
+  dx = jnp.where(index == position, g, 0)
+  shape = (g.shape[0], *(2 * n for n in g.shape[1:-1:2]), g.shape[-1])
+  return (dx.reshape(shape),)
+
+
+_block_max.defvjp(_block_max_fwd, _block_max_bwd)
 
 
 class UpConvTranspose(nn.Module):

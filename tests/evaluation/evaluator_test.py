@@ -103,3 +103,36 @@ def test_volume_overlay_shows_the_slice_with_most_foreground():
   assert overlays.pick_slice(label) == 3
   picture = overlays.render(np.zeros((5, 8, 8, 1)), label, label)
   assert picture.height == 8 + 14
+
+
+def test_score_examples_predicts_and_scores_each_case():
+  label = np.zeros((8, 8), np.int32)
+  label[2:6, 2:6] = 1
+  examples = [
+    {
+      "case_id": f"case{i}",
+      "image": np.full((8, 8, 1), i, np.float32),
+      "raw_image": np.full((8, 8, 1), 10 + i, np.float32),
+      "label": label,
+      "spacing": (1.0, 1.0),
+    }
+    for i in range(2)
+  ]
+  # case0 is predicted perfectly, case1 as all background.
+  cases = evaluator.score_examples(
+    examples,
+    lambda example: label * (example["image"][0, 0, 0] == 0),
+    num_classes=2,
+    surface_metrics=False,
+    keep_arrays=True,
+  )
+  assert [case.case_id for case in cases] == ["case0", "case1"]
+  assert cases[0].scores["dice"][1] == pytest.approx(1.0)
+  assert cases[1].scores["dice"][1] == pytest.approx(0.0)
+  assert "hd95" not in cases[0].scores
+  assert cases[1].image[0, 0, 0] == 11
+  np.testing.assert_array_equal(cases[1].prediction, np.zeros((8, 8)))
+  plain = evaluator.score_examples(
+    examples[:1], lambda example: label, num_classes=2
+  )
+  assert "hd95" in plain[0].scores and plain[0].prediction is None

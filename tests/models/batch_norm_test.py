@@ -1,4 +1,4 @@
-"""`batch_norm.BatchNorm` against `flax.linen.BatchNorm`, and max pooling."""
+"""`batch_norm.BatchNorm` and `layers.max_pool` against their Flax forms."""
 
 import flax.linen as nn
 import jax
@@ -158,18 +158,36 @@ def test_max_pool_matches_window_max_pool(padding, shape):
   )
 
 
-def test_max_pool_after_relu_has_the_window_gradient():
-  # Ties at 0 after a ReLU: the ReLU's zero gradient hides how they split.
-  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 3))
-  weight = jax.random.normal(jax.random.key(1), (2, 4, 4, 3))
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 4, 6, 4, 2)])
+def test_max_pool_ties_get_the_window_gradient(shape):
+  # Small integers: most blocks hold tied maxima (also all-equal blocks).
+  # Like select_and_scatter, the first maximum takes the whole gradient.
+  d = len(shape) - 2
+  x = jax.random.randint(jax.random.key(0), shape, 0, 3).astype(jnp.float32)
+  weight = jax.random.normal(jax.random.key(1), layers.max_pool(x, d).shape)
 
   def grad(pool):
-    return jax.grad(lambda x: jnp.sum(pool(jax.nn.relu(x)) * weight))(x)
+    return jax.grad(lambda x: jnp.sum(pool(x) * weight))(x)
 
   np.testing.assert_array_equal(
-    grad(lambda x: layers.max_pool(x, 2)),
-    grad(lambda x: nn.max_pool(x, (2, 2), strides=(2, 2))),
+    grad(lambda x: layers.max_pool(x, d)),
+    grad(lambda x: nn.max_pool(x, (2,) * d, strides=(2,) * d)),
   )
+
+
+def test_max_pool_gradient_is_finite_under_jit_with_a_fused_producer():
+  # The gradient is routed by an index, never by dividing by a tie count,
+  # so it cannot become NaN when XLA recomputes the pooled values.
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+  scale = jax.random.normal(jax.random.key(1), (4,))
+
+  @jax.jit
+  def grad(x):
+    return jax.grad(
+      lambda x: jnp.sum(layers.max_pool(jax.nn.relu(x * scale + 1.0), 2))
+    )(x)
+
+  assert bool(jnp.isfinite(grad(x)).all())
 
 
 def test_max_pool_bad_padding():
