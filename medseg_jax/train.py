@@ -567,7 +567,10 @@ def train_and_evaluate(
       if is_eval:
         result = validate(state, config.eval_split)
         summary = result.summary()
-        scalars = {"val/mean_foreground_dice": summary["mean_foreground_dice"]}
+        scalars = {
+          "val/mean_foreground_dice": summary["mean_foreground_dice"],
+          "val/pooled_foreground_dice": summary["pooled_foreground_dice"],
+        }
         for name, entry in summary["per_class"].items():
           scalars[f"val/dice_{name}"] = entry["dice"]["mean"]
         writer.write_scalars(step, scalars)
@@ -647,7 +650,10 @@ def evaluate_and_report(
       picks, workdir / "eval" / f"{split}_overlays"
     )
     print(f"Reports and {len(paths)} overlays in {workdir / 'eval'}")
-    scalars = {f"{split}/mean_foreground_dice": summary["mean_foreground_dice"]}
+    scalars = {
+      f"{split}/mean_foreground_dice": summary["mean_foreground_dice"],
+      f"{split}/pooled_foreground_dice": summary["pooled_foreground_dice"],
+    }
     for name, entry in summary["per_class"].items():
       for score, values in entry.items():
         scalars[f"{split}/{score}_{name}"] = values["mean"]

@@ -62,8 +62,16 @@ class EvalResult:
     return np.stack([case.scores[name] for case in self.cases])
 
   def summary(self) -> dict[str, Any]:
-    """Mean and std per class of each score (NaN-aware), and the mean
-    foreground Dice (classes 1..C-1) that model selection uses."""
+    """Mean and std per class of each score (NaN-aware), the mean
+    foreground Dice (classes 1..C-1) that model selection uses, and the
+    pooled Dice.
+
+    The pooled Dice of a class is 2 sum(TP) / (2 sum(TP) + sum(FP) +
+    sum(FN)) over all cases: one score for the whole split. Unlike the
+    mean over cases it does not jump when a case without the class gains
+    or loses a few false-positive voxels (that case's Dice flips between
+    1 and 0), so it is the steadier figure for comparing two runs.
+    """
     out: dict[str, Any] = {"num_cases": len(self.cases), "per_class": {}}
     for index, name in enumerate(self.class_names):
       entry = {}
@@ -80,6 +88,25 @@ class EvalResult:
     per_case = np.nanmean(dice, axis=1) if dice.size else np.zeros(0)
     out["mean_foreground_dice"] = (
       float(np.nanmean(per_case)) if per_case.size else float("nan")
+    )
+    pooled = {}
+    if self.cases:
+      tp, fp, fn = (
+        np.sum([case.counts[k] for case in self.cases], axis=0).astype(
+          np.float64
+        )
+        for k in ("tp", "fp", "fn")
+      )
+      denominator = 2 * tp + fp + fn
+      with np.errstate(invalid="ignore", divide="ignore"):
+        dice = np.where(denominator > 0, 2 * tp / denominator, np.nan)
+      pooled = {name: float(dice[i]) for i, name in enumerate(self.class_names)}
+    out["pooled_dice"] = pooled
+    foreground = [
+      pooled[name] for name in self.class_names[1:] if name in pooled
+    ]
+    out["pooled_foreground_dice"] = (
+      float(np.nanmean(foreground)) if foreground else float("nan")
     )
     return out
 
@@ -356,7 +383,8 @@ def format_table(result: EvalResult) -> str:
   lines.append("-" * len(header))
   lines.append(
     f"mean foreground Dice over {summary['num_cases']} cases: "
-    f"{summary['mean_foreground_dice']:.4f}"
+    f"{summary['mean_foreground_dice']:.4f}; pooled over the cases: "
+    f"{summary['pooled_foreground_dice']:.4f}"
   )
   return "\n".join(lines)
 

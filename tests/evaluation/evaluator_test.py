@@ -67,6 +67,26 @@ def test_perfect_and_partial_cases_with_a_padded_last_batch():
   assert summary["per_class"]["a"]["dice"]["mean"] == pytest.approx(
     (2 + 0.75) / 3
   )
+  # Pooled: class a has 16 + 12 + 16 true positives, 4 false positives and
+  # 4 false negatives over the three cases; class b 4 + 0 + 4 and 4 misses.
+  assert summary["pooled_dice"]["a"] == pytest.approx(88 / (88 + 8))
+  assert summary["pooled_dice"]["b"] == pytest.approx(16 / (16 + 4))
+  assert summary["pooled_foreground_dice"] == pytest.approx(
+    (88 / 96 + 16 / 20) / 2
+  )
+
+
+def test_pooled_dice_does_not_flip_on_a_case_without_the_class():
+  label = np.zeros((8, 8), np.int32)
+  label[2:6, 2:6] = 1
+  empty = np.zeros_like(label)
+  stray = empty.copy()
+  stray[0, 0] = 1  # one false-positive voxel in a case without class a
+  clean = _run([label, empty], [label, empty], batch_size=2).summary()
+  noisy = _run([label, stray], [label, empty], batch_size=2).summary()
+  assert clean["per_class"]["a"]["dice"]["mean"] == pytest.approx(1.0)
+  assert noisy["per_class"]["a"]["dice"]["mean"] == pytest.approx(0.5)
+  assert noisy["pooled_dice"]["a"] == pytest.approx(32 / 33)
 
 
 def test_reports_are_written_and_consistent(tmp_path):
