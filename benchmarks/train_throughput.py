@@ -50,6 +50,7 @@ from benchmarks.timing import median_ms  # noqa: E402
 from benchmarks.torch_twins import flax_variables_from_torch  # noqa: E402
 from benchmarks.torch_twins import make_torch_unet  # noqa: E402
 from medseg_jax import models  # noqa: E402
+from medseg_jax.models import layers  # noqa: E402
 
 FEATURES = (16, 32, 64, 128)
 NUM_CLASSES = 4
@@ -135,8 +136,15 @@ def conv_shapes(shape, dims):
 
 
 def time_xla_conv(batch, size, cin, cout, dims, repeats):
-  """(forward, input-gradient, weight-gradient) ms of one XLA 3^d conv."""
+  """(forward, input-gradient, weight-gradient) ms of one 3^d conv in XLA.
+
+  Lowered as our models lower it: in 3-D on the CPU that is the
+  depth-stacked 2-D convolution (`layers.depth_stacked_conv3d`).
+  """
   spec = ("NDHWC", "DHWIO", "NDHWC") if dims == 3 else ("NHWC", "HWIO", "NHWC")
+  impl = layers.conv_impl_for(
+    "auto", spatial_dims=dims, kernel_size=3, strides=1, padding="SAME"
+  )
   rng = np.random.default_rng(0)
   x = jnp.asarray(
     rng.standard_normal((batch, *(size,) * dims, cin)), jnp.float32
@@ -145,17 +153,21 @@ def time_xla_conv(batch, size, cin, cout, dims, repeats):
   dy = jnp.asarray(rng.standard_normal((*x.shape[:-1], cout)), jnp.float32)
 
   def conv(x, k):
+    if impl == "depth_stacked":
+      return layers.depth_stacked_conv3d(x, k)
     return jax.lax.conv_general_dilated(
       x, k, (1,) * dims, "SAME", dimension_numbers=spec
     )
 
   fwd = jax.jit(conv)
-  grad_x = jax.jit(lambda dy: jax.vjp(lambda x: conv(x, k), x)[1](dy)[0])
-  grad_k = jax.jit(lambda dy: jax.vjp(lambda k: conv(x, k), k)[1](dy)[0])
+  # Arrays are arguments, not closed-over constants, which XLA would try to
+  # constant-fold at compile time.
+  grad_x = jax.jit(lambda x, k, dy: jax.vjp(lambda x: conv(x, k), x)[1](dy)[0])
+  grad_k = jax.jit(lambda x, k, dy: jax.vjp(lambda k: conv(x, k), k)[1](dy)[0])
   return (
     median_ms(lambda: jax.block_until_ready(fwd(x, k)), repeats),
-    median_ms(lambda: jax.block_until_ready(grad_x(dy)), repeats),
-    median_ms(lambda: jax.block_until_ready(grad_k(dy)), repeats),
+    median_ms(lambda: jax.block_until_ready(grad_x(x, k, dy)), repeats),
+    median_ms(lambda: jax.block_until_ready(grad_k(x, k, dy)), repeats),
   )
 
 
