@@ -91,22 +91,17 @@ class EvalResult:
     )
     pooled = {}
     if self.cases:
-      tp, fp, fn = (
-        np.sum([case.counts[k] for case in self.cases], axis=0).astype(
-          np.float64
-        )
-        for k in ("tp", "fp", "fn")
-      )
-      denominator = 2 * tp + fp + fn
-      with np.errstate(invalid="ignore", divide="ignore"):
-        dice = np.where(denominator > 0, 2 * tp / denominator, np.nan)
+      # The per-case formula and its empty-class policy, on summed counts.
+      summed = {
+        k: np.sum([case.counts[k] for case in self.cases], axis=0)
+        for k in overlap.COUNT_KEYS
+      }
+      dice = overlap.scores_from_counts(summed)["dice"]
       pooled = {name: float(dice[i]) for i, name in enumerate(self.class_names)}
     out["pooled_dice"] = pooled
-    foreground = [
-      pooled[name] for name in self.class_names[1:] if name in pooled
-    ]
+    foreground = [pooled[name] for name in self.class_names[1:] if pooled]
     out["pooled_foreground_dice"] = (
-      float(np.nanmean(foreground)) if foreground else float("nan")
+      float(np.mean(foreground)) if foreground else float("nan")
     )
     return out
 
