@@ -183,3 +183,63 @@ def test_conv_impl_resolution():
   with jax.sharding.use_abstract_mesh(spatial):
     assert resolve("auto") == "xla"
     assert resolve("depth_stacked") == "depth_stacked"
+
+
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+@pytest.mark.parametrize("shape", [(2, 8, 6, 3), (2, 7, 5, 3), (1, 5, 4, 7, 2)])
+def test_max_pool_matches_window_max_pool(padding, shape):
+  d = len(shape) - 2
+  # Random values: no ties, so the gradients must agree exactly.
+  x = jax.random.normal(jax.random.key(0), shape)
+  weight = jax.random.normal(
+    jax.random.key(1), layers.max_pool(x, d, padding).shape
+  )
+
+  def ref(x):
+    return nn.max_pool(x, (2,) * d, strides=(2,) * d, padding=padding)
+
+  def ours(x):
+    return layers.max_pool(x, d, padding)
+
+  np.testing.assert_array_equal(ours(x), ref(x))
+  np.testing.assert_array_equal(
+    jax.grad(lambda x: jnp.sum(ours(x) * weight))(x),
+    jax.grad(lambda x: jnp.sum(ref(x) * weight))(x),
+  )
+
+
+@pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 4, 6, 4, 2)])
+def test_max_pool_ties_get_the_window_gradient(shape):
+  # Small integers: most blocks hold tied maxima (also all-equal blocks).
+  # Like select_and_scatter, the first maximum takes the whole gradient.
+  d = len(shape) - 2
+  x = jax.random.randint(jax.random.key(0), shape, 0, 3).astype(jnp.float32)
+  weight = jax.random.normal(jax.random.key(1), layers.max_pool(x, d).shape)
+
+  def grad(pool):
+    return jax.grad(lambda x: jnp.sum(pool(x) * weight))(x)
+
+  np.testing.assert_array_equal(
+    grad(lambda x: layers.max_pool(x, d)),
+    grad(lambda x: nn.max_pool(x, (2,) * d, strides=(2,) * d)),
+  )
+
+
+def test_max_pool_gradient_is_finite_under_jit_with_a_fused_producer():
+  # The gradient is routed by an index, never by dividing by a tie count,
+  # so it cannot become NaN when XLA recomputes the pooled values.
+  x = jax.random.normal(jax.random.key(0), (2, 8, 8, 4))
+  scale = jax.random.normal(jax.random.key(1), (4,))
+
+  @jax.jit
+  def grad(x):
+    return jax.grad(
+      lambda x: jnp.sum(layers.max_pool(jax.nn.relu(x * scale + 1.0), 2))
+    )(x)
+
+  assert bool(jnp.isfinite(grad(x)).all())
+
+
+def test_max_pool_bad_padding():
+  with pytest.raises(ValueError, match="padding"):
+    layers.max_pool(jnp.ones((1, 4, 4, 1)), 2, padding="FULL")
