@@ -123,7 +123,10 @@ def evaluate_run(
   writer = writers.create_writer(
     os.fspath(out), config.get("writer", "logging")
   )
-  scalars = {f"{name}/mean_foreground_dice": summary["mean_foreground_dice"]}
+  scalars = {
+    f"{name}/mean_foreground_dice": summary["mean_foreground_dice"],
+    f"{name}/pooled_foreground_dice": summary["pooled_foreground_dice"],
+  }
   for class_name, entry in summary["per_class"].items():
     for score, values in entry.items():
       scalars[f"{name}/{score}_{class_name}"] = values["mean"]
