@@ -13,7 +13,9 @@ def get_suite():
   config = "configs/unet_synthetic.py"
   experiments = [
     dict(
-      name=f"U-Net, {p} % labels", config=f"{config}:percent={p}", seeds=(0,)
+      name=f"U-Net, {p} % labels",
+      config=f"{config}:percent={p}",
+      seeds=(0, 1, 2),
     )
     for p in (10, 25, 50, 100)
   ]
