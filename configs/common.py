@@ -167,3 +167,23 @@ def apply_data_args(config: ml_collections.ConfigDict, args) -> None:
         spec["foreground_share"] = share
       transforms.append(spec)
     config.data.train_transforms = transforms
+
+
+def classical_baselines(
+  config: str, methods: tuple[tuple[str, str], ...]
+) -> list[dict]:
+  """Benchmark-suite baseline rows for the 4-class synthetic phantoms.
+
+  Each `(name, method)` becomes a row that clusters the image into 4
+  intensity classes and maps clusters to labels with a mapping fitted on
+  the training split of `config`'s dataset.
+  """
+  return [
+    dict(
+      name=name,
+      method=method,
+      config=config,
+      kwargs=dict(num_clusters=4, fit_mapping=True),
+    )
+    for name, method in methods
+  ]

@@ -8,6 +8,8 @@ training phantoms, same steps, scored on the 64 test phantoms; Otsu and a
 random walker as the classical references.
 """
 
+from configs import common
+
 
 def get_suite():
   config = "configs/unet_synthetic.py"
@@ -19,20 +21,13 @@ def get_suite():
     )
     for p in (10, 25, 50, 100)
   ]
-  baselines = [
-    dict(
-      name="Otsu (fitted mapping)",
-      method="otsu",
-      config=config,
-      kwargs=dict(num_clusters=4, fit_mapping=True),
+  baselines = common.classical_baselines(
+    config,
+    (
+      ("Otsu (fitted mapping)", "otsu"),
+      ("Random walker (fitted mapping)", "random_walker"),
     ),
-    dict(
-      name="Random walker (fitted mapping)",
-      method="random_walker",
-      config=config,
-      kwargs=dict(num_clusters=4, fit_mapping=True),
-    ),
-  ]
+  )
   return dict(
     name="data_size_synthetic2d",
     split="test",

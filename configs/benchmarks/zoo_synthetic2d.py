@@ -6,6 +6,8 @@ Every zoo model at its CPU-sized preset, 600 steps, seed 0; Otsu,
 watershed and random walker fitted on the training split.
 """
 
+from configs import common
+
 MODELS = ("unet", "attention_unet", "deeplabv3plus", "deeplabv3", "fcn8s")
 
 
@@ -15,19 +17,14 @@ def get_suite():
     for model in MODELS
   ]
   config = "configs/unet_synthetic.py"
-  baselines = [
-    dict(
-      name=name,
-      method=method,
-      config=config,
-      kwargs=dict(num_clusters=4, fit_mapping=True),
-    )
-    for name, method in (
+  baselines = common.classical_baselines(
+    config,
+    (
       ("Otsu", "otsu"),
       ("Watershed", "watershed"),
       ("Random walker", "random_walker"),
-    )
-  ]
+    ),
+  )
   return dict(
     name="zoo_synthetic2d",
     split="test",

@@ -7,6 +7,8 @@ steps), batch 4 of 32^3 crops, one seed each, scored on the 16 test volumes
 of 64^3; Otsu and a random walker fitted on the training volumes.
 """
 
+from configs import common
+
 EXPERIMENTS = (
   ("vnet", "configs/zoo.py:model=vnet,data=synthetic3d,steps=2000"),
   ("unet3d", "configs/zoo.py:model=unet3d,data=synthetic3d,steps=800"),
@@ -18,15 +20,9 @@ def get_suite():
     dict(name=name, config=config, seeds=(0,)) for name, config in EXPERIMENTS
   ]
   config = "configs/unet3d_synthetic.py"
-  baselines = [
-    dict(
-      name=name,
-      method=method,
-      config=config,
-      kwargs=dict(num_clusters=4, fit_mapping=True),
-    )
-    for name, method in (("Otsu", "otsu"), ("Random walker", "random_walker"))
-  ]
+  baselines = common.classical_baselines(
+    config, (("Otsu", "otsu"), ("Random walker", "random_walker"))
+  )
   return dict(
     name="zoo_synthetic3d",
     split="test",
