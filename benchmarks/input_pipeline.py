@@ -94,7 +94,7 @@ def step_rate(config, steps: int) -> tuple[float, float]:
   from medseg_jax.data import registry  # noqa: PLC0415
 
   spec = registry.get_dataset_spec(config.dataset, config.manual_dir)
-  model = train.build_model(config, spec)
+  model = models.from_config(config, spec)
   tx, schedule = optimizers.create(config.optimizer, config.num_train_steps)
   batch = next(
     iter(

@@ -11,7 +11,7 @@ weighting, sw_batch_size 4, through the same 3-D U-Net in both libraries
 1^3 head; widths 8-16-32-64; softmax probabilities blended):
 
 * medseg_jax: `medseg_jax.models.UNet` through
-  `medseg_jax.inference.sliding_window_predict` (device and host
+  `medseg_jax.evaluation.inference.sliding_window_predict` (device and host
   accumulation).
 * MONAI: `monai.inferers.sliding_window_inference` with the PyTorch module
   `TorchUNet3D` below (channels first, `torch.inference_mode`).
@@ -40,7 +40,7 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.torch_twins import make_torch_unet  # noqa: E402
-from medseg_jax import inference  # noqa: E402
+from medseg_jax.evaluation import inference  # noqa: E402
 from medseg_jax import models  # noqa: E402
 
 

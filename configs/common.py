@@ -49,6 +49,11 @@ def base_config() -> ml_collections.ConfigDict:
 
   config.data = ml_collections.ConfigDict()
   config.data.patch_size = (128, 128)
+  # True: the trainer shrinks patch_size per axis to the training cases'
+  # median shape (rounded down to the network's multiple) and records why
+  # in patch_reason (medseg_jax/plan.py).
+  config.data.auto_patch = False
+  config.data.patch_reason = ""
   config.data.pad_multiple = 0  # 0: 2 ** (number of levels - 1).
   config.data.worker_count = 0  # grain worker processes; 0 = in-process.
   # Share of the training split used (its first cases), in percent.

@@ -9,7 +9,9 @@ or DICOM series folders, paired by name) and ``dataset.json`` with the
 channel and class names, the normalisation and the splits; see
 ``medseg_jax/data/from_folder/from_folder.py``. The dataset is built once
 into ``data_dir`` (as ``from_folder/<name>``) and read from there. The
-U-Net is 2-D or 3-D to match ``spatial_dims`` in the JSON.
+U-Net is 2-D or 3-D to match ``spatial_dims`` in the JSON. Without
+``patch=``, the patch is 128 (2-D) or 64 (3-D) per axis, shrunk to the
+training cases' median shape where the cases are smaller.
 """
 
 from configs import common
@@ -31,6 +33,9 @@ def get_config(arg=None):
   config.eval_split = "validation" if "validation" in spec.splits else "train"
   config.test_split = "test" if "test" in spec.splits else config.eval_split
   config.data.patch_size = (args.patch or (128 if dims == 2 else 64),) * dims
+  # Without patch=, the default shrinks to the median case shape (in the
+  # trainer, once the dataset is built); the run's log says what it chose.
+  config.data.auto_patch = not args.patch
   # dataset.json's normalisation is applied at build time.
   config.data.train_transforms = [
     dict(op="random_crop_or_pad", foreground_share=0.33),

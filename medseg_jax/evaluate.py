@@ -1,12 +1,20 @@
 r"""Evaluates a trained run on a split: reports, overlays, summaries.
 
-  python -m medseg_jax.evaluate --config=configs/unet_synthetic.py \
-      --workdir=workdirs/demo [--checkpoint=best|latest|STEP] [--split=test]
+  python -m medseg_jax.evaluate --workdir=workdirs/demo \
+      [--checkpoint=best|latest|STEP] [--split=test]
 
-  # sliding windows, flip TTA, largest component, via the config:
-  python -m medseg_jax.evaluate --config=configs/unet3d_lesjak.py \
-      --workdir=workdirs/results/unet3d_lesjak --config.eval.sliding_window \
-      --config.eval.tta_flip_axes="(0, 1, 2)"
+  # sliding windows, flip TTA, largest component: overrides of the run's
+  # saved config (WORKDIR/config.json)
+  python -m medseg_jax.evaluate --workdir=workdirs/results/unet3d_lesjak \
+      --config.eval.sliding_window --config.eval.tta_flip_axes="(0, 1, 2)"
+
+  # a whole config file instead (its model and dataset must be the run's)
+  python -m medseg_jax.evaluate --workdir=workdirs/demo \
+      --config=configs/unet_synthetic.py
+
+It scores through the same predictor and report code as the trainer's
+final test report (`evaluation.report`), so the same checkpoint and options
+give the same files.
 
 `--split` is `train`, `validation`, `test` (the config's split of that
 role, e.g. a cross-validation fold) or any TFDS split string. Writes into
@@ -23,13 +31,12 @@ spacing).
 from __future__ import annotations
 
 import os
-import re
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 
 def resolve_split(config, split: str) -> str:
@@ -43,122 +50,77 @@ def resolve_split(config, split: str) -> str:
 
 
 def evaluate_run(
-  config,
   workdir: str,
   *,
+  config=None,
   checkpoint: str = "best",
   split: str = "test",
   output_dir: str | None = None,
 ):
-  """Scores one checkpoint of a run on a split; returns the summary dict."""
-  import numpy as np  # noqa: PLC0415
+  """Scores one checkpoint of a run on a split; returns the summary dict.
+
+  `config` (default: the run's `config.json`) may change anything but the
+  model and dataset, e.g. `eval` options or `data_dir`.
+  """
   from etils import epath  # noqa: PLC0415
 
   from medseg_jax import writers  # noqa: PLC0415
-  from medseg_jax.data import pipeline  # noqa: PLC0415
   from medseg_jax.data import registry  # noqa: PLC0415
   from medseg_jax.evaluation import case_predictor  # noqa: PLC0415
-  from medseg_jax.evaluation import evaluator  # noqa: PLC0415
-  from medseg_jax.evaluation import overlays  # noqa: PLC0415
+  from medseg_jax.evaluation import report  # noqa: PLC0415
 
+  trained = case_predictor.load_trained(workdir, checkpoint, config)
+  config = trained.config
   data_dir = os.path.expanduser(config.data_dir)
   registry.prepare(config.dataset, data_dir, config.get("manual_dir"))
-  trained = case_predictor.load_trained(config, workdir, checkpoint)
-  predictor = case_predictor.CasePredictor.from_config(config, trained)
+  predictor = case_predictor.CasePredictor.from_config(
+    config, trained.model, trained.variables
+  )
   split_name = resolve_split(config, split)
-  options = config.eval
-  cases = evaluator.score_examples(
-    pipeline.eval_examples(config, data_dir, split_name, pad_multiple=1),
-    lambda example: predictor.predict_label(example["image"]),
-    num_classes=trained.spec.num_classes,
-    surface_metrics=options.surface_metrics,
-    tolerance_mm=options.nsd_tolerance_mm,
+  result = report.evaluate(
+    config,
+    predictor,
+    data_dir,
+    split_name,
+    surface_metrics=bool(config.eval.surface_metrics),
     keep_arrays=True,
   )
-  if not cases:
-    raise ValueError(f"Split {split_name!r} of {config.dataset!r} is empty.")
-  result = evaluator.EvalResult(
-    class_names=trained.spec.class_names, cases=cases
-  )
-  out = (
-    epath.Path(output_dir)
-    if output_dir
-    else (epath.Path(os.path.abspath(workdir)) / "eval")
-  )
-  name = (
-    f"{re.sub(r'[^A-Za-z0-9]+', '_', split_name).strip('_')}_step{trained.step}"
-  )
-  summary = evaluator.write_reports(
-    result,
-    out,
-    name,
-    extra={
-      "step": trained.step,
-      "checkpoint": checkpoint,
-      "split_string": split_name,
-      "sliding_window": bool(options.sliding_window),
-      "tta_flip_axes": list(options.tta_flip_axes),
-      "largest_component": bool(options.largest_component),
-    },
-  )
-  dice = np.nanmean(result.score_matrix("dice")[:, 1:], axis=1)
-  order = np.argsort(dice)
-  picks = []
-  for label, index in (
-    ("best", order[-1]),
-    ("median", order[len(order) // 2]),
-    ("worst", order[0]),
-  ):
-    case = result.cases[index]
-    picks.append(
-      (
-        f"{label}_{case.case_id}",
-        case.image,
-        case.label,
-        case.prediction,
-        dice[index],
-      )
-    )
-  overlays.write_overlays(picks, out / f"{name}_overlays")
+  out = epath.Path(output_dir or os.path.join(os.path.abspath(workdir), "eval"))
+  out.mkdir(parents=True, exist_ok=True)
   writer = writers.create_writer(
     os.fspath(out), config.get("writer", "logging")
   )
-  scalars = {
-    f"{name}/mean_foreground_dice": summary["mean_foreground_dice"],
-    f"{name}/pooled_foreground_dice": summary["pooled_foreground_dice"],
-  }
-  for class_name, entry in summary["per_class"].items():
-    for score, values in entry.items():
-      scalars[f"{name}/{score}_{class_name}"] = values["mean"]
-  writer.write_scalars(trained.step, scalars)
-  writer.flush()
-  print(
-    f"\nEvaluation of {split_name!r}, checkpoint step {trained.step}:\n"
-    f"{evaluator.format_table(result)}\nReports and overlays in {out}"
+  return report.write(
+    config,
+    result,
+    out,
+    split=split_name,
+    step=trained.step,
+    checkpoint=checkpoint,
+    writer=writer,
   )
-  return summary
 
 
-def _define_flags():
+def _define_flags(argv):
   """Flags exist only when run as a program, so tests can import this."""
-  config_flags.DEFINE_config_file(
-    "config", None, "The run's config file (path.py[:arg])."
-  )
+  from medseg_jax import run_config  # noqa: PLC0415
+
+  run_config.define_config_flag(argv)
   flags.DEFINE_string("workdir", None, "The run's work dir.")
   flags.DEFINE_string("checkpoint", "best", "best, latest, or a step number.")
   flags.DEFINE_string(
     "split", "test", "train, validation, test, or a TFDS split string."
   )
   flags.DEFINE_string("output_dir", None, "Default: <workdir>/eval.")
-  flags.mark_flags_as_required(["config", "workdir"])
+  flags.mark_flags_as_required(["workdir"])
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   evaluate_run(
-    flags.FLAGS.config,
     flags.FLAGS.workdir,
+    config=flags.FLAGS.config,
     checkpoint=flags.FLAGS.checkpoint,
     split=flags.FLAGS.split,
     output_dir=flags.FLAGS.output_dir,
@@ -166,5 +128,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  _define_flags(sys.argv)
   app.run(main)

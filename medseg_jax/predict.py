@@ -1,11 +1,15 @@
 r"""Segments new images with a trained run and writes the masks.
 
-  python -m medseg_jax.predict --config=configs/unet3d_lesjak.py \
-      --workdir=workdirs/unet3d_lesjak --output=/tmp/masks \
+  python -m medseg_jax.predict --workdir=workdirs/unet3d_lesjak \
+      --output=/tmp/masks \
       --input=/data/new/case1.nii.gz --input=/data/new/case2.nii.gz
 
-  python -m medseg_jax.predict --config=configs/unet_isbi2012.py \
-      --workdir=workdirs/isbi --output=/tmp/masks --input=/data/em/*.png
+  python -m medseg_jax.predict --workdir=workdirs/isbi --output=/tmp/masks \
+      --input=/data/em/*.png [--config.eval.sliding_window=True]
+
+The run's saved config (`WORKDIR/config.json`) gives the model, the
+dataset's preprocessing and `config.eval`; `--config.FIELD=VALUE`
+overrides a field, `--config=FILE` replaces it (same model and dataset).
 
 Inputs and outputs:
 
@@ -35,7 +39,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
 
 def output_path(source: pathlib.Path, output_dir: pathlib.Path) -> pathlib.Path:
@@ -68,14 +71,16 @@ def output_path(source: pathlib.Path, output_dir: pathlib.Path) -> pathlib.Path:
 class Predictor:
   """Reads, preprocesses, predicts and writes one input at a time."""
 
-  def __init__(self, config, workdir: str, checkpoint: str = "best"):
+  def __init__(self, workdir: str, checkpoint: str = "best", config=None):
     from medseg_jax.data import registry  # noqa: PLC0415
     from medseg_jax.data import transforms  # noqa: PLC0415
     from medseg_jax.evaluation import case_predictor  # noqa: PLC0415
 
-    self.config = config
-    self.trained = case_predictor.load_trained(config, workdir, checkpoint)
-    self.model = case_predictor.CasePredictor.from_config(config, self.trained)
+    self.trained = case_predictor.load_trained(workdir, checkpoint, config)
+    self.config = config = self.trained.config
+    self.model = case_predictor.CasePredictor.from_config(
+      config, self.trained.model, self.trained.variables
+    )
     self.preprocess = registry.input_preprocessing(
       config.dataset,
       os.path.expanduser(config.data_dir),
@@ -147,18 +152,22 @@ class Predictor:
 
 
 def predict_all(
-  config,
   workdir: str,
   inputs: list[str],
   output: str,
   checkpoint: str = "best",
+  config=None,
 ) -> tuple[list[pathlib.Path], list[tuple[str, str]]]:
-  """Segments every input; returns (written paths, [(input, error)])."""
+  """Segments every input; returns (written paths, [(input, error)]).
+
+  `config` (default: the run's `config.json`) may override anything but
+  the model and dataset.
+  """
   from tqdm import tqdm  # noqa: PLC0415
 
   output_dir = pathlib.Path(output)
   output_dir.mkdir(parents=True, exist_ok=True)
-  predictor = Predictor(config, workdir, checkpoint)
+  predictor = Predictor(workdir, checkpoint, config)
   written, failed = [], []
   for item in tqdm(inputs, desc="predict", unit="case"):
     source = pathlib.Path(item)
@@ -171,18 +180,18 @@ def predict_all(
   return written, failed
 
 
-def _define_flags():
+def _define_flags(argv):
   """Flags exist only when run as a program, so tests can import this."""
-  config_flags.DEFINE_config_file(
-    "config", None, "The run's config file (path.py[:arg])."
-  )
+  from medseg_jax import run_config  # noqa: PLC0415
+
+  run_config.define_config_flag(argv)
   flags.DEFINE_string("workdir", None, "The trained run.")
   flags.DEFINE_string("checkpoint", "best", "best, latest, or a step number.")
   flags.DEFINE_multi_string(
     "input", [], "Input file or DICOM directory; repeat for several."
   )
   flags.DEFINE_string("output", None, "Output directory.")
-  flags.mark_flags_as_required(["config", "workdir", "output"])
+  flags.mark_flags_as_required(["workdir", "output"])
 
 
 def main(argv):
@@ -190,11 +199,11 @@ def main(argv):
   if not inputs:
     raise app.UsageError("Give at least one --input.")
   written, failed = predict_all(
-    flags.FLAGS.config,
     flags.FLAGS.workdir,
     inputs,
     flags.FLAGS.output,
     flags.FLAGS.checkpoint,
+    config=flags.FLAGS.config,
   )
   print(
     f"{len(written)} mask(s) written to {flags.FLAGS.output}; {len(failed)} failed."
@@ -206,5 +215,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  _define_flags()
+  _define_flags(sys.argv)
   app.run(main)

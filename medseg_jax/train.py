@@ -16,7 +16,6 @@ Initialisation order (the first that applies wins):
 """
 
 import contextlib
-import dataclasses
 import functools
 import re
 import signal
@@ -39,13 +38,15 @@ from medseg_jax import checkpointing
 from medseg_jax import losses as losses_lib
 from medseg_jax import models as models_lib
 from medseg_jax import optimizers
+from medseg_jax import plan
+from medseg_jax import run_config
 from medseg_jax import sharding
 from medseg_jax import transfer
 from medseg_jax import writers
 from medseg_jax.data import pipeline
 from medseg_jax.data import registry
-from medseg_jax.evaluation import evaluator
-from medseg_jax.evaluation import overlays
+from medseg_jax.evaluation import case_predictor
+from medseg_jax.evaluation import report as report_lib
 from medseg_jax.models import torchvision_import
 
 
@@ -103,68 +104,6 @@ def variables_of(state: TrainState) -> dict[str, Any]:
   if state.batch_stats:
     return {"params": state.params, "batch_stats": state.batch_stats}
   return {"params": state.params}
-
-
-COMPUTE_DTYPES = ("float32", "bfloat16")
-
-
-def build_model(config: ml_collections.ConfigDict, spec: registry.DatasetSpec):
-  """The config's model, with the precision, remat and sharding switches.
-
-  ``config.model.dtype`` is the computation dtype (parameters, logits and
-  the loss stay float32); ``config.model.remat`` rematerialises every
-  block; a ``config.mesh`` with a ``spatial`` axis makes 3-D models keep
-  their activations split over ``("data", "spatial")``.
-  """
-  kwargs = {k: v for k, v in config.model.items() if k != "name"}
-  dtype = str(kwargs.pop("dtype", "float32"))
-  if dtype not in COMPUTE_DTYPES:
-    raise ValueError(f"Unknown model dtype {dtype!r}; valid: {COMPUTE_DTYPES}.")
-  kwargs["dtype"] = jnp.dtype(dtype)
-  switches = {"remat": bool(kwargs.pop("remat", False))}
-  mesh_axes = dict(config.get("mesh", None) or {})
-  if spec.spatial_dims == 3 and mesh_axes.get(sharding.SPATIAL_AXIS, 1) != 1:
-    switches["partition"] = (sharding.DATA_AXIS, sharding.SPATIAL_AXIS)
-  constructor = models_lib.MODELS.get(config.model.name)
-  # An unknown name is left to get_model, whose error lists the valid ones.
-  fields = (
-    {f.name for f in dataclasses.fields(constructor)} if constructor else set()
-  )
-  for name, value in switches.items():
-    if not value:
-      continue
-    if constructor is not None and name not in fields:
-      able = sorted(
-        n
-        for n, c in models_lib.MODELS.items()
-        if name in {f.name for f in dataclasses.fields(c)}
-      )
-      raise ValueError(
-        f"Model {config.model.name!r} does not support {name}; models "
-        f"that do: {able}."
-      )
-    kwargs[name] = value
-  return models_lib.get_model(
-    config.model.name,
-    num_classes=spec.num_classes,
-    spatial_dims=spec.spatial_dims,
-    in_channels=spec.num_channels,
-    **kwargs,
-  )
-
-
-def pad_multiple(config: ml_collections.ConfigDict) -> int:
-  """Evaluation pads whole images to a multiple of this.
-
-  ``config.data.pad_multiple`` if set; else ``2 ** (levels - 1)`` for
-  encoder-decoder models with a ``features`` list; else 1 (models such as
-  FCN and DeepLab accept any size and pad or resize internally).
-  """
-  if config.data.get("pad_multiple"):
-    return int(config.data.pad_multiple)
-  if "features" in config.model:
-    return 2 ** (len(config.model.features) - 1)
-  return 1
 
 
 TORCHVISION_SUFFIXES = (".pth", ".pt", ".npz")
@@ -320,25 +259,44 @@ def _host_metrics(metrics: TrainMetrics) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(metrics.compute()).items()}
 
 
+def _plan_patch(config: ml_collections.ConfigDict, data_dir: str) -> None:
+  """Shrinks `config.data.patch_size` to the training cases' median shape
+  (`plan.patch_for`), in place, and says so in the log; the choice is then
+  saved with the config, so readers of the run use it without re-planning.
+  """
+  source = registry.data_source(
+    config.dataset, config.train_split, data_dir, config.get("manual_dir")
+  )
+  median = plan.median_shape(source)
+  patch, reason = plan.patch_for(
+    median, config.data.patch_size, models_lib.pad_multiple(config)
+  )
+  config.data.patch_size = patch
+  config.data.auto_patch = False
+  config.data.patch_reason = reason
+  logging.info("Training patch %s: %s.", patch, reason)
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str
 ) -> dict[str, Any]:
   """Trains, checkpoints and evaluates; returns the test-split summary."""
   workdir = checkpointing.absolute(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
+  # The resolved config, saved in the work dir: every reader of the run
+  # (evaluate, predict) needs only --workdir. A work dir already holding
+  # another model's run is refused before anything is built.
+  config = config.copy_and_resolve_references()
+  config.data_dir = str(checkpointing.absolute(config.data_dir))
+  if run_config.path(workdir).exists():
+    run_config.check_compatible(run_config.load(workdir), config, str(workdir))
   # Fail fast on bad names, before any data is built or compiled.
   spec = registry.get_dataset_spec(config.dataset, config.get("manual_dir"))
-  model = build_model(config, spec)
+  model = models_lib.from_config(config, spec)
   loss_kwargs = {k: v for k, v in config.loss.items() if k != "name"}
   loss_fn = losses_lib.get_loss(config.loss.name, **loss_kwargs)
   tx, schedule = optimizers.create(config.optimizer, config.num_train_steps)
   augment_on = augment_lib.check_augment_on(config.get("augment_on", "device"))
-  augment_specs = list(config.get("augment", None) or [])
-  augment = (
-    augment_lib.build(augment_specs, spatial_shape=config.data.patch_size)
-    if augment_specs
-    else None
-  )
   writer = writers.create_writer(
     str(workdir), config.get("writer", "tensorboard")
   )
@@ -364,13 +322,23 @@ def train_and_evaluate(
   # Data: build the TFDS dataset once (process 0), then every process opens
   # its own grain iterator over the ArrayRecord files.
   # --------------------------------------------------------------------------
-  data_dir = str(checkpointing.absolute(config.data_dir))
+  data_dir = config.data_dir
   if jax.process_index() == 0:
     registry.prepare(config.dataset, data_dir, config.get("manual_dir"))
   if jax.process_count() > 1:
     from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
 
     multihost_utils.sync_global_devices("dataset_prepared")
+  if config.data.get("auto_patch"):
+    _plan_patch(config, data_dir)
+  if jax.process_index() == 0:
+    run_config.save(config, workdir)
+  augment_specs = list(config.get("augment", None) or [])
+  augment = (
+    augment_lib.build(augment_specs, spatial_shape=config.data.patch_size)
+    if augment_specs
+    else None
+  )
   train_iter = iter(
     pipeline.train_dataset(config, data_dir, local_batch_size=local_batch_size)
   )
@@ -479,34 +447,26 @@ def train_and_evaluate(
     ),
     mesh,
   )
-  predict_fn = _under_mesh(
-    evaluator.make_predict_fn(model.apply, spec.num_classes, eval_mesh),
-    eval_mesh,
+  # Validation and the final report use the one predictor of `evaluate` and
+  # `predict` (config.eval: padding to the patch, sliding windows, flip TTA,
+  # post-processing), compiled once; each process scores its own cases on
+  # its own devices, and the results are gathered.
+  predictor = case_predictor.CasePredictor.from_config(
+    config, model, mesh=eval_mesh
   )
 
-  def validate(current: TrainState, split: str, keep_arrays: bool = False):
-    examples = pipeline.eval_examples(
+  def validate(current: TrainState, split: str, final: bool = False):
+    return report_lib.evaluate(
       config,
+      predictor.with_variables(
+        sharding.to_local(variables_of(current), eval_mesh)
+      ),
       data_dir,
       split,
-      pad_multiple=pad_multiple(config),
-      process_index=jax.process_index(),
-      process_count=jax.process_count(),
-    )
-    local = evaluator.evaluate(
-      predict_fn,
-      sharding.to_local(variables_of(current), eval_mesh),
-      examples,
-      class_names=spec.class_names,
-      batch_size=config.eval_batch_size,
-      mesh=eval_mesh,
-      keep_arrays=keep_arrays,
       # The final report adds surface distances; validation stays cheap.
-      surface_metrics=keep_arrays and config.eval.surface_metrics,
-      tolerance_mm=config.eval.nsd_tolerance_mm,
-      allow_empty=jax.process_count() > 1,
+      surface_metrics=final and config.eval.surface_metrics,
+      keep_arrays=final,
     )
-    return evaluator.gather(local)
 
   # --------------------------------------------------------------------------
   # Training loop.
@@ -520,13 +480,7 @@ def train_and_evaluate(
   pending_finite = None  # Checked one step late so dispatch stays async.
   start = time.time()
   if step == 0:
-    writer.write_hparams(
-      {
-        k: str(v)
-        for k, v in config.to_dict().items()
-        if not isinstance(v, dict)
-      }
-    )
+    writer.write_hparams(run_config.flattened(config))
   # The finally clause lets an async save of a good state finish even when
   # the loop stops on an error (e.g. a NaN loss) right after it.
   with _StopSignal() as stop, _finish_saves(manager):
@@ -603,60 +557,14 @@ def train_and_evaluate(
   best = checkpointing.resolve_step(manager, "best")
   if best != step:
     state, _ = checkpointing.restore(manager, best, state)
-  summary = evaluate_and_report(
+  summary = report_lib.write(
     config,
-    workdir,
-    validate(state, config.test_split, keep_arrays=True),
+    validate(state, config.test_split, final=True),
+    workdir / "eval",
     split=config.test_split,
     step=best,
+    checkpoint="best",
     writer=writer,
   )
   writer.close()
-  return summary
-
-
-def evaluate_and_report(
-  config: ml_collections.ConfigDict,
-  workdir: epath.Path,
-  result: evaluator.EvalResult,
-  *,
-  split: str,
-  step: int,
-  writer: Any,
-) -> dict[str, Any]:
-  """Writes CSV/JSON reports and overlays of ``result`` and prints a table."""
-  summary = {"step": step}
-  # The overlay cases are chosen on every process: with several processes
-  # their arrays are sent from the process that evaluated them.
-  dice = np.nanmean(result.score_matrix("dice")[:, 1:], axis=1)
-  order = np.argsort(dice)
-  chosen = list(order[-2:][::-1]) + [order[len(order) // 2]] + list(order[:2])
-  chosen = chosen[: config.get("num_overlays", 5)]
-  indices = list(dict.fromkeys(int(i) for i in chosen))  # In order, once.
-  evaluator.share_arrays(result, indices)
-  if jax.process_index() == 0:
-    summary = evaluator.write_reports(
-      result, workdir / "eval", split, extra={"step": step}
-    )
-    table = evaluator.format_table(result)
-    print(f"\nEvaluation of split '{split}' (checkpoint step {step}):\n{table}")
-    picks = []
-    for index in indices:
-      case = result.cases[index]
-      picks.append(
-        (case.case_id, case.image, case.label, case.prediction, dice[index])
-      )
-    paths = overlays.write_overlays(
-      picks, workdir / "eval" / f"{split}_overlays"
-    )
-    print(f"Reports and {len(paths)} overlays in {workdir / 'eval'}")
-    scalars = {
-      f"{split}/mean_foreground_dice": summary["mean_foreground_dice"],
-      f"{split}/pooled_foreground_dice": summary["pooled_foreground_dice"],
-    }
-    for name, entry in summary["per_class"].items():
-      for score, values in entry.items():
-        scalars[f"{split}/{score}_{name}"] = values["mean"]
-    writer.write_scalars(step, scalars)
-    writer.flush()
   return summary

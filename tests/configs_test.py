@@ -68,7 +68,7 @@ def test_zoo_presets_build_their_model(arg):
 
   config = zoo.get_config(arg + ",runlocal")
   spec = registry.get_dataset_spec(config.dataset)
-  model = train.build_model(config, spec)
+  model = models.from_config(config, spec)
   size = (32,) * spec.spatial_dims
   x = jnp.zeros((1, *size, spec.num_channels))
   variables = jax.eval_shape(

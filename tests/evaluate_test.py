@@ -1,6 +1,7 @@
 """Tests for `python -m medseg_jax.evaluate` and the case predictor."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -9,14 +10,18 @@ import pytest
 
 from configs import unet_synthetic
 from medseg_jax import evaluate
+from medseg_jax import run_config
 from medseg_jax import train
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, synthetic_2d_dir):
-  """A tiny trained run on the 2-D phantoms."""
+  """A tiny trained run on the 2-D phantoms, whose final test report used
+  sliding windows (smaller than the images) and flip TTA."""
   workdir = tmp_path_factory.mktemp("run")
   config = _config(synthetic_2d_dir)
+  config.eval.sliding_window = True
+  config.eval.tta_flip_axes = (0, 1)
   train.train_and_evaluate(config, str(workdir))
   return config, workdir
 
@@ -34,10 +39,34 @@ def _config(data_dir):
   return config
 
 
-def test_evaluate_writes_reports_with_all_scores(run, tmp_path):
+def test_the_run_saved_its_resolved_config(run):
   config, workdir = run
+  saved = run_config.load(workdir)
+  assert saved.model.features == (4, 8)
+  assert saved.data.patch_size == (32, 32)
+  assert saved.eval.tta_flip_axes == (0, 1)
+  assert saved.test_split == "test[:4]"
+  assert run_config.differences(saved, config) == []
+
+
+def test_evaluate_reproduces_the_trainers_report_file_for_file(run, tmp_path):
+  """Same checkpoint, same options: the same CSV and JSON, byte for byte."""
+  _, workdir = run
+  trainer = json.loads(
+    (workdir / "eval" / "test_4_step4_summary.json").read_text()
+  )
+  assert trainer["sliding_window"] and trainer["tta_flip_axes"] == [0, 1]
+  evaluate.evaluate_run(str(workdir), output_dir=str(tmp_path))
+  for name in ("test_4_step4_per_case.csv", "test_4_step4_summary.json"):
+    assert (tmp_path / name).read_bytes() == (
+      workdir / "eval" / name
+    ).read_bytes(), name
+
+
+def test_evaluate_writes_reports_with_all_scores(run, tmp_path):
+  _, workdir = run
   summary = evaluate.evaluate_run(
-    config, str(workdir), checkpoint="latest", output_dir=str(tmp_path)
+    str(workdir), checkpoint="latest", output_dir=str(tmp_path)
   )
   assert summary["num_cases"] == 4
   organ = summary["per_class"]["organ"]
@@ -58,63 +87,55 @@ def test_evaluate_writes_reports_with_all_scores(run, tmp_path):
   assert "test_4_step4_per_case.csv" in files
   assert "test_4_step4_summary.json" in files
   overlays = list((tmp_path / "test_4_step4_overlays").iterdir())
-  assert len(overlays) >= 1
+  assert len(overlays) == 1
   stored = json.loads((tmp_path / "test_4_step4_summary.json").read_text())
   assert stored["step"] == 4 and stored["split_string"] == "test[:4]"
 
 
-def test_whole_image_equals_the_trainers_own_report(run, tmp_path):
-  """The CLI's whole-image Dice is the trainer's final test Dice."""
-  config, workdir = run
-  trainer = json.loads((workdir / "eval" / "test[:4]_summary.json").read_text())
-  summary = evaluate.evaluate_run(
-    config,
-    str(workdir),
-    checkpoint=str(trainer["step"]),
-    output_dir=str(tmp_path),
-  )
-  np.testing.assert_allclose(
-    summary["mean_foreground_dice"], trainer["mean_foreground_dice"], atol=1e-6
-  )
-
-
 def test_sliding_window_covering_the_image_matches_whole(run, tmp_path):
-  config, workdir = run
+  _, workdir = run
+  config = run_config.load(workdir)
+  config.eval.sliding_window = False
+  config.eval.tta_flip_axes = ()
   whole = evaluate.evaluate_run(
-    config, str(workdir), checkpoint="latest", output_dir=str(tmp_path / "a")
+    str(workdir), config=config, output_dir=str(tmp_path / "a")
   )
-  config = config.copy_and_resolve_references()
   config.eval.sliding_window = True
   config.eval.window = (128, 128)
   tiled = evaluate.evaluate_run(
-    config, str(workdir), checkpoint="latest", output_dir=str(tmp_path / "b")
+    str(workdir), config=config, output_dir=str(tmp_path / "b")
   )
   np.testing.assert_allclose(
     tiled["mean_foreground_dice"], whole["mean_foreground_dice"], atol=1e-6
   )
-  # Smaller, overlapping windows with flip TTA and clean-up also run.
-  config.eval.window = (64, 64)
-  config.eval.tta_flip_axes = (0, 1)
-  config.eval.largest_component = True
-  config.eval.surface_metrics = False
-  other = evaluate.evaluate_run(
-    config, str(workdir), checkpoint="latest", output_dir=str(tmp_path / "c")
-  )
-  assert 0.0 <= other["mean_foreground_dice"] <= 1.0
-  assert "hd95" not in other["per_class"]["organ"]
+  assert whole["sliding_window"] is False and tiled["sliding_window"] is True
 
 
-def test_wrong_config_for_the_checkpoint_is_explained(run):
-  config, workdir = run
-  config = config.copy_and_resolve_references()
+def test_a_config_of_another_model_names_the_differing_fields(run):
+  _, workdir = run
+  config = run_config.load(workdir)
+  config.model.features = (8, 16)
+  config.model.norm = "batch"
+  with pytest.raises(ValueError, match=r"model\.features.*model\.norm"):
+    evaluate.evaluate_run(str(workdir), config=config)
+
+
+def test_checkpoint_that_does_not_fit_is_explained(run, tmp_path):
+  """A run without config.json, read with a config of another width."""
+  _, workdir = run
+  bare = tmp_path / "bare"
+  shutil.copytree(workdir / "checkpoints", bare / "checkpoints")
+  config = run_config.load(workdir)
   config.model.features = (8, 16)
   with pytest.raises(ValueError, match="does not fit the model"):
-    evaluate.evaluate_run(config, str(workdir))
+    evaluate.evaluate_run(str(bare), config=config)
+  with pytest.raises(FileNotFoundError, match="config.json"):
+    evaluate.evaluate_run(str(bare))
 
 
 def test_missing_run_is_explained(synthetic_2d_dir, tmp_path):
   with pytest.raises(FileNotFoundError, match="No checkpoints"):
-    evaluate.evaluate_run(_config(synthetic_2d_dir), str(tmp_path))
+    evaluate.evaluate_run(str(tmp_path), config=_config(synthetic_2d_dir))
 
 
 def test_split_roles_map_to_the_config():
@@ -124,27 +145,42 @@ def test_split_roles_map_to_the_config():
   assert evaluate.resolve_split(config, "train[:3]") == "train[:3]"
 
 
-def test_command_line(run, repo_root, tmp_path):
-  config, workdir = run
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "medseg_jax.evaluate",
-      "--config=configs/unet_synthetic.py:runlocal",
-      f"--workdir={workdir}",
-      f"--config.data_dir={config.data_dir}",
-      "--config.model.features=(4, 8)",
-      "--config.data.patch_size=(32, 32)",
-      "--split=test[:2]",
-      "--checkpoint=latest",
-      f"--output_dir={tmp_path}",
-    ],
+def _cli(repo_root, *args):
+  return subprocess.run(
+    [sys.executable, "-m", "medseg_jax.evaluate", *args],
     cwd=repo_root,
     capture_output=True,
     text=True,
     timeout=600,
     check=False,
   )
+
+
+def test_command_line_needs_only_the_workdir(run, repo_root, tmp_path):
+  _, workdir = run
+  result = _cli(
+    repo_root,
+    f"--workdir={workdir}",
+    "--config.eval.sliding_window=False",
+    "--split=test[:2]",
+    "--checkpoint=latest",
+    f"--output_dir={tmp_path}",
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "mean foreground Dice over 2 cases" in result.stdout
+  stored = json.loads((tmp_path / "test_2_step4_summary.json").read_text())
+  assert stored["sliding_window"] is False  # The override took effect.
+
+
+def test_command_line_rejects_a_config_file_of_another_model(
+  run, repo_root, tmp_path
+):
+  _, workdir = run
+  result = _cli(
+    repo_root,
+    f"--workdir={workdir}",
+    "--config=configs/unet_synthetic.py:runlocal",
+    f"--output_dir={tmp_path}",
+  )
+  assert result.returncode != 0
+  assert "model.features" in result.stderr, result.stderr[-3000:]

@@ -52,7 +52,7 @@ def test_nifti_round_trip_keeps_shape_affine_and_orientation(
   source = tmp_path / "new_case.nii.gz"
   medical_io.write_nifti(source, data, affine)
   written, failed = predict.predict_all(
-    config, str(workdir), [str(source)], str(tmp_path / "out"), "latest"
+    str(workdir), [str(source)], str(tmp_path / "out"), "latest"
   )
   assert not failed
   assert written == [tmp_path / "out" / "new_case_seg.nii.gz"]
@@ -72,7 +72,6 @@ def test_png_in_png_out_and_bad_inputs_are_skipped(png_run, tmp_path):
   gray = tmp_path / "gray.png"
   Image.fromarray(np.zeros((12, 10), np.uint8)).save(gray)
   written, failed = predict.predict_all(
-    config,
     str(workdir),
     [str(broken), str(good), str(gray), str(tmp_path / "absent.nii.gz")],
     str(tmp_path / "out"),
@@ -95,8 +94,6 @@ def test_command_line_exit_code_says_some_failed(png_run, tmp_path, repo_root):
       sys.executable,
       "-m",
       "medseg_jax.predict",
-      f"--config=configs/unet_folder.py:folder={folder},patch=16,runlocal",
-      f"--config.data_dir={config.data_dir}",
       f"--workdir={workdir}",
       "--checkpoint=latest",
       f"--output={tmp_path}",

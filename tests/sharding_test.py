@@ -20,6 +20,7 @@ from jax.sharding import PartitionSpec as P
 from configs import unet3d_synthetic
 from configs import unet_synthetic
 from medseg_jax import sharding
+from medseg_jax import models
 from medseg_jax import train
 from medseg_jax.data import registry
 from medseg_jax.models import UNet
@@ -117,12 +118,12 @@ def test_constrain_without_a_mesh_returns_the_input():
 def test_spatial_mesh_gives_3d_models_a_partition():
   config = unet3d_synthetic.get_config("runlocal")
   spec = registry.get_dataset_spec(config.dataset)
-  assert train.build_model(config, spec).partition is None
+  assert models.from_config(config, spec).partition is None
   config.mesh.spatial = 2
-  assert train.build_model(config, spec).partition == ("data", "spatial")
+  assert models.from_config(config, spec).partition == ("data", "spatial")
   config.model.name = "fcn"
   with pytest.raises(ValueError, match=r"support partition.*'unet'"):
-    train.build_model(config, spec)
+    models.from_config(config, spec)
 
 
 # ---------------------------------------------------------------------------

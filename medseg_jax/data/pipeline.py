@@ -198,36 +198,3 @@ def eval_examples(
       "spacing": np.asarray(raw.get("spacing", np.ones(len(shape))), float),
       "case_id": str(case_id),
     }
-
-
-def batch_eval_examples(
-  examples: Iterator[dict[str, Any]], batch_size: int
-) -> Iterator[tuple[dict[str, np.ndarray], list[dict[str, Any]]]]:
-  """Groups examples into fixed-size batches.
-
-  Yields ``(arrays, metas)``: ``arrays`` has ``image``, ``label``, ``mask``
-  and ``valid: bool[B]``; a last partial batch is padded with copies of its
-  first example marked invalid. ``metas`` lists the real examples.
-  """
-  pending: list[dict[str, Any]] = []
-
-  def emit(items):
-    fill = batch_size - len(items)
-    rows = items + [items[0]] * fill
-    arrays = {
-      key: np.stack([row[key] for row in rows])
-      for key in ("image", "label", "mask")
-    }
-    arrays["valid"] = np.array([True] * len(items) + [False] * fill)
-    return arrays, items
-
-  for example in examples:
-    if pending and example["image"].shape != pending[0]["image"].shape:
-      yield emit(pending)
-      pending = []
-    pending.append(example)
-    if len(pending) == batch_size:
-      yield emit(pending)
-      pending = []
-  if pending:
-    yield emit(pending)

@@ -1,10 +1,13 @@
-"""Evaluation of a split: per-case, per-class overlap scores.
+"""Scoring of predicted cases: per-case, per-class scores and their reports.
 
-The jitted predictor returns, per case, the label map and the confusion
-counts (TP, FP, FN, TN per class) computed on device over real voxels only;
-the host stacks the counts and divides once (see ``metrics.overlap``).
-Padded batch rows are dropped by their ``valid`` flag, padded voxels by the
-mask.
+Each case's prediction (from `case_predictor`, or a classical baseline) is
+scored by `score_case`: the confusion counts (TP, FP, FN, TN per class) on
+device, the overlap scores from them on the host (`metrics.overlap`,
+dividing once), and the surface distances on the host with the voxel
+spacing (`metrics.surface`). `EvalResult` holds a split's cases and
+summarises them; `gather` puts several processes' shares together;
+`write_reports` and `format_table` are the files and the table that
+`evaluation.report` writes and prints.
 """
 
 from __future__ import annotations
@@ -23,10 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from etils import epath
-from jax.sharding import Mesh
 
-from medseg_jax import sharding
-from medseg_jax.data import pipeline
 from medseg_jax.metrics import overlap
 from medseg_jax.metrics import surface
 
@@ -104,99 +104,6 @@ class EvalResult:
       float(np.mean(foreground)) if foreground else float("nan")
     )
     return out
-
-
-def make_predict_fn(
-  apply_fn: Callable[..., jax.Array], num_classes: int, mesh: Mesh
-) -> Callable[[Any, dict[str, jax.Array]], dict[str, jax.Array]]:
-  """Jitted ``(variables, batch) -> {prediction, tp, fp, fn, tn}``.
-
-  ``batch`` has ``image: f32[B, *S, C]``, ``label: i32[B, *S]``,
-  ``mask: f32[B, *S]``; outputs are replicated so every process can read
-  them.
-  """
-
-  def predict(variables, batch):
-    logits = apply_fn(variables, batch["image"], train=False)
-    prediction = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-    counts = overlap.confusion_counts(
-      prediction, batch["label"], num_classes, mask=batch["mask"]
-    )
-    return {"prediction": prediction, **counts}
-
-  return jax.jit(
-    predict,
-    in_shardings=(sharding.replicated(mesh), sharding.data_sharded(mesh)),
-    out_shardings=sharding.replicated(mesh),
-  )
-
-
-def _to_global(array: np.ndarray, mesh: Mesh) -> jax.Array:
-  # Every process holds the whole eval batch; each device takes its rows.
-  target = sharding.data_sharded(mesh)
-  return jax.make_array_from_callback(
-    array.shape, target, lambda index: array[index]
-  )
-
-
-def evaluate(
-  predict_fn: Callable[..., dict[str, jax.Array]],
-  variables: Any,
-  examples: Iterable[dict[str, Any]],
-  *,
-  class_names: Sequence[str],
-  batch_size: int,
-  mesh: Mesh,
-  keep_arrays: bool = False,
-  surface_metrics: bool = False,
-  tolerance_mm: float = 1.0,
-  allow_empty: bool = False,
-) -> EvalResult:
-  """Runs ``predict_fn`` over ``examples`` and scores every case.
-
-  Overlap scores come from the confusion counts computed on device; with
-  ``surface_metrics``, HD95, HD, ASSD and NSD (at ``tolerance_mm``) are
-  added from the unpadded prediction and label on the host, with the case's
-  voxel spacing (see ``metrics.surface``). ``allow_empty``: no examples is
-  not an error (one process's share of a tiny split; see ``gather``).
-  """
-  cases: list[CaseResult] = []
-  for arrays, metas in pipeline.batch_eval_examples(examples, batch_size):
-    batch = {
-      key: _to_global(arrays[key], mesh) for key in ("image", "label", "mask")
-    }
-    out = jax.device_get(predict_fn(variables, batch))
-    for row, meta in enumerate(metas):
-      counts = {
-        key: np.asarray(out[key][row], np.int64)
-        for key in ("tp", "fp", "fn", "tn")
-      }
-      case = CaseResult(
-        case_id=meta["case_id"],
-        counts=counts,
-        scores=overlap.scores_from_counts(counts),
-      )
-      window = _unpad_window(arrays["label"].shape[1:], meta["shape"])
-      label = np.asarray(arrays["label"][row][window])
-      prediction = np.asarray(out["prediction"][row][window])
-      if surface_metrics:
-        case.scores.update(
-          surface.surface_scores(
-            prediction,
-            label,
-            len(class_names),
-            meta["spacing"],
-            tolerance_mm=tolerance_mm,
-          )
-        )
-      if keep_arrays:
-        case.image = meta["raw_image"]
-        case.label = label
-        case.prediction = prediction
-      cases.append(case)
-  if not cases and not allow_empty:
-    raise ValueError("The evaluation split has no examples.")
-  return EvalResult(class_names=tuple(class_names), cases=cases)
 
 
 # ---------------------------------------------------------------------------
@@ -289,17 +196,6 @@ def share_arrays(result: EvalResult, indices: Sequence[int]) -> None:
       for key in data.files:
         index, name = key.split("/")
         setattr(result.cases[int(index)], name, data[key])
-
-
-def _unpad_window(
-  padded: Sequence[int], shape: Sequence[int]
-) -> tuple[slice, ...]:
-  """The window of the original voxels inside a centre-padded array (the
-  padding rule of ``transforms.CenterPad``)."""
-  return tuple(
-    slice((p - s) // 2, (p - s) // 2 + s)
-    for p, s in zip(padded, shape, strict=True)
-  )
 
 
 # ---------------------------------------------------------------------------

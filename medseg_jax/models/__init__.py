@@ -7,10 +7,14 @@ place where names are defined:
   >>> model = get_model("unet", num_classes=2, features=(16, 32, 64))
 """
 
+import dataclasses
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 
+from medseg_jax import sharding
 from medseg_jax.models.attention_unet import AttentionUNet
 from medseg_jax.models.deeplab import DeepLabV3
 from medseg_jax.models.deeplab import DeepLabV3Plus
@@ -51,4 +55,84 @@ def get_model(name: str, **kwargs) -> nn.Module:
   return constructor(**kwargs)
 
 
-__all__ = ["MODELS", "UNet", "get_model"]
+# Computation dtypes a config may name (`config.model.dtype`).
+COMPUTE_DTYPES = ("float32", "bfloat16")
+
+
+def _fields(constructor: Callable[..., nn.Module]) -> set[str]:
+  return {f.name for f in dataclasses.fields(constructor)}
+
+
+def from_config(config: Any, spec: Any) -> nn.Module:
+  """The model a run config describes, for a dataset spec.
+
+  `config.model` holds the registry name and the constructor's size
+  arguments; the dataset (`spec`: a `data.spec.DatasetSpec`) gives the
+  classes, channels and spatial dims. Three switches are handled here:
+  `config.model.dtype` is the computation dtype (`COMPUTE_DTYPES`;
+  parameters, logits and the loss stay float32), `config.model.remat`
+  rematerialises every block, and a `config.mesh` with a `spatial` axis
+  other than 1 makes 3-D models keep their activations split over
+  `("data", "spatial")`.
+
+  This is the one place a config becomes a model: the trainer, `evaluate`,
+  `predict`, the benchmarks and the tests all call it.
+
+  Raises:
+    ValueError: for an unknown model name or dtype, or a switch the model
+      does not have (the message lists the models that have it).
+  """
+  kwargs = {k: v for k, v in config.model.items() if k != "name"}
+  dtype = str(kwargs.pop("dtype", "float32"))
+  if dtype not in COMPUTE_DTYPES:
+    raise ValueError(
+      f"Unknown config.model.dtype {dtype!r}; valid: {COMPUTE_DTYPES}."
+    )
+  kwargs["dtype"] = jnp.dtype(dtype)
+  switches = {"remat": bool(kwargs.pop("remat", False))}
+  mesh_axes = dict(config.get("mesh", None) or {})
+  if spec.spatial_dims == 3 and mesh_axes.get(sharding.SPATIAL_AXIS, 1) != 1:
+    switches["partition"] = (sharding.DATA_AXIS, sharding.SPATIAL_AXIS)
+  constructor = MODELS.get(config.model.name)
+  for name, value in switches.items():
+    if not value:
+      continue
+    # An unknown model name is left to get_model, whose error lists names.
+    if constructor is not None and name not in _fields(constructor):
+      able = sorted(n for n, c in MODELS.items() if name in _fields(c))
+      raise ValueError(
+        f"Model {config.model.name!r} does not support {name}; models "
+        f"that do: {able}."
+      )
+    kwargs[name] = value
+  return get_model(
+    config.model.name,
+    num_classes=spec.num_classes,
+    spatial_dims=spec.spatial_dims,
+    in_channels=spec.num_channels,
+    **kwargs,
+  )
+
+
+def pad_multiple(config: Any) -> int:
+  """Every spatial size a model is applied to is a multiple of this.
+
+  `config.data.pad_multiple` if set; else `2 ** (levels - 1)` for
+  encoder-decoder models with a `features` list; else 1 (FCN and DeepLab
+  accept any size and pad or resize internally).
+  """
+  if config.data.get("pad_multiple"):
+    return int(config.data.pad_multiple)
+  if "features" in config.model:
+    return 2 ** (len(config.model.features) - 1)
+  return 1
+
+
+__all__ = [
+  "COMPUTE_DTYPES",
+  "MODELS",
+  "UNet",
+  "from_config",
+  "get_model",
+  "pad_multiple",
+]

@@ -3,23 +3,14 @@
 import csv
 import json
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from medseg_jax import sharding
 from medseg_jax.evaluation import evaluator
 from medseg_jax.evaluation import overlays
 
 CLASSES = ("background", "a", "b")
-
-
-def _apply_from_image(variables, image, train):
-  """A stand-in model: channel 0 of the image holds the predicted class."""
-  del variables, train
-  return jax.nn.one_hot(image[..., 0].astype(jnp.int32), len(CLASSES)) * 10.0
 
 
 def _examples(predictions, labels):
@@ -35,27 +26,25 @@ def _examples(predictions, labels):
     }
 
 
-def _run(predictions, labels, batch_size=2):
-  mesh = sharding.make_mesh()
-  predict = evaluator.make_predict_fn(_apply_from_image, len(CLASSES), mesh)
-  return evaluator.evaluate(
-    predict,
-    {},
+def _run(predictions, labels):
+  """Scores `predictions` (passed through the image) against `labels`."""
+  cases = evaluator.score_examples(
     _examples(predictions, labels),
-    class_names=CLASSES,
-    batch_size=batch_size,
-    mesh=mesh,
+    lambda example: example["image"][..., 0].astype(np.int32),
+    num_classes=len(CLASSES),
+    surface_metrics=False,
     keep_arrays=True,
   )
+  return evaluator.EvalResult(class_names=CLASSES, cases=cases)
 
 
-def test_perfect_and_partial_cases_with_a_padded_last_batch():
+def test_perfect_and_partial_cases():
   label = np.zeros((8, 8), np.int32)
   label[2:6, 2:6] = 1
   label[0, :4] = 2
   shifted = np.zeros_like(label)
   shifted[2:6, 3:7] = 1  # 12 of 16 organ pixels overlap.
-  result = _run([label, shifted, label], [label, label, label], batch_size=2)
+  result = _run([label, shifted, label], [label, label, label])
   assert [c.case_id for c in result.cases] == ["case0", "case1", "case2"]
   dice = result.score_matrix("dice")
   np.testing.assert_allclose(dice[0], 1.0)
@@ -82,8 +71,8 @@ def test_pooled_dice_does_not_flip_on_a_case_without_the_class():
   empty = np.zeros_like(label)
   stray = empty.copy()
   stray[0, 0] = 1  # one false-positive voxel in a case without class a
-  clean = _run([label, empty], [label, empty], batch_size=2).summary()
-  noisy = _run([label, stray], [label, empty], batch_size=2).summary()
+  clean = _run([label, empty], [label, empty]).summary()
+  noisy = _run([label, stray], [label, empty]).summary()
   assert clean["per_class"]["a"]["dice"]["mean"] == pytest.approx(1.0)
   assert noisy["per_class"]["a"]["dice"]["mean"] == pytest.approx(0.5)
   assert noisy["pooled_dice"]["a"] == pytest.approx(32 / 33)

@@ -16,6 +16,13 @@ label. The folders have the layout a user would make (see `from_folder`):
 
   python -m medseg_jax.data.from_folder.dummy_data --out /tmp/my_data \
       --format dicom
+
+`make_small_volumes` writes a different kind of folder: 3-D NIfTI cases
+smaller than a typical training patch (about 24 x 32 x 24 voxels, varying
+per case), each a bright ellipsoid split into two labelled halves in a
+darker, noisy surround, like the hippocampus crops of the Medical
+Segmentation Decathlon. It exists to check that evaluation treats cases
+smaller than the patch as training did (see `evaluation/case_predictor`).
 """
 
 from __future__ import annotations
@@ -283,13 +290,88 @@ def make_dummy_data(
   return folder
 
 
+def make_small_volumes(
+  root: pathlib.Path,
+  *,
+  num_cases: int = 20,
+  shape: Sequence[int] = (24, 32, 24),
+  jitter: int = 3,
+  seed: int = 0,
+) -> pathlib.Path:
+  """Writes `root/small_volumes`: 3-D cases smaller than a training patch.
+
+  Each case is `shape` plus a random `[-jitter, jitter]` per axis, holding
+  an ellipsoid (classes 1 "anterior" and 2 "posterior": its two halves
+  along the first axis) of intensity about 2 with noise, in a surround of
+  intensity about 1, in a background of 0. 20 % of the cases (the last by
+  id) are `test`, the 20 % before them `validation`.
+
+  Args:
+    root: parent directory (created if needed).
+    num_cases: cases `case000`, `case001`, ...
+    shape: mean case shape (array axis order).
+    jitter: largest per-axis deviation from `shape`.
+    seed: of the random content.
+
+  Returns:
+    The data folder (holding `dataset.json`, `images/`, `labels/`).
+  """
+  rng = np.random.default_rng(seed)
+  folder = pathlib.Path(root) / "small_volumes"
+  (folder / "images").mkdir(parents=True, exist_ok=True)
+  (folder / "labels").mkdir(parents=True, exist_ok=True)
+  for index in range(num_cases):
+    size = [int(s) + int(rng.integers(-jitter, jitter + 1)) for s in shape]
+    grid = np.stack(
+      np.meshgrid(
+        *[np.arange(s, dtype=np.float32) for s in size], indexing="ij"
+      )
+    )
+    centre = np.array([s / 2 for s in size]) + rng.uniform(-1.5, 1.5, 3)
+    radii = np.array([s * 0.3 for s in size]) * rng.uniform(0.8, 1.1, 3)
+    offset = (grid - centre[:, None, None, None]) / radii[:, None, None, None]
+    inside = np.sum(offset**2, axis=0) <= 1.0
+    surround = np.sum((offset / 1.6) ** 2, axis=0) <= 1.0
+    label = np.zeros(size, np.uint8)
+    label[inside] = 1
+    label[inside & (grid[0] >= centre[0])] = 2
+    image = 1.0 * surround + 1.0 * inside + 0.1 * (label == 2)
+    image = image + rng.normal(0.0, 0.25, size)
+    affine = np.diag([1.0, 1.0, 1.0, 1.0])
+    case_id = f"case{index:03d}"
+    medical_io.write_nifti(
+      folder / "images" / f"{case_id}.nii.gz", image.astype(np.float32), affine
+    )
+    medical_io.write_nifti(
+      folder / "labels" / f"{case_id}.nii.gz", label, affine
+    )
+  spec = {
+    "name": "small_volumes",
+    "spatial_dims": 3,
+    "channel_names": ["MRI"],
+    "class_names": ["background", "anterior", "posterior"],
+    "normalization": "zscore",
+    "validation_fraction": 0.2,
+    "test_fraction": 0.2,
+  }
+  (folder / "dataset.json").write_text(json.dumps(spec, indent=2) + "\n")
+  return folder
+
+
 def main(argv: Sequence[str] | None = None) -> None:
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--out", required=True, type=pathlib.Path)
-  parser.add_argument("--format", default="nifti", choices=FORMATS)
+  parser.add_argument(
+    "--format", default="nifti", choices=(*FORMATS, "small_volumes")
+  )
   parser.add_argument("--num_cases", default=4, type=int)
   args = parser.parse_args(argv)
-  folder = make_dummy_data(args.out, fmt=args.format, num_cases=args.num_cases)
+  if args.format == "small_volumes":
+    folder = make_small_volumes(args.out, num_cases=args.num_cases)
+  else:
+    folder = make_dummy_data(
+      args.out, fmt=args.format, num_cases=args.num_cases
+    )
   print(folder)
 
 

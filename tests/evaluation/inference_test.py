@@ -1,4 +1,4 @@
-"""Tests for medseg_jax.inference: sliding windows, flip TTA, components."""
+"""Tests for medseg_jax.evaluation.inference: sliding windows, flip TTA, components."""
 
 import itertools
 
@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medseg_jax import inference
+from medseg_jax.evaluation import inference
 from medseg_jax import models
 
 ACCUMULATE = ("device", "host")

@@ -29,8 +29,9 @@ Pieces, all pure functions:
   update the accumulators in place (`accumulate="device"`, the default and
   the faster on CPU as well: see benchmarks/sliding_window.py), or with
   NumPy on the host (`accumulate="host"`).
-* `make_window_predictor(model, variables)`: a jitted `predict_fn` from a
-  Flax model, returning softmax probabilities.
+* `make_apply(model, flip_axes)`: a jitted `(variables, x) -> probs`
+  from a Flax model, flip TTA included; `make_window_predictor(model,
+  variables)` binds the variables.
 * `flip_tta(predict_fn, axes)`: flip ensembling over every subset of the
   given spatial axes.
 * `keep_largest_component(label, classes)`: per foreground class, keep only
@@ -173,31 +174,77 @@ def importance_weights(
   raise ValueError(f"Unknown mode {mode!r}; expected one of {MODES}.")
 
 
-def make_window_predictor(
-  model: nn.Module, variables, *, softmax: bool = True
-) -> PredictFn:
-  """A jitted window predictor from a Flax segmentation model.
+def make_apply(
+  model: nn.Module, *, flip_axes: Sequence[int] = (), softmax: bool = True
+) -> Callable[[object, jax.Array], jax.Array]:
+  """A jitted `(variables, x) -> prediction` from a Flax segmentation model.
 
-  The variables are an argument of the jitted function, not constants baked
-  into it, so large models compile quickly; the model runs with
+  The variables are an argument, not constants baked into the compiled
+  function, so large models compile quickly and one compiled function
+  serves every checkpoint (the trainer's validations). The model runs with
   `train=False`.
 
   Args:
     model: a module mapping `f32[N, *W, C]` to logits `f32[N, *W, K]`.
-    variables: its variables (`params`, and `batch_stats` if any).
+    flip_axes: flip test-time augmentation over these spatial axes (see
+      `flip_tta`); `()` for none.
     softmax: return probabilities (softmax over the last axis) instead of
-      logits.
+      logits; flip TTA averages whichever is returned.
 
   Returns:
-    `predict_fn(f32[N, *W, C]) -> f32[N, *W, K]`.
+    `apply(variables, f32[N, *W, C]) -> f32[N, *W, K]`.
   """
+  subsets = _flip_subsets(flip_axes)
 
-  @jax.jit
-  def apply(variables, x):
+  def forward(variables, x):
     logits = model.apply(variables, x, train=False).astype(jnp.float32)
     return jax.nn.softmax(logits, axis=-1) if softmax else logits
 
-  return functools.partial(apply, variables)
+  @jax.jit
+  def apply(variables, x):
+    if not flip_axes:
+      return forward(variables, x)
+    return _flip_mean(functools.partial(forward, variables), subsets, x)
+
+  return apply
+
+
+def make_window_predictor(
+  model: nn.Module, variables, *, softmax: bool = True
+) -> PredictFn:
+  """`make_apply(model)` with `variables` bound: `f32[N, *W, C] ->
+  f32[N, *W, K]`, for `sliding_window_predict`."""
+  return functools.partial(make_apply(model, softmax=softmax), variables)
+
+
+def _flip_subsets(axes: Sequence[int]) -> list[tuple[int, ...]]:
+  """Every subset of the spatial `axes`, as array axes (batch first)."""
+  axes = tuple(int(a) for a in axes)
+  if len(set(axes)) != len(axes):
+    raise ValueError(f"flip_tta: repeated axes {axes}.")
+  return [
+    tuple(a + 1 for a in subset)
+    for r in range(len(axes) + 1)
+    for subset in itertools.combinations(axes, r)
+  ]
+
+
+def _flip_mean(
+  predict_fn: PredictFn, subsets: list[tuple[int, ...]], x: jax.Array
+) -> jax.Array:
+  """The mean over `subsets` of `flip(predict_fn(flip(x)))`."""
+  spatial = x.ndim - 2
+  if any(not 1 <= a <= spatial for subset in subsets for a in subset):
+    axes = sorted({a - 1 for subset in subsets for a in subset})
+    raise ValueError(
+      f"flip_tta: axes {tuple(axes)} out of range for {spatial} spatial axes."
+    )
+  flipped = jnp.stack([jnp.flip(x, s) if s else x for s in subsets])
+  outs = jax.lax.map(predict_fn, flipped)
+  total = sum(
+    jnp.flip(outs[i], s) if s else outs[i] for i, s in enumerate(subsets)
+  )
+  return total / len(subsets)
 
 
 def flip_tta(predict_fn: PredictFn, axes: Sequence[int]) -> PredictFn:
@@ -217,30 +264,8 @@ def flip_tta(predict_fn: PredictFn, axes: Sequence[int]) -> PredictFn:
   Returns:
     A jitted `predict_fn` with the same signature.
   """
-  axes = tuple(int(a) for a in axes)
-  if len(set(axes)) != len(axes):
-    raise ValueError(f"flip_tta: repeated axes {axes}.")
-  subsets = [
-    tuple(a + 1 for a in subset)
-    for r in range(len(axes) + 1)
-    for subset in itertools.combinations(axes, r)
-  ]
-
-  @jax.jit
-  def predict(x: jax.Array) -> jax.Array:
-    spatial = x.ndim - 2
-    if any(not 0 <= a < spatial for a in axes):
-      raise ValueError(
-        f"flip_tta: axes {axes} out of range for {spatial} spatial axes."
-      )
-    flipped = jnp.stack([jnp.flip(x, s) if s else x for s in subsets])
-    outs = jax.lax.map(predict_fn, flipped)
-    total = sum(
-      jnp.flip(outs[i], s) if s else outs[i] for i, s in enumerate(subsets)
-    )
-    return total / len(subsets)
-
-  return predict
+  subsets = _flip_subsets(axes)
+  return jax.jit(functools.partial(_flip_mean, predict_fn, subsets))
 
 
 @functools.partial(jax.jit, static_argnames=("window",))
