@@ -116,7 +116,6 @@ def base_config() -> ml_collections.ConfigDict:
   config.eval.largest_component = False
 
   config.batch_size = 16
-  config.eval_batch_size = 16
   config.num_train_steps = 1000
   config.log_every_steps = 50
   config.eval_every_steps = 250
@@ -139,7 +138,6 @@ def shrink_for_local_run(config: ml_collections.ConfigDict) -> None:
   config.eval_every_steps = 10
   config.checkpoint_every_steps = 10
   config.batch_size = 8
-  config.eval_batch_size = 8
   config.eval_split = config.eval_split + "[:8]"
   config.test_split = config.test_split + "[:8]"
   config.model.features = (8, 16)

@@ -32,7 +32,6 @@ def get_config(arg=None):
   config.model.features = (4, 8, 16, 32)
   config.model.double_within_level = True
   config.batch_size = 2
-  config.eval_batch_size = 1
   config.num_train_steps = 500
   config.log_every_steps = 25
   config.eval_every_steps = 200
@@ -44,7 +43,6 @@ def get_config(arg=None):
     config.data.patch_size = (16, 16, 16)
     config.model.features = (4, 8)
     config.batch_size = 2
-    config.eval_batch_size = 1
     config.eval_split = "validation"
     config.test_split = "validation"
   if args.steps:

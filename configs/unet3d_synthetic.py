@@ -26,7 +26,6 @@ def get_config(arg=None):
   config.model.features = (4, 8, 16, 32)
   config.model.double_within_level = True
   config.batch_size = 4
-  config.eval_batch_size = 2
   config.num_train_steps = 600
   config.eval_every_steps = 200
   config.checkpoint_every_steps = 200
@@ -35,7 +34,6 @@ def get_config(arg=None):
     config.data.patch_size = (16, 16, 16)
     config.model.features = (4, 8)
     config.batch_size = 2
-    config.eval_batch_size = 2
   if args.steps:
     config.num_train_steps = args.steps
   return config

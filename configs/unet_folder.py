@@ -45,17 +45,14 @@ def get_config(arg=None):
     config.model.features = (8, 16, 32, 64)
     config.model.double_within_level = True
     config.batch_size = 2
-    config.eval_batch_size = 1
   else:
     config.model.features = (16, 32, 64, 128)
     config.batch_size = 8
-    config.eval_batch_size = 4
   if args.runlocal:
     common.shrink_for_local_run(config)
     config.data.patch_size = (args.patch or 16,) * dims
     config.model.features = (4, 8)
     config.batch_size = 2
-    config.eval_batch_size = 1
     config.eval_split = config.eval_split.split("[")[0]
     config.test_split = config.test_split.split("[")[0]
   if args.steps:

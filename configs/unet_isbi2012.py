@@ -60,7 +60,6 @@ def get_config(arg=None):
   ]
   config.model.features = (16, 32, 64, 128, 256)
   config.batch_size = 4
-  config.eval_batch_size = 2
   config.num_train_steps = 1500
   config.eval_every_steps = 250
   config.checkpoint_every_steps = 250

@@ -22,7 +22,6 @@ def get_config(arg=None):
   # Whole 128x128 images: the context beats more, smaller patches here.
   config.data.patch_size = (128, 128)
   config.batch_size = 8
-  config.eval_batch_size = 16
   config.model.features = (16, 32, 64, 128)
   config.num_train_steps = 600
   config.eval_every_steps = 200
