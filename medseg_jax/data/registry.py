@@ -114,15 +114,7 @@ def input_preprocessing(
     return from_folder.load_dataset_json(_folder(manual_dir)).preprocessing()
   spec = get_dataset_spec(name)
   builder = tfds.builder(spec.tfds_name, data_dir=os.fspath(data_dir))
-  for owner, attribute in (
-    (builder, "PREPROCESSING"),
-    (builder, "preprocessing"),
-    (builder.builder_config, "preprocess"),
-  ):
-    value = getattr(owner, attribute, None) if owner is not None else None
-    if value is not None:
-      return value
-  return None
+  return builder.preprocessing  # See `medical_builder.MedicalBuilder`.
 
 
 def _folder(manual_dir: str | os.PathLike[str] | None) -> str:
