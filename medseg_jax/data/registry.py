@@ -40,9 +40,10 @@ from medseg_jax.data.spec import DatasetSpec
 _FILE_FORMAT = "array_record"
 
 
-# Builder packages; each declares `DATASET_SPECS` and `BUILDER`, and
-# importing it registered its builder with TFDS. To add a dataset, write a
-# package like these and list it here.
+# Builder packages; each declares `BUILDER` (a `medical_builder.MedicalBuilder`)
+# and `DATASET_SPECS` (its `BUILDER.dataset_specs()`), and importing it
+# registered its builder with TFDS. To add a dataset, write a package like
+# these and list it here.
 _PACKAGES = (
   synthetic_phantoms,
   isbi2012_em,

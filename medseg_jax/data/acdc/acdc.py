@@ -13,9 +13,10 @@ one 3-D example per labelled frame, `patientNNN_ED` and `patientNNN_ES`:
   group:  text             pathology group from Info.cfg ("" if absent)
   phase:  text             "ED" or "ES"
 
-plus the shared features of the medical format (`medical_builder`). Slices are thick
-(5-10 mm) and in-plane pixels about 1.4-1.7 mm; the default config `native`
-keeps each case's own grid, `AcdcConfig(spacing=...)` resamples.
+plus the shared features of the medical format (see `medical_builder`).
+Slices are thick (5-10 mm) and in-plane pixels about 1.4-1.7 mm; the default
+config `native` keeps each case's own grid, `AcdcConfig(spacing=...)`
+resamples.
 
   from medseg_jax.data import registry
   registry.prepare("acdc", data_dir, manual_dir="/data/ACDC")

@@ -14,8 +14,8 @@ are split by number: 00-39 train, 40-44 validation, 45-49 test. Examples:
   image:  f32[X, Y, Z, 1]  z-scored inside the nonzero voxels, RAS+ axes
   label:  u8[X, Y, Z]
 
-plus the shared features of the medical format (`medical_builder`). The native grid is
-kept (about 0.3-0.7 mm in-plane, 2.2-4 mm between slices).
+plus the shared features of the medical format (see `medical_builder`). The
+native grid is kept (about 0.3-0.7 mm in-plane, 2.2-4 mm between slices).
 
   from medseg_jax.data import registry
   registry.prepare("promise12", data_dir, manual_dir="/data/promise12")
