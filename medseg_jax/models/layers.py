@@ -21,6 +21,10 @@ Normalisation is selected by name (see `NORMS`):
 Convolutions that are followed by a normalisation with a learned shift carry
 no bias of their own (it would be cancelled by the mean subtraction); with
 `norm="none"` they do.
+
+`Conv`, `max_pool` and batch norm compute the function of `nn.Conv`,
+`nn.max_pool` and `nn.BatchNorm` with the same parameters; how they are
+lowered on each backend (the CPU kernels) is decided in `lowering.py`.
 """
 
 import math
