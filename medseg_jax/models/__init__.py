@@ -22,11 +22,12 @@ Adding a model:
 4. A test file `tests/models/<name>_test.py` built on
    `tests/models/model_testing.py` (abstract shapes, a parameter count
    checked against the paper or a reference implementation, finite
-   training gradients, 2-D and 3-D where supported).
+   training gradients, 2-D and 3-D where supported), and its smallest
+   arguments in `TINY_KWARGS` of `tests/models/registry_test.py`.
 5. A CPU-sized preset in `configs/zoo.py` (`MODELS` there), so that
    `configs/zoo.py:model=<name>,runlocal` trains it in seconds.
 6. A row in the models table of the documentation (name, architecture,
-   2-D / 3-D, notes).
+   2-D / 3-D, notes). `docs/extending.md` has the details.
 """
 
 from collections.abc import Callable
