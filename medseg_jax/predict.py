@@ -37,6 +37,8 @@ from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from medseg_jax import xla_cpu  # noqa: E402
+
 
 def output_path(source: pathlib.Path, output_dir: pathlib.Path) -> pathlib.Path:
   """Where the mask of `source` goes (see the module docstring)."""
@@ -186,6 +188,7 @@ def _define_flags():
 
 
 def main(argv):
+  xla_cpu.configure_flags()  # Before any JAX computation.
   inputs = list(flags.FLAGS.input) + list(argv[1:])
   if not inputs:
     raise app.UsageError("Give at least one --input.")
