@@ -44,6 +44,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from medseg_jax import augment  # noqa: E402
 from medseg_jax import losses  # noqa: E402
 from medseg_jax import models  # noqa: E402
+from medseg_jax import xla_cpu  # noqa: E402
 
 SIZE = 128
 BATCH = 8
@@ -295,6 +296,7 @@ def bench_throughput(examples: int, repeats: int) -> None:
 
 
 def main():
+  xla_cpu.configure_flags()  # Before any JAX computation.
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument(
     "--part", choices=("step", "throughput", "both"), default="both"

@@ -142,6 +142,9 @@ def _run(dataset: str) -> str:
 
 def main(argv):
   del argv
+  from medseg_jax import xla_cpu  # noqa: PLC0415
+
+  xla_cpu.configure_flags()  # Before any JAX computation.
   warnings.filterwarnings("ignore", category=UserWarning, module="skimage")
   for dataset in _DATASETS.value:
     if dataset not in _SPLITS:

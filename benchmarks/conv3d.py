@@ -6,7 +6,7 @@ r"""3-D convolutions on the CPU: XLA's own lowering against the stacked 2-D form
 For 3^3 stride-1 'SAME' convolutions at the shapes of the CPU-sized 3-D
 U-Nets, prints the median ms of the jitted forward pass and of forward plus
 backward (gradients for input and kernel) for `lax.conv_general_dilated`
-on the 3-D input ("xla") and for `layers.depth_stacked_conv3d` (what
+on the 3-D input ("xla") and for `lowering.depth_stacked_conv3d` (what
 `layers.Conv(impl="auto")` runs on CPU), their ratio, and the largest
 relative difference of the outputs.
 """
@@ -25,7 +25,8 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.timing import median_ms  # noqa: E402
-from medseg_jax.models import layers  # noqa: E402
+from medseg_jax import xla_cpu  # noqa: E402
+from medseg_jax.models import lowering  # noqa: E402
 
 # (batch, edge, C_in, C_out).
 SHAPES = (
@@ -60,6 +61,7 @@ def timings(conv, x, kernel, repeats):
 
 
 def main() -> None:
+  xla_cpu.configure_flags()  # Before any JAX computation.
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()
@@ -75,12 +77,12 @@ def main() -> None:
     kernel = jnp.asarray(rng.standard_normal((3, 3, 3, cin, cout)))
     kernel = kernel.astype(jnp.float32)
     reference = xla_conv3d(x, kernel)
-    stacked = layers.depth_stacked_conv3d(x, kernel)
+    stacked = lowering.depth_stacked_conv3d(x, kernel)
     diff = float(
       jnp.max(jnp.abs(reference - stacked)) / jnp.max(jnp.abs(reference))
     )
     xla = timings(xla_conv3d, x, kernel, args.repeats)
-    ours = timings(layers.depth_stacked_conv3d, x, kernel, args.repeats)
+    ours = timings(lowering.depth_stacked_conv3d, x, kernel, args.repeats)
     print(
       f"  {f'{batch} x {edge}^3, {cin}->{cout}':>24s}   "
       f"{xla[0]:7.1f} / {xla[1]:7.1f}    {ours[0]:7.1f} / {ours[1]:7.1f}      "

@@ -133,6 +133,9 @@ def step_rate(config, steps: int) -> tuple[float, float]:
 
 def main(argv):
   del argv
+  from medseg_jax import xla_cpu  # noqa: PLC0415
+
+  xla_cpu.configure_flags()  # Before any JAX computation.
   from medseg_jax.data import registry  # noqa: PLC0415
 
   rows = []

@@ -34,6 +34,7 @@ import numpy as np
 # Run as a script from anywhere: make the repository importable.
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
+from medseg_jax import xla_cpu  # noqa: E402
 from medseg_jax.metrics import surface  # noqa: E402
 
 SPACING = (2.5, 0.8, 0.8)
@@ -89,6 +90,7 @@ def _median_time(fn, repeats: int) -> tuple[float, object]:
 
 
 def main() -> None:
+  xla_cpu.configure_flags()  # Before any JAX computation.
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--size", type=int, default=256)
   parser.add_argument("--repeats", type=int, default=3)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from medseg_jax import losses  # noqa: E402
 from medseg_jax import models  # noqa: E402
+from medseg_jax import xla_cpu  # noqa: E402
 
 # (label, registry name, constructor kwargs, input shape [B, *S, C]).
 ENTRIES = [
@@ -158,6 +159,7 @@ def measure(name, kwargs, shape, repeats):
 
 
 def main():
+  xla_cpu.configure_flags()  # Before any JAX computation.
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--only", default="", help="comma-separated labels")
   parser.add_argument("--repeats", type=int, default=5)

@@ -42,6 +42,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from benchmarks.torch_twins import make_torch_unet  # noqa: E402
 from medseg_jax.evaluation import inference  # noqa: E402
 from medseg_jax import models  # noqa: E402
+from medseg_jax import xla_cpu  # noqa: E402
 
 
 def parse_ints(text: str) -> tuple[int, ...]:
@@ -49,6 +50,7 @@ def parse_ints(text: str) -> tuple[int, ...]:
 
 
 def main() -> None:
+  xla_cpu.configure_flags()  # Before any JAX computation.
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--shape", type=parse_ints, default=(160, 192, 160))
   parser.add_argument("--window", type=int, default=96)

@@ -50,7 +50,8 @@ from benchmarks.timing import median_ms  # noqa: E402
 from benchmarks.torch_twins import flax_variables_from_torch  # noqa: E402
 from benchmarks.torch_twins import make_torch_unet  # noqa: E402
 from medseg_jax import models  # noqa: E402
-from medseg_jax.models import layers  # noqa: E402
+from medseg_jax import xla_cpu  # noqa: E402
+from medseg_jax.models import lowering  # noqa: E402
 
 FEATURES = (16, 32, 64, 128)
 NUM_CLASSES = 4
@@ -139,10 +140,10 @@ def time_xla_conv(batch, size, cin, cout, dims, repeats):
   """(forward, input-gradient, weight-gradient) ms of one 3^d conv in XLA.
 
   Lowered as our models lower it: in 3-D on the CPU that is the
-  depth-stacked 2-D convolution (`layers.depth_stacked_conv3d`).
+  depth-stacked 2-D convolution (`lowering.depth_stacked_conv3d`).
   """
   spec = ("NDHWC", "DHWIO", "NDHWC") if dims == 3 else ("NHWC", "HWIO", "NHWC")
-  impl = layers.conv_impl_for(
+  impl = lowering.conv_impl_for(
     "auto", spatial_dims=dims, kernel_size=3, strides=1, padding="SAME"
   )
   rng = np.random.default_rng(0)
@@ -154,7 +155,7 @@ def time_xla_conv(batch, size, cin, cout, dims, repeats):
 
   def conv(x, k):
     if impl == "depth_stacked":
-      return layers.depth_stacked_conv3d(x, k)
+      return lowering.depth_stacked_conv3d(x, k)
     return jax.lax.conv_general_dilated(
       x, k, (1,) * dims, "SAME", dimension_numbers=spec
     )
@@ -219,6 +220,7 @@ def profile_convs(shape, dims, repeats, with_torch):
 
 
 def main() -> None:
+  xla_cpu.configure_flags()  # Before any JAX computation.
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--dims", type=int, default=2, choices=(2, 3))
   parser.add_argument("--steps", type=int, default=10)

@@ -1,6 +1,5 @@
-"""medseg_jax: pure-functional JAX/Flax medical image segmentation."""
+"""medseg_jax: pure-functional JAX/Flax medical image segmentation.
 
-from medseg_jax import xla_cpu as _xla_cpu
-
-# Faster XLA:CPU convolutions (YNNPACK), before any JAX backend starts.
-_xla_cpu.enable_ynn()
+Importing the package changes no global state: XLA flags are set by the
+entry points (`medseg_jax.xla_cpu.configure_flags`).
+"""

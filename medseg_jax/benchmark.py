@@ -49,6 +49,8 @@ import numpy as np
 from absl import app
 from absl import flags
 
+from medseg_jax import xla_cpu
+
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 _SUITE = flags.DEFINE_string("suite", None, "Path to a suite file.")
@@ -403,6 +405,7 @@ def bar_plot(rows: Sequence[Row], path: pathlib.Path) -> None:
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  xla_cpu.configure_flags()  # Before any JAX computation.
   if not _SUITE.value:
     raise app.UsageError("--suite=configs/benchmarks/<name>.py is required.")
   suite = load_suite(_SUITE.value)

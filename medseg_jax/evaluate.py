@@ -38,6 +38,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from medseg_jax import xla_cpu  # noqa: E402
+
 
 def resolve_split(config, split: str) -> str:
   """Maps a split role to the config's split string."""
@@ -118,6 +120,7 @@ def _define_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  xla_cpu.configure_flags()  # Before any JAX computation.
   evaluate_run(
     flags.FLAGS.workdir,
     config=flags.FLAGS.config,

@@ -27,6 +27,8 @@ from absl import flags  # noqa: E402
 from absl import logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from medseg_jax import xla_cpu  # noqa: E402
+
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file(
   "config", None, "Config file, optionally with an argument: path.py:arg."
@@ -78,6 +80,7 @@ def initialize_distributed() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  xla_cpu.configure_flags()  # Before any JAX computation.
   initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
 

@@ -40,6 +40,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app  # noqa: E402
 from absl import flags  # noqa: E402
 
+from medseg_jax import xla_cpu  # noqa: E402
+
 
 def output_path(source: pathlib.Path, output_dir: pathlib.Path) -> pathlib.Path:
   """Where the mask of `source` goes (see the module docstring)."""
@@ -195,6 +197,7 @@ def _define_flags(argv):
 
 
 def main(argv):
+  xla_cpu.configure_flags()  # Before any JAX computation.
   inputs = list(flags.FLAGS.input) + list(argv[1:])
   if not inputs:
     raise app.UsageError("Give at least one --input.")

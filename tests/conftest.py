@@ -16,6 +16,10 @@ if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
 
 import pytest  # noqa: E402
 
+from medseg_jax import xla_cpu  # noqa: E402
+
+xla_cpu.configure_flags()  # What the entry points run with.
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 

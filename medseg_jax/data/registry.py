@@ -40,9 +40,10 @@ from medseg_jax.data.spec import DatasetSpec
 _FILE_FORMAT = "array_record"
 
 
-# Builder packages; each declares `DATASET_SPECS` and `BUILDER`, and
-# importing it registered its builder with TFDS. To add a dataset, write a
-# package like these and list it here.
+# Builder packages; each declares `BUILDER` (a `medical_builder.MedicalBuilder`)
+# and `DATASET_SPECS` (its `BUILDER.dataset_specs()`), and importing it
+# registered its builder with TFDS. To add a dataset, write a package like
+# these and list it here.
 _PACKAGES = (
   synthetic_phantoms,
   isbi2012_em,
@@ -114,15 +115,7 @@ def input_preprocessing(
     return from_folder.load_dataset_json(_folder(manual_dir)).preprocessing()
   spec = get_dataset_spec(name)
   builder = tfds.builder(spec.tfds_name, data_dir=os.fspath(data_dir))
-  for owner, attribute in (
-    (builder, "PREPROCESSING"),
-    (builder, "preprocessing"),
-    (builder.builder_config, "preprocess"),
-  ):
-    value = getattr(owner, attribute, None) if owner is not None else None
-    if value is not None:
-      return value
-  return None
+  return builder.preprocessing  # See `medical_builder.MedicalBuilder`.
 
 
 def _folder(manual_dir: str | os.PathLike[str] | None) -> str:

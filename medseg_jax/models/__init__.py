@@ -5,6 +5,29 @@ keyword arguments; `get_model` resolves the name through `MODELS`, the one
 place where names are defined:
 
   >>> model = get_model("unet", num_classes=2, features=(16, 32, 64))
+
+Adding a model:
+
+1. One file, `models/<name>.py`, holding a Flax module with the fields every
+   model shares: `num_classes` (logit channels), `spatial_dims` (2 or 3),
+   `in_channels` (checked when set, `None` accepts any) and `dtype` (the
+   computation dtype; parameters and logits stay float32). Call it as
+   `model(x, train=...)` on channels-last `f32[B, *S, C]`.
+2. An entry in `MODELS` below; the name is what configs write.
+3. Build its convolutions wider than 1^d and its poolings from
+   `layers.Conv` (or `layers.conv`) and `layers.max_pool`, its norms with
+   `layers.make_norm`, not from `nn.Conv`/`nn.max_pool`, so that the CPU
+   lowering (`models/lowering.py`: depth-stacked 3-D convolutions,
+   index-routed pooling, matvec batch-norm sums) applies to it too.
+4. A test file `tests/models/<name>_test.py` built on
+   `tests/models/model_testing.py` (abstract shapes, a parameter count
+   checked against the paper or a reference implementation, finite
+   training gradients, 2-D and 3-D where supported), and its smallest
+   arguments in `TINY_KWARGS` of `tests/models/registry_test.py`.
+5. A CPU-sized preset in `configs/zoo.py` (`MODELS` there), so that
+   `configs/zoo.py:model=<name>,runlocal` trains it in seconds.
+6. A row in the models table of the documentation (name, architecture,
+   2-D / 3-D, notes). `docs/extending.md` has the details.
 """
 
 import dataclasses

@@ -18,7 +18,8 @@ What differs is the lowering of the training-mode pass:
 * On the CPU, the channel sums are matrix-vector products with a vector of
   ones, which XLA:CPU hands to its matmul kernels; its reduction loops over
   the leading axes of a channels-last array are several times slower. Other
-  backends use plain sums (`impl="auto"`).
+  backends use plain sums. `lowering.choose` decides (`impl="auto"`);
+  `lowering.channel_sums` holds both.
 
 Together this makes a 2-D U-Net 16-128 train step on 8x128x128 about 40 ms
 faster on the 2-core CPU (`benchmarks/train_throughput.py --profile`).
@@ -32,26 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-BATCH_NORM_IMPLS = ("auto", "dot", "sum")
-
-
-def _resolve_impl(impl: str) -> str:
-  if impl not in BATCH_NORM_IMPLS:
-    raise ValueError(
-      f"Unknown batch norm impl {impl!r}; expected one of {BATCH_NORM_IMPLS}."
-    )
-  if impl == "auto":
-    return "dot" if jax.default_backend() == "cpu" else "sum"
-  return impl
-
-
-def _channel_sums(x: jax.Array, impl: str) -> jax.Array:
-  """Sum of `f32[..., C]` over every axis but the last: `f32[C]`."""
-  rows = x.reshape(-1, x.shape[-1])
-  if impl == "dot":
-    ones = jnp.ones((rows.shape[0],), rows.dtype)
-    return jnp.dot(ones, rows, precision=jax.lax.Precision.HIGHEST)
-  return rows.sum(axis=0)
+from medseg_jax.models import lowering
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4))
@@ -69,7 +51,7 @@ def batch_norm_train(
     scale: `f32[C]`.
     bias: `f32[C]`.
     epsilon: added to the variance.
-    impl: `"dot"` or `"sum"` (see `_channel_sums`).
+    impl: `"dot"` or `"sum"` (see `lowering.channel_sums`).
 
   Returns:
     `(y, mean, var)`: the normalised `f32[..., C]` output and the batch mean
@@ -82,8 +64,8 @@ def batch_norm_train(
 def _forward(x, scale, bias, epsilon, impl):
   xf = x.astype(jnp.float32)
   n = xf.size // xf.shape[-1]
-  mean = _channel_sums(xf, impl) / n
-  mean_sq = _channel_sums(xf * xf, impl) / n
+  mean = lowering.channel_sums(xf, impl) / n
+  mean_sq = lowering.channel_sums(xf * xf, impl) / n
   var = jnp.maximum(mean_sq - mean * mean, 0.0)
   inv = jax.lax.rsqrt(var + epsilon)
   y = (xf - mean) * (inv * scale) + bias
@@ -101,9 +83,9 @@ def _bwd(epsilon, impl, residuals, cotangents):
   dy, dmean, dvar = cotangents
   xf = x.astype(jnp.float32)
   n = xf.size // xf.shape[-1]
-  dy_sum = _channel_sums(dy, impl)
+  dy_sum = lowering.channel_sums(dy, impl)
   # sum(dy * xhat) = inv * (sum(dy * x) - mean * sum(dy)).
-  dy_xhat_sum = inv * (_channel_sums(dy * xf, impl) - mean * dy_sum)
+  dy_xhat_sum = inv * (lowering.channel_sums(dy * xf, impl) - mean * dy_sum)
   dscale = dy_xhat_sum
   dbias = dy_sum
   centred = xf - mean
@@ -130,7 +112,7 @@ class BatchNorm(nn.Module):
       batch` (0.9 is PyTorch's momentum=0.1).
     epsilon: added to the variance.
     dtype: output dtype; `None` gives float32. The arithmetic is float32.
-    impl: one of `BATCH_NORM_IMPLS`.
+    impl: one of `lowering.BATCH_NORM_IMPLS`.
   """
 
   use_running_average: bool
@@ -157,7 +139,7 @@ class BatchNorm(nn.Module):
       y = (x.astype(jnp.float32) - running_mean.value) * (inv * scale) + bias
       return y.astype(dtype)
     y, mean, var = batch_norm_train(
-      x, scale, bias, self.epsilon, _resolve_impl(self.impl)
+      x, scale, bias, self.epsilon, lowering.batch_norm_impl_for(self.impl)
     )
     if not self.is_initializing():
       m = self.momentum

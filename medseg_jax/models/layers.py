@@ -21,20 +21,22 @@ Normalisation is selected by name (see `NORMS`):
 Convolutions that are followed by a normalisation with a learned shift carry
 no bias of their own (it would be cancelled by the mean subtraction); with
 `norm="none"` they do.
+
+`Conv`, `max_pool` and batch norm compute the function of `nn.Conv`,
+`nn.max_pool` and `nn.BatchNorm` with the same parameters; how they are
+lowered on each backend (the CPU kernels) is decided in `lowering.py`.
 """
 
-import functools
-import itertools
 import math
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from medseg_jax import sharding
 from medseg_jax.models import batch_norm
+from medseg_jax.models import lowering
 
 NORMS = ("batch", "group", "instance", "none")
 UPSAMPLE_MODES = ("transpose", "resize")
@@ -104,133 +106,34 @@ def make_norm(
   return lambda x: x
 
 
-CONV_IMPLS = ("auto", "xla", "depth_stacked")
-
-
-def conv_impl_for(
-  impl: str, *, spatial_dims: int, kernel_size: int, strides: int, padding: str
-) -> str:
-  """Resolves a convolution implementation name to the one that runs.
-
-  `"depth_stacked"` applies to 3-D, stride-1, `"SAME"` convolutions with an
-  odd kernel larger than 1; anything else falls back to `"xla"`. `"auto"`
-  picks `"depth_stacked"` where it applies and the default backend is the
-  CPU (where it is 4-16x faster, forward plus backward, measured by
-  `benchmarks/conv3d.py`), and `"xla"` otherwise. It also picks `"xla"`
-  when traced under a context mesh (`jax.set_mesh`) whose `spatial` axis
-  has more than one device: the models then split depth over that axis,
-  and the stacked form, which moves depth into the batch axis, would make
-  XLA gather whole volumes on every device in the backward pass.
-  """
-  if impl not in CONV_IMPLS:
-    raise ValueError(
-      f"Unknown conv impl {impl!r}; expected one of {CONV_IMPLS}."
-    )
-  stackable = (
-    spatial_dims == 3
-    and strides == 1
-    and padding == "SAME"
-    and kernel_size % 2 == 1
-    and kernel_size > 1
-  )
-  if not stackable or impl == "xla":
-    return "xla"
-  if impl == "auto" and (
-    jax.default_backend() != "cpu" or _depth_split_by_mesh()
-  ):
-    return "xla"
-  return "depth_stacked"
-
-
-def _depth_split_by_mesh() -> bool:
-  mesh = jax.sharding.get_abstract_mesh()
-  return not mesh.empty and dict(mesh.shape).get(sharding.SPATIAL_AXIS, 1) > 1
-
-
-def depth_stacked_conv3d(x: jax.Array, kernel: jax.Array) -> jax.Array:
-  """A stride-1 'SAME' k^3 convolution computed as one 2-D convolution.
-
-  XLA:CPU lowers 2-D convolutions to a fast Eigen kernel but 3-D ones to a
-  much slower generic loop, so the k depth taps are folded into channels
-  and depth into the batch:
-
-  * `C_in <= C_out`: the depth-padded input is stacked with its k depth
-    shifts (`[B * D, H, W, k * C_in]`) and one k x k 2-D convolution with
-    `k * C_in` input channels does the rest.
-  * `C_in > C_out`: one k x k 2-D convolution of the unshifted input to
-    `k * C_out` channels, one group per depth tap, whose groups are then
-    shifted along depth and summed (the cheaper side to copy).
-
-  Either way the result equals `lax.conv_general_dilated` on the 3-D input
-  up to float rounding, 4-16x faster forward plus backward on the CPU
-  (`benchmarks/conv3d.py`).
-
-  Args:
-    x: `f[B, D, H, W, C_in]`.
-    kernel: `f[k, k, k, C_in, C_out]` (depth, height, width, in, out), k odd.
-
-  Returns:
-    `f[B, D, H, W, C_out]`.
-  """
-  k = kernel.shape[0]
-  r = k // 2
-  b, d, h, w, c = x.shape
-  f = kernel.shape[-1]
-  dims = ("NHWC", "HWIO", "NHWC")
-  if c <= f:
-    padded = jnp.pad(x, ((0, 0), (r, r), (0, 0), (0, 0), (0, 0)))
-    stacked = jnp.concatenate([padded[:, i : i + d] for i in range(k)], -1)
-    # [kd, kh, kw, C, F] -> [kh, kw, kd * C, F], the stacking order.
-    kernel_2d = kernel.transpose(1, 2, 0, 3, 4).reshape(k, k, k * c, f)
-    y = jax.lax.conv_general_dilated(
-      stacked.reshape(b * d, h, w, k * c),
-      kernel_2d,
-      (1, 1),
-      "SAME",
-      dimension_numbers=dims,
-    )
-    return y.reshape(b, d, h, w, f)
-  # [kd, kh, kw, C, F] -> [kh, kw, C, kd * F]: one output group per tap.
-  kernel_2d = kernel.transpose(1, 2, 3, 0, 4).reshape(k, k, c, k * f)
-  z = jax.lax.conv_general_dilated(
-    x.reshape(b * d, h, w, c),
-    kernel_2d,
-    (1, 1),
-    "SAME",
-    dimension_numbers=dims,
-  )
-  z = z.reshape(b, d, h, w, k, f)
-  z = jnp.pad(z, ((0, 0), (r, r), (0, 0), (0, 0), (0, 0), (0, 0)))
-  # Output depth t takes tap i from input depth t + i - r.
-  return sum(z[:, i : i + d, :, :, i] for i in range(k))
-
-
 class Conv(nn.Module):
   """A k^d convolution whose parameters match `nn.Conv`'s exactly.
 
   Same parameter names, shapes and meaning as `nn.Conv(features, (k,) * d,
-  strides, padding)` (`kernel: f32[k, ..., k, C_in, features]`, `bias:
-  f32[features]`), so checkpoints, parameter counts and the torchvision
-  importer see no difference; only the lowering can differ (see
-  `conv_impl_for`).
+  strides, padding, kernel_dilation=...)` (`kernel: f32[k, ..., k, C_in,
+  features]`, `bias: f32[features]`), so checkpoints, parameter counts and
+  the torchvision importer see no difference; only the lowering can differ
+  (see `lowering.conv_impl_for`).
 
   Attributes:
     features: output channels.
     kernel_size: edge length of the cubic/square kernel.
     spatial_dims: 2 or 3.
     strides: stride along every spatial axis.
-    padding: `"SAME"` or `"VALID"`.
+    padding: `"SAME"`, `"VALID"` or `(low, high)` per spatial axis.
+    kernel_dilation: dilation (atrous rate) along every spatial axis.
     use_bias: whether to add a bias.
     kernel_init: kernel initialiser.
     dtype: computation dtype; parameters are float32.
-    impl: one of `CONV_IMPLS`.
+    impl: one of `lowering.CONV_IMPLS`.
   """
 
   features: int
   kernel_size: int
   spatial_dims: int = 2
   strides: int = 1
-  padding: str = "SAME"
+  padding: lowering.Padding = "SAME"
+  kernel_dilation: int = 1
   use_bias: bool = True
   kernel_init: Callable = conv_init
   dtype: jax.typing.DTypeLike = jnp.float32
@@ -238,7 +141,7 @@ class Conv(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    """Maps `f[B, *S, C_in]` to `f[B, *S / strides, features]`."""
+    """Maps `f[B, *S, C_in]` to `f[B, *S', features]`, `S' ~ S / strides`."""
     d = self.spatial_dims
     kernel = self.param(
       "kernel",
@@ -249,23 +152,28 @@ class Conv(nn.Module):
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,))
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    impl = conv_impl_for(
+    impl = lowering.conv_impl_for(
       self.impl,
       spatial_dims=d,
       kernel_size=self.kernel_size,
       strides=self.strides,
       padding=self.padding,
+      dilation=self.kernel_dilation,
     )
     if impl == "depth_stacked":
-      y = depth_stacked_conv3d(x, kernel)
+      y = lowering.depth_stacked_conv3d(x, kernel, self.kernel_dilation)
     else:
       spec = "NDHWC" if d == 3 else "NHWC"
       kernel_spec = ("DHW" if d == 3 else "HW") + "IO"
+      padding = self.padding
+      if not isinstance(padding, str):
+        padding = [tuple(p) for p in padding]
       y = jax.lax.conv_general_dilated(
         x,
         kernel,
         window_strides=(self.strides,) * d,
-        padding=self.padding,
+        padding=padding,
+        rhs_dilation=(self.kernel_dilation,) * d,
         dimension_numbers=(spec, kernel_spec, spec),
       )
     return y if bias is None else y + bias
@@ -296,7 +204,7 @@ def conv(
     strides: stride along every spatial axis.
     padding: `"SAME"` or `"VALID"`.
     dtype: computation dtype; parameters are float32.
-    impl: one of `CONV_IMPLS` (see `conv_impl_for`).
+    impl: one of `lowering.CONV_IMPLS` (see `lowering.conv_impl_for`).
     name: name of the child module.
 
   Returns:
@@ -570,95 +478,48 @@ class ResidualBlock(nn.Module):
 
 
 def max_pool(
-  x: jax.Array, spatial_dims: int, padding: str = "VALID"
+  x: jax.Array,
+  spatial_dims: int,
+  padding: lowering.Padding = "VALID",
+  *,
+  window: int = 2,
+  strides: int | None = None,
+  impl: str = "auto",
 ) -> jax.Array:
-  """2^d max pooling with stride 2: `f[B, *S, C] -> f[B, *S/2, C]`.
+  """k^d max pooling: `f[B, *S, C] -> f[B, *S', C]`.
 
-  The same function and the same gradient as `nn.max_pool(x, (2,) * d,
-  strides=(2,) * d, padding)`: with `"VALID"` an odd trailing row is
-  dropped, with `"SAME"` it is pooled on its own (output size `ceil(S /
-  2)`), and the gradient of each output goes to the first maximum of its
-  block in row-major order, ties included (tests). It is computed on the
-  2^d strided sub-grids of `x` (`_block_max`) rather than as a window
-  reduction, because XLA:CPU's gradient of the window reduction
-  (`select_and_scatter`) is about 10x slower: 22 ms at 8x128x128x16.
+  The function and the gradient of `nn.max_pool(x, (window,) * d, strides=
+  (strides,) * d, padding)`: with `"VALID"` trailing rows no window covers
+  are dropped, with `"SAME"` the input is padded with -inf to output size
+  `ceil(S / strides)`, and `(low, high)` pairs pad each axis explicitly; the
+  gradient of each output goes to the first maximum of its window in
+  row-major order, ties included (tests). The default is 2^d pooling with
+  stride 2.
+
+  Args:
+    x: `f[B, *S, C]`.
+    spatial_dims: 2 or 3.
+    padding: `"VALID"`, `"SAME"` or `(low, high)` per spatial axis.
+    window: window edge length.
+    strides: stride along every spatial axis; default `window`.
+    impl: one of `lowering.MAX_POOL_IMPLS` (see
+      `lowering.max_pool_impl_for`); `"auto"` is index-routed for
+      non-overlapping windows on the CPU, XLA's window reduction otherwise.
+
+  Returns:
+    `f[B, *S', C]`.
   """
   d = spatial_dims
-  if padding not in ("VALID", "SAME"):
+  strides = window if strides is None else strides
+  if isinstance(padding, str) and padding not in ("VALID", "SAME"):
     raise ValueError(f"padding must be 'VALID' or 'SAME', got {padding!r}.")
-  spatial = x.shape[1 : 1 + d]
-  if padding == "SAME":
-    pads = [(0, 0)] + [(0, n % 2) for n in spatial] + [(0, 0)]
-    x = jnp.pad(x, pads, constant_values=-jnp.inf)
-  else:
-    x = x[(slice(None),) + tuple(slice(0, n - n % 2) for n in spatial)]
-  return _block_max(x, d)
-
-
-def _sub_grids(x: jax.Array, d: int) -> list[jax.Array]:
-  """The 2^d stride-2 sub-grids of `f[B, *2S, C]`, row-major block order."""
-  shape = [x.shape[0]]
-  for n in x.shape[1 : 1 + d]:
-    shape += [n // 2, 2]
-  x = x.reshape(*shape, x.shape[-1])
-  grids = []
-  for offsets in itertools.product((0, 1), repeat=d):
-    index = [slice(None)]
-    for offset in offsets:
-      index += [slice(None), offset]
-    grids.append(x[tuple(index)])
-  return grids
-
-
-def _first_max(grids: list[jax.Array]) -> tuple[jax.Array, jax.Array]:
-  """Elementwise max of `grids` and the index of the first maximum.
-
-  A pairwise tournament that keeps the left operand on ties, so the index
-  is always that of the first maximum, as in XLA's `select_and_scatter`,
-  and it comes from the same comparisons as the maximum itself.
-  """
-  values = list(grids)
-  indices = [jnp.full(g.shape, i, jnp.int8) for i, g in enumerate(grids)]
-  while len(values) > 1:
-    pairs = range(0, len(values), 2)
-    keep = [values[i] >= values[i + 1] for i in pairs]
-    indices = [
-      jnp.where(k, indices[i], indices[i + 1])
-      for k, i in zip(keep, pairs, strict=True)
-    ]
-    values = [
-      jnp.where(k, values[i], values[i + 1])
-      for k, i in zip(keep, pairs, strict=True)
-    ]
-  return values[0], indices[0]
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _block_max(x: jax.Array, d: int) -> jax.Array:
-  """Max over 2^d blocks of `f[B, *2S, C]` (even sizes): `f[B, *S, C]`."""
-  return _first_max(_sub_grids(x, d))[0]
-
-
-def _block_max_fwd(x, d):
-  y, index = _first_max(_sub_grids(x, d))
-  return y, index
-
-
-def _block_max_bwd(d, index, g):
-  # Each output's gradient goes to the one input that was its maximum,
-  # written straight into the [B, S_0, 2, S_1, 2, ..., C] block layout.
-  expand = [slice(None)]
-  for _ in range(d):
-    expand += [slice(None), None]
-  index, g = index[tuple(expand)], g[tuple(expand)]
-  # position[0, :, a_0, :, a_1, ..., 0] = row-major index of (a_0, a_1, ...).
-  position = np.arange(2**d, dtype=np.int8).reshape([1] + [1, 2] * d + [1])
-  dx = jnp.where(index == position, g, 0)
-  shape = (g.shape[0], *(2 * n for n in g.shape[1:-1:2]), g.shape[-1])
-  return (dx.reshape(shape),)
-
-
-_block_max.defvjp(_block_max_fwd, _block_max_bwd)
+  impl = lowering.max_pool_impl_for(impl, window=window, strides=strides)
+  windows, steps = (window,) * d, (strides,) * d
+  if impl == "xla":
+    return nn.max_pool(x, windows, strides=steps, padding=padding)
+  if isinstance(padding, str):
+    padding = jax.lax.padtype_to_pads(x.shape[1:-1], windows, steps, padding)
+  return lowering.index_routed_max_pool(x, window, padding)
 
 
 class UpConvTranspose(nn.Module):

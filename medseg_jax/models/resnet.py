@@ -101,11 +101,13 @@ def conv(
   dtype: jax.typing.DTypeLike = jnp.float32,
   kernel_init: nn.initializers.Initializer = layers.conv_init,
   name: str | None = None,
-) -> nn.Conv:
+) -> layers.Conv:
   """A k^d convolution with torchvision-style symmetric padding.
 
   The padding, `(kernel_size - 1) // 2 * dilation` on both sides, gives the
-  'SAME' output size `ceil(n / strides)` for odd `kernel_size`.
+  'SAME' output size `ceil(n / strides)` for odd `kernel_size`. It is the
+  house `layers.Conv` (the parameters of `nn.Conv`), so the CPU lowering
+  applies to the stride-1 3-D convolutions.
 
   Args:
     features: output channels.
@@ -119,16 +121,17 @@ def conv(
     name: name of the module.
 
   Returns:
-    The (unbound) `nn.Conv`, mapping `f[B, *S, C]` to `f[B, *S', features]`.
+    The (unbound) `layers.Conv`, mapping `f[B, *S, C]` to `f[B, *S',
+    features]`.
   """
-  d = spatial_dims
   pad = (kernel_size - 1) // 2 * dilation
-  return nn.Conv(
+  return layers.Conv(
     features,
-    (kernel_size,) * d,
-    strides=(strides,) * d,
-    kernel_dilation=(dilation,) * d,
-    padding=[(pad, pad)] * d,
+    kernel_size,
+    spatial_dims=spatial_dims,
+    strides=strides,
+    kernel_dilation=dilation,
+    padding=((pad, pad),) * spatial_dims,
     use_bias=use_bias,
     kernel_init=kernel_init,
     dtype=dtype,
@@ -371,7 +374,7 @@ class ResNet(nn.Module):
     )
     x = nn.relu(x)
     features = {"stem": x}
-    x = nn.max_pool(x, (3,) * d, strides=(2,) * d, padding=[(1, 1)] * d)
+    x = layers.max_pool(x, d, ((1, 1),) * d, window=3, strides=2)
 
     channels = base
     dilation = 1

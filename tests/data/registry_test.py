@@ -14,6 +14,7 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from medseg_jax.data import checks
+from medseg_jax.data import lesjak_ms
 from medseg_jax.data import registry
 from medseg_jax.data.synthetic_phantoms import synthetic_phantoms as sp
 
@@ -314,3 +315,22 @@ def test_concurrent_builds_both_succeed(tmp_path, monkeypatch):
   assert not list(tmp_path.rglob("incomplete.*"))
   source = registry.data_source("synthetic_phantoms/2d", "train", tmp_path)
   assert len(source) == SMALL_SIZES["train"]
+
+
+def test_input_preprocessing_is_the_builders(tmp_path):
+  """The steps a new case needs are those the builder applied at build."""
+  assert registry.input_preprocessing("synthetic_phantoms/2d", tmp_path) is None
+  assert registry.input_preprocessing("isbi2012_em", tmp_path) is None
+  # ISIC picks its steps per image (downscaling), so none is given.
+  assert registry.input_preprocessing("isic2018/512", tmp_path) is None
+  assert (
+    registry.input_preprocessing("lesjak_ms", tmp_path)
+    == lesjak_ms.LesjakMs.PREPROCESSING
+  )
+  liver = registry.input_preprocessing("msd/task03_liver", tmp_path)
+  assert liver.normalization == ("ct",)
+  assert liver.ct_window == (-160.0, 240.0)
+  acdc_steps = registry.input_preprocessing("acdc", tmp_path)
+  assert acdc_steps.canonical
+  assert acdc_steps.spacing is None
+  assert acdc_steps.normalization == ("mri",)

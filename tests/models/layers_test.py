@@ -108,30 +108,43 @@ def test_check_image_and_divisible_messages():
 
 
 @pytest.mark.parametrize(
-  "spatial_dims,kernel_size,strides,padding,impl",
+  "spatial_dims,kernel_size,strides,padding,dilation,impl",
   [
-    (3, 3, 1, "SAME", "depth_stacked"),
-    (3, 5, 1, "SAME", "depth_stacked"),
-    (3, 3, 1, "SAME", "xla"),
-    (3, 2, 2, "VALID", "depth_stacked"),  # Not stackable: falls back.
-    (3, 1, 1, "SAME", "auto"),
-    (2, 3, 1, "SAME", "auto"),
-    (2, 3, 2, "SAME", "depth_stacked"),
+    (3, 3, 1, "SAME", 1, "depth_stacked"),
+    (3, 5, 1, "SAME", 1, "depth_stacked"),
+    (3, 3, 1, "SAME", 1, "xla"),
+    (3, 2, 2, "VALID", 1, "depth_stacked"),  # Not stackable: falls back.
+    (3, 1, 1, "SAME", 1, "auto"),
+    (2, 3, 1, "SAME", 1, "auto"),
+    (2, 3, 2, "SAME", 1, "depth_stacked"),
+    # ResNet's torchvision-style padding and DeepLab's atrous rates.
+    (3, 3, 1, ((2, 2),) * 3, 2, "depth_stacked"),
+    (3, 3, 1, "SAME", 3, "auto"),
+    (3, 7, 2, ((3, 3),) * 3, 1, "auto"),
+    (2, 3, 1, ((2, 2),) * 2, 2, "auto"),
+    (2, 3, 2, ((1, 1),) * 2, 1, "auto"),
   ],
 )
 def test_conv_equals_flax_conv(
-  spatial_dims, kernel_size, strides, padding, impl
+  spatial_dims, kernel_size, strides, padding, dilation, impl
 ):
   d = spatial_dims
   x = jax.random.normal(jax.random.key(0), (2, *(6, 5, 7)[:d], 3))
   ours = layers.Conv(
-    4, kernel_size, spatial_dims=d, strides=strides, padding=padding, impl=impl
+    4,
+    kernel_size,
+    spatial_dims=d,
+    strides=strides,
+    padding=padding,
+    kernel_dilation=dilation,
+    impl=impl,
   )
   flax_conv = nn.Conv(
     4,
     (kernel_size,) * d,
     strides=(strides,) * d,
     padding=padding,
+    kernel_dilation=(dilation,) * d,
     kernel_init=layers.conv_init,
   )
   variables = ours.init(jax.random.key(1), x)
@@ -159,32 +172,6 @@ def test_conv_equals_flax_conv(
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
 
 
-def test_conv_impl_resolution():
-  def resolve(impl, **kw):
-    args = dict(spatial_dims=3, kernel_size=3, strides=1, padding="SAME")
-    return layers.conv_impl_for(impl, **(args | kw))
-
-  assert resolve("depth_stacked") == "depth_stacked"
-  assert resolve("xla") == "xla"
-  expected_auto = "depth_stacked" if jax.default_backend() == "cpu" else "xla"
-  assert resolve("auto") == expected_auto
-  assert resolve("depth_stacked", spatial_dims=2) == "xla"
-  assert resolve("depth_stacked", strides=2) == "xla"
-  assert resolve("depth_stacked", kernel_size=2) == "xla"
-  assert resolve("depth_stacked", padding="VALID") == "xla"
-  with pytest.raises(ValueError, match="Unknown conv impl 'fast'"):
-    resolve("fast")
-  # A context mesh that splits depth keeps XLA's convolution.
-  devices = np.array(jax.devices()[:1]).reshape(1, 1)
-  one = jax.sharding.Mesh(devices, ("data", "spatial"))
-  with jax.set_mesh(one):
-    assert resolve("auto") == expected_auto
-  spatial = jax.sharding.AbstractMesh((1, 2), ("data", "spatial"))
-  with jax.sharding.use_abstract_mesh(spatial):
-    assert resolve("auto") == "xla"
-    assert resolve("depth_stacked") == "depth_stacked"
-
-
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
 @pytest.mark.parametrize("shape", [(2, 8, 6, 3), (2, 7, 5, 3), (1, 5, 4, 7, 2)])
 def test_max_pool_matches_window_max_pool(padding, shape):
@@ -199,7 +186,7 @@ def test_max_pool_matches_window_max_pool(padding, shape):
     return nn.max_pool(x, (2,) * d, strides=(2,) * d, padding=padding)
 
   def ours(x):
-    return layers.max_pool(x, d, padding)
+    return layers.max_pool(x, d, padding, impl="index_routed")
 
   np.testing.assert_array_equal(ours(x), ref(x))
   np.testing.assert_array_equal(
@@ -220,7 +207,7 @@ def test_max_pool_ties_get_the_window_gradient(shape):
     return jax.grad(lambda x: jnp.sum(pool(x) * weight))(x)
 
   np.testing.assert_array_equal(
-    grad(lambda x: layers.max_pool(x, d)),
+    grad(lambda x: layers.max_pool(x, d, impl="index_routed")),
     grad(lambda x: nn.max_pool(x, (2,) * d, strides=(2,) * d)),
   )
 
@@ -234,7 +221,9 @@ def test_max_pool_gradient_is_finite_under_jit_with_a_fused_producer():
   @jax.jit
   def grad(x):
     return jax.grad(
-      lambda x: jnp.sum(layers.max_pool(jax.nn.relu(x * scale + 1.0), 2))
+      lambda x: jnp.sum(
+        layers.max_pool(jax.nn.relu(x * scale + 1.0), 2, impl="index_routed")
+      )
     )(x)
 
   assert bool(jnp.isfinite(grad(x)).all())

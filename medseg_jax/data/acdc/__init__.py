@@ -8,19 +8,8 @@ from medseg_jax.data.acdc.acdc import Acdc
 from medseg_jax.data.acdc.acdc import AcdcConfig
 from medseg_jax.data.acdc.acdc import find_frames
 from medseg_jax.data.acdc.acdc import find_root
-from medseg_jax.data.spec import DatasetSpec
 
-DATASET_SPECS = {
-  "acdc": DatasetSpec(
-    tfds_name="acdc/native",
-    num_classes=len(CLASS_NAMES),
-    class_names=CLASS_NAMES,
-    spatial_dims=3,
-    num_channels=len(CHANNEL_NAMES),
-    splits=SPLITS,
-    needs_manual_dir=True,
-  )
-}
+DATASET_SPECS = Acdc.dataset_specs()
 BUILDER = Acdc
 
 __all__ = [

@@ -13,9 +13,10 @@ one 3-D example per labelled frame, `patientNNN_ED` and `patientNNN_ES`:
   group:  text             pathology group from Info.cfg ("" if absent)
   phase:  text             "ED" or "ES"
 
-plus the shared features of `medical_builder.features`. Slices are thick
-(5-10 mm) and in-plane pixels about 1.4-1.7 mm; the default config `native`
-keeps each case's own grid, `AcdcConfig(spacing=...)` resamples.
+plus the shared features of the medical format (see `medical_builder`).
+Slices are thick (5-10 mm) and in-plane pixels about 1.4-1.7 mm; the default
+config `native` keeps each case's own grid, `AcdcConfig(spacing=...)`
+resamples.
 
   from medseg_jax.data import registry
   registry.prepare("acdc", data_dir, manual_dir="/data/ACDC")
@@ -28,8 +29,6 @@ import dataclasses
 import os
 import pathlib
 import re
-from collections.abc import Iterator
-from collections.abc import Sequence
 from typing import Any
 from typing import NoReturn
 
@@ -286,12 +285,25 @@ def split_frames(root: os.PathLike[str] | str) -> dict[str, list[Frame]]:
   return splits
 
 
-class Acdc(medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder):
+class Acdc(medical_builder.MedicalBuilder):
   """ACDC cardiac cine MRI, ED and ES frames, 3-D, RV/myocardium/LV."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+  SPEC = medical_builder.BuilderSpec(
+    description=_DESCRIPTION,
+    class_names=CLASS_NAMES,
+    channel_names=CHANNEL_NAMES,
+    spatial_dims=3,
+    splits=SPLITS,
+    needs_manual_dir=True,
+    homepage=HOMEPAGE,
+    citation=_CITATION,
+    license=_LICENSE,
+    extra_text=("group", "phase"),
+    extra_metadata={"groups": GROUPS, "phases": PHASES},
+  )
   BUILDER_CONFIGS = [
     AcdcConfig(name="native", description="Each case's own voxel grid."),
   ]
@@ -306,46 +318,15 @@ class Acdc(medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder):
       normalization=("mri",),
     )
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return medical_builder.dataset_info(
-      self,
-      description=_DESCRIPTION,
-      spatial_dims=3,
-      class_names=CLASS_NAMES,
-      channel_names=CHANNEL_NAMES,
-      homepage=HOMEPAGE,
-      citation=_CITATION,
-      license=_LICENSE,
-      extra_features={
-        "group": tfds.features.Text(),
-        "phase": tfds.features.Text(),
-      },
-      extra_metadata={"groups": GROUPS, "phases": PHASES},
-    )
-
-  def _split_generators(
+  def _cases_per_split(
     self, dl_manager: tfds.download.DownloadManager
-  ) -> dict[str, Iterator[tuple[str, dict[str, Any]]]]:
+  ) -> dict[str, list[Frame]]:
     # TFDS checks that the manual dir exists and shows the instructions
     # when it does not.
-    root = find_root(dl_manager.manual_dir)
-    return {
-      split: self._generate_examples(frames)
-      for split, frames in split_frames(root).items()
-    }
+    return split_frames(find_root(dl_manager.manual_dir))
 
-  def _generate_examples(
-    self, frames: Sequence[Frame]
-  ) -> Iterator[tuple[str, dict[str, Any]]]:
-    preprocess = self.preprocessing
-    for frame in frames:
-      example = medical_builder.make_example(
-        frame.case,
-        num_classes=len(CLASS_NAMES),
-        spatial_dims=3,
-        channel_names=CHANNEL_NAMES,
-        preprocess=preprocess,
-      )
-      example["group"] = frame.group
-      example["phase"] = frame.phase
-      yield frame.case.case_id, example
+  def _make_example(self, frame: Frame) -> tuple[str, dict[str, Any]]:
+    example = self._read_case(frame.case)
+    example["group"] = frame.group
+    example["phase"] = frame.phase
+    return frame.case.case_id, example

@@ -9,19 +9,8 @@ from medseg_jax.data.drive.drive import Drive
 from medseg_jax.data.drive.drive import DriveCase
 from medseg_jax.data.drive.drive import find_cases
 from medseg_jax.data.drive.drive import make_example
-from medseg_jax.data.spec import DatasetSpec
 
-DATASET_SPECS = {
-  "drive": DatasetSpec(
-    tfds_name="drive",
-    num_classes=len(CLASS_NAMES),
-    class_names=CLASS_NAMES,
-    spatial_dims=2,
-    num_channels=len(CHANNEL_NAMES),
-    splits=("train", "validation", "test"),
-    needs_manual_dir=True,
-  )
-}
+DATASET_SPECS = Drive.dataset_specs()
 BUILDER = Drive
 
 __all__ = [

@@ -20,8 +20,6 @@ import dataclasses
 import os
 import pathlib
 import re
-from collections.abc import Iterator
-from collections.abc import Sequence
 from typing import Any
 from typing import NoReturn
 
@@ -268,49 +266,40 @@ def make_example(
   }
 
 
-class Drive(
-  medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder
-):
+class Drive(medical_builder.MedicalBuilder):
   """DRIVE retinal vessel segmentation, 2-D RGB with FOV masks."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+  SPEC = medical_builder.BuilderSpec(
+    description=_DESCRIPTION,
+    class_names=CLASS_NAMES,
+    channel_names=CHANNEL_NAMES,
+    spatial_dims=2,
+    splits=SPLITS,
+    needs_manual_dir=True,
+    homepage="https://drive.grand-challenge.org",
+    citation=_CITATION,
+    license=_LICENSE,
+    extra_masks=EXTRA_MASKS,
+  )
   PREPROCESSING = preprocessing.Preprocessing(
     canonical=False, normalization=("none",)
   )
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return medical_builder.dataset_info(
-      self,
-      description=_DESCRIPTION,
-      spatial_dims=2,
-      class_names=CLASS_NAMES,
-      channel_names=CHANNEL_NAMES,
-      homepage="https://drive.grand-challenge.org",
-      citation=_CITATION,
-      license=_LICENSE,
-      extra_masks=EXTRA_MASKS,
-    )
-
-  def _split_generators(
+  def _cases_per_split(
     self, dl_manager: tfds.download.DownloadManager
-  ) -> dict[str, Iterator[tuple[str, dict[str, Any]]]]:
+  ) -> dict[str, list[DriveCase]]:
     cases = find_cases(dl_manager.manual_dir)
     return {
-      split: self._generate_examples(
-        [
-          c
-          for c in cases
-          if c.number in SPLIT_NUMBERS[split]
-          and c.case_id.endswith(_SET[split])
-        ]
-      )
+      split: [
+        c
+        for c in cases
+        if c.number in SPLIT_NUMBERS[split] and c.case_id.endswith(_SET[split])
+      ]
       for split in SPLITS
     }
 
-  def _generate_examples(
-    self, cases: Sequence[DriveCase]
-  ) -> Iterator[tuple[str, dict[str, Any]]]:
-    for case in cases:
-      yield case.case_id, make_example(case, self.PREPROCESSING)
+  def _make_example(self, case: DriveCase) -> tuple[str, dict[str, Any]]:
+    return case.case_id, make_example(case, self.PREPROCESSING)

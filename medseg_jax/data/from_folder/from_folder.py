@@ -59,7 +59,6 @@ import math
 import os
 import pathlib
 import re
-from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import Any
 
@@ -604,9 +603,7 @@ class FromFolderConfig(tfds.core.BuilderConfig):
   dataset: FolderDataset | None = None
 
 
-class FromFolder(
-  medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder
-):
+class FromFolder(medical_builder.MedicalBuilder):
   """A user's own `images/` + `labels/` folder, 2-D or 3-D.
 
   Its config comes from the folder's `dataset.json`; make the builder with
@@ -628,52 +625,47 @@ class FromFolder(
       )
     super().__init__(config=config, **kwargs)
 
-  @property
-  def dataset(self) -> FolderDataset:
-    return self.builder_config.dataset
-
-  def _info(self) -> tfds.core.DatasetInfo:
-    dataset = self.dataset
+  @classmethod
+  def spec_for(cls, config: FromFolderConfig) -> medical_builder.BuilderSpec:
+    dataset = config.dataset
     description = dataset.description or (
       f"User data from {dataset.folder}: {dataset.spatial_dims}-D, channels "
       f"{', '.join(dataset.channel_names)}, classes "
       f"{', '.join(dataset.class_names)}."
     )
-    return medical_builder.dataset_info(
-      self,
+    return medical_builder.BuilderSpec(
       description=description,
-      spatial_dims=dataset.spatial_dims,
       class_names=list(dataset.class_names),
       channel_names=list(dataset.channel_names),
+      spatial_dims=dataset.spatial_dims,
+      splits=None,  # From the folder's listing, see `split_case_ids`.
+      needs_manual_dir=True,
       homepage=dataset.homepage,
       citation=dataset.citation,
       license=dataset.license,
       extra_metadata={"dataset_json": dataset.to_json()},
     )
 
-  def _split_generators(
+  @property
+  def dataset(self) -> FolderDataset:
+    return self.builder_config.dataset
+
+  @property
+  def preprocessing(self) -> preprocessing.Preprocessing:
+    return self.dataset.preprocessing()
+
+  def _cases_per_split(
     self, dl_manager: tfds.download.DownloadManager
-  ) -> dict[str, Iterator[tuple[str, dict[str, Any]]]]:
+  ) -> dict[str, list[medical_builder.Case]]:
     del dl_manager  # The config names the folder.
     cases = {c.case_id: c for c in find_cases(self.dataset)}
     splits = split_case_ids(self.dataset, list(cases))
-    return {
-      split: self._generate_examples([cases[i] for i in ids])
-      for split, ids in splits.items()
-    }
+    return {split: [cases[i] for i in ids] for split, ids in splits.items()}
 
-  def _generate_examples(
-    self, cases: Sequence[medical_builder.Case]
-  ) -> Iterator[tuple[str, dict[str, Any]]]:
-    dataset = self.dataset
-    return medical_builder.generate_examples(
-      cases,
-      num_classes=dataset.num_classes,
-      spatial_dims=dataset.spatial_dims,
-      channel_names=list(dataset.channel_names),
-      preprocess=dataset.preprocessing(),
-      label_map=dataset.label_map,
-    )
+  def _make_example(
+    self, case: medical_builder.Case
+  ) -> tuple[str, dict[str, Any]]:
+    return case.case_id, self._read_case(case, label_map=self.dataset.label_map)
 
 
 def config_for(folder: PathLike) -> FromFolderConfig:
@@ -722,15 +714,10 @@ def prepare(folder: PathLike, data_dir: PathLike) -> FromFolder:
 
 def spec_from_folder(folder: PathLike) -> DatasetSpec:
   """The `DatasetSpec` of a folder (its split names need a file listing)."""
-  dataset = load_dataset_json(folder)
+  config = config_for(folder)
+  dataset = config.dataset
   cases = find_cases(dataset)
   splits = split_case_ids(dataset, [c.case_id for c in cases])
-  return DatasetSpec(
-    tfds_name=dataset.tfds_name,
-    num_classes=dataset.num_classes,
-    class_names=dataset.class_names,
-    spatial_dims=dataset.spatial_dims,
-    num_channels=len(dataset.channel_names),
-    splits=tuple(splits),
-    needs_manual_dir=True,
+  return FromFolder.spec_for(config).dataset_spec(
+    dataset.tfds_name, splits=tuple(splits)
   )

@@ -10,8 +10,6 @@ The data must be fetched by hand (see `MANUAL_DOWNLOAD_INSTRUCTIONS`), then:
 import dataclasses
 import os
 import pathlib
-from collections.abc import Iterator
-from collections.abc import Sequence
 from typing import Any
 from typing import NoReturn
 
@@ -232,9 +230,7 @@ def _find_source(manual_dir: os.PathLike[str] | str) -> _Source:
   )
 
 
-class Isbi2012Em(
-  medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder
-):
+class Isbi2012Em(medical_builder.MedicalBuilder):
   """ISBI 2012 EM membrane segmentation (30 labelled 512 x 512 sections).
 
   Splits are fixed: `train` = slices 0-23, `validation` = slices 24-29, a
@@ -249,57 +245,39 @@ class Isbi2012Em(
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "Initial release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+  SPEC = medical_builder.BuilderSpec(
+    description=_DESCRIPTION,
+    class_names=CLASS_NAMES,
+    channel_names=("EM",),
+    spatial_dims=2,
+    splits=tuple(SPLIT_SLICES),
+    needs_manual_dir=True,
+    homepage="http://brainiac2.mit.edu/isbi_challenge/",
+    citation=_CITATION,
+    license=_TERMS,
+    shape=IMAGE_SHAPE,
+    image_encoding=tfds.features.Encoding.BYTES,
+    medical=False,
+  )
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
-      builder=self,
-      description=_DESCRIPTION,
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Tensor(
-            shape=(*IMAGE_SHAPE, 1),
-            dtype=np.float32,
-            encoding=tfds.features.Encoding.BYTES,
-          ),
-          "label": tfds.features.Tensor(
-            shape=IMAGE_SHAPE,
-            dtype=np.uint8,
-            encoding=tfds.features.Encoding.ZLIB,
-          ),
-          "spacing": tfds.features.Tensor(shape=(2,), dtype=np.float32),
-          "case_id": tfds.features.Text(),
-        }
-      ),
-      supervised_keys=("image", "label"),
-      disable_shuffling=True,
-      homepage="http://brainiac2.mit.edu/isbi_challenge/",
-      citation=_CITATION,
-      license=_TERMS,
-      metadata=tfds.core.MetadataDict(class_names=CLASS_NAMES),
-    )
-
-  def _split_generators(
+  def _cases_per_split(
     self, dl_manager: tfds.download.DownloadManager
-  ) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
+  ) -> dict[str, list[tuple[_Source, int]]]:
     source = _find_source(dl_manager.manual_dir)
     return {
-      split: self._generate_examples(source, slices)
+      split: [(source, index) for index in slices]
       for split, slices in SPLIT_SLICES.items()
     }
 
-  def _generate_examples(
-    self, source: _Source, slices: Sequence[int]
-  ) -> Iterator[tuple[int, dict[str, Any]]]:
-    spacing = np.asarray(SPACING_MM, np.float32)
-    for index in slices:
-      case_id = f"slice_{index:02d}"
-      image, label = source.read(index, case_id)
-      yield (
-        index,
-        {
-          "image": image,
-          "label": label,
-          "spacing": spacing,
-          "case_id": case_id,
-        },
-      )
+  def _make_example(
+    self, case: tuple[_Source, int]
+  ) -> tuple[int, dict[str, Any]]:
+    source, index = case
+    case_id = f"slice_{index:02d}"
+    image, label = source.read(index, case_id)
+    return index, {
+      "image": image,
+      "label": label,
+      "spacing": np.asarray(SPACING_MM, np.float32),
+      "case_id": case_id,
+    }

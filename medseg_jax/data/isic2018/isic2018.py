@@ -24,8 +24,6 @@ import dataclasses
 import os
 import pathlib
 import re
-from collections.abc import Iterator
-from collections.abc import Sequence
 from typing import Any
 
 import scipy.ndimage
@@ -212,14 +210,22 @@ def find_cases(
   return cases
 
 
-class Isic2018(
-  medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder
-):
+class Isic2018(medical_builder.MedicalBuilder):
   """ISIC 2018 Task 1 lesion segmentation, 2-D RGB."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+  SPEC = medical_builder.BuilderSpec(
+    description=_DESCRIPTION,
+    class_names=CLASS_NAMES,
+    channel_names=CHANNEL_NAMES,
+    spatial_dims=2,
+    splits=SPLITS,
+    homepage="https://challenge.isic-archive.com/data/#2018",
+    citation=_CITATION,
+    license=_LICENSE,
+  )
   BUILDER_CONFIGS = [
     Isic2018Config(
       name="native",
@@ -234,71 +240,61 @@ class Isic2018(
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "512"
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return medical_builder.dataset_info(
-      self,
-      description=_DESCRIPTION,
-      spatial_dims=2,
-      class_names=CLASS_NAMES,
-      channel_names=CHANNEL_NAMES,
-      homepage="https://challenge.isic-archive.com/data/#2018",
-      citation=_CITATION,
-      license=_LICENSE,
-    )
-
-  def _split_generators(
+  def _cases_per_split(
     self, dl_manager: tfds.download.DownloadManager
-  ) -> dict[str, Iterator[tuple[str, dict[str, Any]]]]:
+  ) -> dict[str, list[medical_builder.Case]]:
     folders = _local_copy(dl_manager)
     if folders is None:
-      extracted = dl_manager.download_and_extract(URLS)
-      folders = {}
-      for name, path in extracted.items():
-        found = _locate(pathlib.Path(path), name)
-        if found is None:
-          raise FileNotFoundError(
-            f"The archive {URLS[name]} did not extract to a folder {name} "
-            f"(looked in {path})."
-          )
-        folders[name] = found
+      folders = _download(dl_manager)
     return {
-      split: self._generate_examples(
-        find_cases(folders[image_folder], folders[mask_folder])
-      )
+      split: find_cases(folders[image_folder], folders[mask_folder])
       for split, (image_folder, mask_folder) in FOLDERS.items()
     }
 
-  def _generate_examples(
-    self, cases: Sequence[medical_builder.Case]
-  ) -> Iterator[tuple[str, dict[str, Any]]]:
-    max_side = self.builder_config.max_side
-    for case in cases:
-      scale = reduction(case.images[0], max_side)
-      if scale > 1.0:
-        preprocess = preprocessing.Preprocessing(
-          canonical=False,
-          spacing=(scale, scale),
-          image_order=1,
-          normalization=("none",),
-        )
-        transform = _anti_alias((scale - 1.0) / 2.0)
-      else:
-        preprocess = preprocessing.Preprocessing(
-          canonical=False, normalization=("none",)
-        )
-        transform = medical_builder.to_unit_rgb
-      yield (
-        case.case_id,
-        medical_builder.make_example(
-          case,
-          num_classes=len(CLASS_NAMES),
-          spatial_dims=2,
-          channel_names=CHANNEL_NAMES,
-          preprocess=preprocess,
-          label_map=_LABEL_MAP,
-          image_transform=transform,
-        ),
+  def _make_example(
+    self, case: medical_builder.Case
+  ) -> tuple[str, dict[str, Any]]:
+    scale = reduction(case.images[0], self.builder_config.max_side)
+    if scale > 1.0:
+      preprocess = preprocessing.Preprocessing(
+        canonical=False,
+        spacing=(scale, scale),
+        image_order=1,
+        normalization=("none",),
       )
+      transform = _anti_alias((scale - 1.0) / 2.0)
+    else:
+      preprocess = preprocessing.Preprocessing(
+        canonical=False, normalization=("none",)
+      )
+      transform = medical_builder.to_unit_rgb
+    return case.case_id, self._read_case(
+      case,
+      preprocess=preprocess,
+      label_map=_LABEL_MAP,
+      image_transform=transform,
+    )
+
+
+def _download(
+  dl_manager: tfds.download.DownloadManager,
+) -> dict[str, pathlib.Path]:
+  """Every split's folder, from the challenge zips (downloaded).
+
+  Raises:
+    FileNotFoundError: if a zip does not extract to its folder.
+  """
+  extracted = dl_manager.download_and_extract(URLS)
+  folders = {}
+  for name, path in extracted.items():
+    found = _locate(pathlib.Path(path), name)
+    if found is None:
+      raise FileNotFoundError(
+        f"The archive {URLS[name]} did not extract to a folder {name} "
+        f"(looked in {path})."
+      )
+    folders[name] = found
+  return folders
 
 
 def _local_copy(

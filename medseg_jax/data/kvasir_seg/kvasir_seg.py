@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import pathlib
-from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import Any
 
@@ -144,50 +143,39 @@ def split_cases(
   }
 
 
-class KvasirSeg(
-  medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder
-):
+class KvasirSeg(medical_builder.MedicalBuilder):
   """Kvasir-SEG polyp segmentation, 2-D RGB at native size."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+  SPEC = medical_builder.BuilderSpec(
+    description=_DESCRIPTION,
+    class_names=CLASS_NAMES,
+    channel_names=CHANNEL_NAMES,
+    spatial_dims=2,
+    splits=SPLITS,
+    homepage="https://datasets.simula.no/kvasir-seg/",
+    citation=_CITATION,
+    license=_LICENSE,
+  )
   PREPROCESSING = preprocessing.Preprocessing(
     canonical=False, normalization=("none",)
   )
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return medical_builder.dataset_info(
-      self,
-      description=_DESCRIPTION,
-      spatial_dims=2,
-      class_names=CLASS_NAMES,
-      channel_names=CHANNEL_NAMES,
-      homepage="https://datasets.simula.no/kvasir-seg/",
-      citation=_CITATION,
-      license=_LICENSE,
-    )
-
-  def _split_generators(
+  def _cases_per_split(
     self, dl_manager: tfds.download.DownloadManager
-  ) -> dict[str, Iterator[tuple[str, dict[str, Any]]]]:
+  ) -> dict[str, list[medical_builder.Case]]:
     root = _local_copy(dl_manager)
     if root is None:
       root = pathlib.Path(dl_manager.download_and_extract(URL))
-    splits = split_cases(find_cases(root))
-    return {split: self._generate_examples(splits[split]) for split in SPLITS}
+    return split_cases(find_cases(root))
 
-  def _generate_examples(
-    self, cases: Sequence[medical_builder.Case]
-  ) -> Iterator[tuple[str, dict[str, Any]]]:
-    return medical_builder.generate_examples(
-      cases,
-      num_classes=len(CLASS_NAMES),
-      spatial_dims=2,
-      channel_names=CHANNEL_NAMES,
-      preprocess=self.PREPROCESSING,
-      label_map=_LABEL_MAP,
-      image_transform=medical_builder.to_unit_rgb,
+  def _make_example(
+    self, case: medical_builder.Case
+  ) -> tuple[str, dict[str, Any]]:
+    return case.case_id, self._read_case(
+      case, label_map=_LABEL_MAP, image_transform=medical_builder.to_unit_rgb
     )
 
 

@@ -5,19 +5,8 @@ from medseg_jax.data.lesjak_ms.lesjak_ms import CLASS_NAMES
 from medseg_jax.data.lesjak_ms.lesjak_ms import MANUAL_DOWNLOAD_INSTRUCTIONS
 from medseg_jax.data.lesjak_ms.lesjak_ms import LesjakMs
 from medseg_jax.data.lesjak_ms.lesjak_ms import find_cases
-from medseg_jax.data.spec import DatasetSpec
 
-DATASET_SPECS = {
-  "lesjak_ms": DatasetSpec(
-    tfds_name="lesjak_ms",
-    num_classes=len(CLASS_NAMES),
-    class_names=CLASS_NAMES,
-    spatial_dims=3,
-    num_channels=len(CHANNEL_NAMES),
-    splits=("train", "validation"),
-    needs_manual_dir=False,
-  )
-}
+DATASET_SPECS = LesjakMs.dataset_specs()
 BUILDER = LesjakMs
 
 __all__ = [

@@ -18,9 +18,6 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-from collections.abc import Iterator
-from collections.abc import Sequence
-from typing import Any
 
 import tensorflow_datasets as tfds
 
@@ -177,14 +174,22 @@ def _patient_number(case: medical_builder.Case) -> int:
   return int(re.sub(r"\D", "", case.case_id))
 
 
-class LesjakMs(
-  medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder
-):
+class LesjakMs(medical_builder.MedicalBuilder):
   """Lesjak et al. 2017 MS lesions, 3-D, 4 MRI channels."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+  SPEC = medical_builder.BuilderSpec(
+    description=_DESCRIPTION,
+    class_names=CLASS_NAMES,
+    channel_names=CHANNEL_NAMES,
+    spatial_dims=3,
+    splits=tuple(SPLITS),
+    homepage="http://lit.fe.uni-lj.si/tools",
+    citation=_CITATION,
+    license=_LICENSE,
+  )
   PREPROCESSING = preprocessing.Preprocessing(
     canonical=True,
     normalization=("mri",),
@@ -192,43 +197,18 @@ class LesjakMs(
     crop_margin=2,
   )
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return medical_builder.dataset_info(
-      self,
-      description=_DESCRIPTION,
-      spatial_dims=3,
-      class_names=CLASS_NAMES,
-      channel_names=CHANNEL_NAMES,
-      homepage="http://lit.fe.uni-lj.si/tools",
-      citation=_CITATION,
-      license=_LICENSE,
-    )
-
-  def _split_generators(
+  def _cases_per_split(
     self, dl_manager: tfds.download.DownloadManager
-  ) -> dict[str, Iterator[tuple[str, dict[str, Any]]]]:
+  ) -> dict[str, list[medical_builder.Case]]:
     manual = medical_builder.manual_dir_or_none(dl_manager)
     if manual is not None:
       cases = find_cases(manual)
     else:
       cases = _download(dl_manager)
     return {
-      split: self._generate_examples(
-        [c for c in cases if _patient_number(c) in numbers]
-      )
+      split: [c for c in cases if _patient_number(c) in numbers]
       for split, numbers in SPLITS.items()
     }
-
-  def _generate_examples(
-    self, cases: Sequence[medical_builder.Case]
-  ) -> Iterator[tuple[str, dict[str, Any]]]:
-    return medical_builder.generate_examples(
-      cases,
-      num_classes=len(CLASS_NAMES),
-      spatial_dims=3,
-      channel_names=CHANNEL_NAMES,
-      preprocess=self.PREPROCESSING,
-    )
 
 
 def _download(

@@ -9,20 +9,8 @@ from medseg_jax.data.msd.msd import MsdConfig
 from medseg_jax.data.msd.msd import find_cases
 from medseg_jax.data.msd.msd import read_dataset_json
 from medseg_jax.data.msd.msd import split_cases
-from medseg_jax.data.spec import DatasetSpec
 
-DATASET_SPECS = {
-  f"msd/{config.name}": DatasetSpec(
-    tfds_name=f"msd/{config.name}",
-    num_classes=len(config.class_names),
-    class_names=config.class_names,
-    spatial_dims=3,
-    num_channels=len(config.channel_names),
-    splits=SPLITS,
-    needs_manual_dir=False,
-  )
-  for config in BUILDER_CONFIGS
-}
+DATASET_SPECS = Msd.dataset_specs()
 BUILDER = Msd
 
 __all__ = [

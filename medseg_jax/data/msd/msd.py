@@ -27,7 +27,6 @@ import json
 import os
 import pathlib
 import re
-from collections.abc import Iterator
 from collections.abc import Sequence
 from typing import Any
 from typing import NoReturn
@@ -485,7 +484,7 @@ def _task_dir_under(root: pathlib.Path, folder: str) -> pathlib.Path | None:
   return candidates[0] if candidates else None
 
 
-class Msd(medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder):
+class Msd(medical_builder.MedicalBuilder):
   """Medical Segmentation Decathlon, ten 3-D tasks as builder configs."""
 
   VERSION = tfds.core.Version("1.0.0")
@@ -493,23 +492,27 @@ class Msd(medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder):
   BUILDER_CONFIGS = list(BUILDER_CONFIGS)
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    config = self.builder_config
-    return medical_builder.dataset_info(
-      self,
+  @classmethod
+  def spec_for(cls, config: MsdConfig) -> medical_builder.BuilderSpec:
+    return medical_builder.BuilderSpec(
       description=_DESCRIPTION,
-      spatial_dims=3,
       class_names=config.class_names,
       channel_names=config.channel_names,
+      spatial_dims=3,
+      splits=SPLITS,
       homepage="http://medicaldecathlon.com/",
       citation=_CITATION,
       license=_LICENSE,
       extra_metadata={"task": config.folder},
     )
 
-  def _split_generators(
+  @property
+  def preprocessing(self) -> preprocessing.Preprocessing:
+    return self.builder_config.preprocess
+
+  def _cases_per_split(
     self, dl_manager: tfds.download.DownloadManager
-  ) -> dict[str, Iterator[tuple[str, dict[str, Any]]]]:
+  ) -> dict[str, list[medical_builder.Case]]:
     config = self.builder_config
     task_dir = self._manual_task_dir(dl_manager)
     if task_dir is None:
@@ -523,10 +526,7 @@ class Msd(medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder):
           f"{config.folder}/ folder."
         )
     read_dataset_json(task_dir, config)
-    splits = split_cases(find_cases(task_dir))
-    return {
-      split: self._generate_examples(cases) for split, cases in splits.items()
-    }
+    return split_cases(find_cases(task_dir))
 
   def _manual_task_dir(
     self, dl_manager: tfds.download.DownloadManager
@@ -544,15 +544,3 @@ class Msd(medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder):
       extracted = pathlib.Path(os.fspath(dl_manager.extract(archive)))
       return _task_dir_under(extracted, folder)
     return None
-
-  def _generate_examples(
-    self, cases: Sequence[medical_builder.Case]
-  ) -> Iterator[tuple[str, dict[str, Any]]]:
-    config = self.builder_config
-    return medical_builder.generate_examples(
-      cases,
-      num_classes=len(config.class_names),
-      spatial_dims=3,
-      channel_names=config.channel_names,
-      preprocess=config.preprocess,
-    )

@@ -6,19 +6,8 @@ from medseg_jax.data.promise12.promise12 import MANUAL_DOWNLOAD_INSTRUCTIONS
 from medseg_jax.data.promise12.promise12 import SPLIT_CASES
 from medseg_jax.data.promise12.promise12 import Promise12
 from medseg_jax.data.promise12.promise12 import find_cases
-from medseg_jax.data.spec import DatasetSpec
 
-DATASET_SPECS = {
-  "promise12": DatasetSpec(
-    tfds_name="promise12",
-    num_classes=len(CLASS_NAMES),
-    class_names=CLASS_NAMES,
-    spatial_dims=3,
-    num_channels=len(CHANNEL_NAMES),
-    splits=tuple(SPLIT_CASES),
-    needs_manual_dir=True,
-  )
-}
+DATASET_SPECS = Promise12.dataset_specs()
 BUILDER = Promise12
 
 __all__ = [

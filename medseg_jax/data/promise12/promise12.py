@@ -14,8 +14,8 @@ are split by number: 00-39 train, 40-44 validation, 45-49 test. Examples:
   image:  f32[X, Y, Z, 1]  z-scored inside the nonzero voxels, RAS+ axes
   label:  u8[X, Y, Z]
 
-plus the shared features of `medical_builder.features`. The native grid is
-kept (about 0.3-0.7 mm in-plane, 2.2-4 mm between slices).
+plus the shared features of the medical format (see `medical_builder`). The
+native grid is kept (about 0.3-0.7 mm in-plane, 2.2-4 mm between slices).
 
   from medseg_jax.data import registry
   registry.prepare("promise12", data_dir, manual_dir="/data/promise12")
@@ -27,9 +27,7 @@ from __future__ import annotations
 import os
 import pathlib
 import re
-from collections.abc import Iterator
 from collections.abc import Sequence
-from typing import Any
 
 import tensorflow_datasets as tfds
 
@@ -189,50 +187,34 @@ def _case_number(case: medical_builder.Case) -> int:
   return int(case.case_id[len("Case") :])
 
 
-class Promise12(
-  medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder
-):
+class Promise12(medical_builder.MedicalBuilder):
   """PROMISE12 prostate T2-weighted MRI, 3-D, background/prostate."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = MANUAL_DOWNLOAD_INSTRUCTIONS
+  SPEC = medical_builder.BuilderSpec(
+    description=_DESCRIPTION,
+    class_names=CLASS_NAMES,
+    channel_names=CHANNEL_NAMES,
+    spatial_dims=3,
+    splits=tuple(SPLIT_CASES),
+    needs_manual_dir=True,
+    homepage=HOMEPAGE,
+    citation=_CITATION,
+    license=_LICENSE,
+  )
   PREPROCESSING = preprocessing.Preprocessing(
     canonical=True, normalization=("mri",)
   )
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    return medical_builder.dataset_info(
-      self,
-      description=_DESCRIPTION,
-      spatial_dims=3,
-      class_names=CLASS_NAMES,
-      channel_names=CHANNEL_NAMES,
-      homepage=HOMEPAGE,
-      citation=_CITATION,
-      license=_LICENSE,
-    )
-
-  def _split_generators(
+  def _cases_per_split(
     self, dl_manager: tfds.download.DownloadManager
-  ) -> dict[str, Iterator[tuple[str, dict[str, Any]]]]:
+  ) -> dict[str, list[medical_builder.Case]]:
     # TFDS checks that the manual dir exists and shows the instructions
     # when it does not.
     cases = find_cases(dl_manager.manual_dir)
     return {
-      split: self._generate_examples(
-        [c for c in cases if _case_number(c) in numbers]
-      )
+      split: [c for c in cases if _case_number(c) in numbers]
       for split, numbers in SPLIT_CASES.items()
     }
-
-  def _generate_examples(
-    self, cases: Sequence[medical_builder.Case]
-  ) -> Iterator[tuple[str, dict[str, Any]]]:
-    return medical_builder.generate_examples(
-      cases,
-      num_classes=len(CLASS_NAMES),
-      spatial_dims=3,
-      channel_names=CHANNEL_NAMES,
-      preprocess=self.PREPROCESSING,
-    )

@@ -1,7 +1,5 @@
 """The `synthetic_phantoms` TFDS dataset; importing registers the builder."""
 
-from medseg_jax.data import phantoms
-from medseg_jax.data.spec import DatasetSpec
 from medseg_jax.data.synthetic_phantoms.synthetic_phantoms import SPLIT_SIZES_2D
 from medseg_jax.data.synthetic_phantoms.synthetic_phantoms import SPLIT_SIZES_3D
 from medseg_jax.data.synthetic_phantoms.synthetic_phantoms import (
@@ -11,18 +9,7 @@ from medseg_jax.data.synthetic_phantoms.synthetic_phantoms import (
   SyntheticPhantomsConfig,
 )
 
-DATASET_SPECS = {
-  f"synthetic_phantoms/{dims}d": DatasetSpec(
-    tfds_name=f"synthetic_phantoms/{dims}d",
-    num_classes=len(phantoms.CLASS_NAMES),
-    class_names=phantoms.CLASS_NAMES,
-    spatial_dims=dims,
-    num_channels=1,
-    splits=("train", "validation", "test"),
-    needs_manual_dir=False,
-  )
-  for dims in (2, 3)
-}
+DATASET_SPECS = SyntheticPhantoms.dataset_specs()
 BUILDER = SyntheticPhantoms
 
 __all__ = [

@@ -12,7 +12,6 @@ Build and read it without TensorFlow:
 """
 
 import dataclasses
-from collections.abc import Iterator
 from collections.abc import Mapping
 from typing import Any
 
@@ -68,9 +67,7 @@ class SyntheticPhantomsConfig(tfds.core.BuilderConfig):
   seed: int = 0
 
 
-class SyntheticPhantoms(
-  medical_builder.ArrayRecordDefault, tfds.core.GeneratorBasedBuilder
-):
+class SyntheticPhantoms(medical_builder.MedicalBuilder):
   """Synthetic organ / lesion / vessel phantoms in 2-D and 3-D.
 
   Configs:
@@ -105,65 +102,47 @@ class SyntheticPhantoms(
   ]
   DEFAULT_BUILDER_CONFIG_NAME = "2d"
 
-  def _info(self) -> tfds.core.DatasetInfo:
-    config = self.builder_config
-    ndim = len(config.shape)
-    return tfds.core.DatasetInfo(
-      builder=self,
+  @classmethod
+  def spec_for(
+    cls, config: SyntheticPhantomsConfig
+  ) -> medical_builder.BuilderSpec:
+    return medical_builder.BuilderSpec(
       description=_DESCRIPTION,
-      features=tfds.features.FeaturesDict(
-        {
-          "image": tfds.features.Tensor(
-            shape=(*config.shape, 1),
-            dtype=np.float32,
-            encoding=tfds.features.Encoding.BYTES,
-          ),
-          "label": tfds.features.Tensor(
-            shape=config.shape,
-            dtype=np.uint8,
-            encoding=tfds.features.Encoding.ZLIB,
-          ),
-          "spacing": tfds.features.Tensor(shape=(ndim,), dtype=np.float32),
-          "case_id": tfds.features.Text(),
-        }
-      ),
-      supervised_keys=("image", "label"),
-      disable_shuffling=True,
-      metadata=tfds.core.MetadataDict(class_names=phantoms.CLASS_NAMES),
+      class_names=phantoms.CLASS_NAMES,
+      channel_names=("intensity",),
+      spatial_dims=len(config.shape),
+      splits=tuple(config.split_sizes),
+      shape=config.shape,
+      image_encoding=tfds.features.Encoding.BYTES,
+      medical=False,
     )
 
-  def _split_generators(
+  def _cases_per_split(
     self, dl_manager: tfds.download.DownloadManager
-  ) -> dict[str, Iterator[tuple[int, dict[str, Any]]]]:
+  ) -> dict[str, list[tuple[str, int]]]:
     del dl_manager  # Nothing to download.
     return {
-      split: self._generate_examples(split, size)
+      split: [(split, index) for index in range(size)]
       for split, size in self.builder_config.split_sizes.items()
     }
 
-  def _generate_examples(
-    self, split: str, size: int
-  ) -> Iterator[tuple[int, dict[str, Any]]]:
+  def _make_example(self, case: tuple[str, int]) -> tuple[int, dict[str, Any]]:
+    split, index = case
     config = self.builder_config
-    spacing = np.asarray(config.spacing, np.float32)
-    for index in range(size):
-      case_id = f"{split}_{index:04d}"
-      rng = np.random.default_rng([config.seed, _SPLIT_STREAMS[split], index])
-      image, label = phantoms.make_phantom(rng, config.shape, config.spacing)
-      checks.check_example(
-        image,
-        label,
-        num_classes=phantoms.NUM_CLASSES,
-        case_id=case_id,
-        path=f"<generated: {self.name}/{config.name} seed {config.seed}>",
-        spatial_dims=len(config.shape),
-      )
-      yield (
-        index,
-        {
-          "image": image,
-          "label": label,
-          "spacing": spacing,
-          "case_id": case_id,
-        },
-      )
+    case_id = f"{split}_{index:04d}"
+    rng = np.random.default_rng([config.seed, _SPLIT_STREAMS[split], index])
+    image, label = phantoms.make_phantom(rng, config.shape, config.spacing)
+    checks.check_example(
+      image,
+      label,
+      num_classes=phantoms.NUM_CLASSES,
+      case_id=case_id,
+      path=f"<generated: {self.name}/{config.name} seed {config.seed}>",
+      spatial_dims=len(config.shape),
+    )
+    return index, {
+      "image": image,
+      "label": label,
+      "spacing": np.asarray(config.spacing, np.float32),
+      "case_id": case_id,
+    }
