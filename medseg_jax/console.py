@@ -17,8 +17,10 @@ What ``setup`` does at the default verbosity (0):
   and the native (C++) messages TensorFlow prints while it is imported.
 * TFDS progress bars stay on a terminal and are off in files and CI logs.
 
-``--verbosity=1`` (absl's ``-v 1``) lets every record through to the
-console in absl's format, as before; ``--verbosity=-1`` keeps only warnings.
+``--verbosity=1`` (absl's ``-v 1``) lets every library's INFO through to
+the console in absl's format, as absl's default did; ``--verbosity=2`` adds
+DEBUG (what absl's ``-v 1`` alone would give); ``--verbosity=-1`` keeps
+only warnings.
 
 Progress: ``Progress`` (and ``progress``, its iterator form) draws a tqdm
 bar on a terminal; on anything else (a file, a CI log, a pipe) it prints a
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import io
 import logging
 import os
 import pathlib
@@ -61,9 +64,12 @@ KNOWN_NOISE = (
 )
 
 
-def _standard_level(verbosity: int) -> int:
-  """The Python logging level of an absl verbosity (0 is INFO, 1 DEBUG)."""
-  return absl_logging.converter.absl_to_standard(verbosity)
+def _root_level(verbosity: int) -> int:
+  """INFO up to verbosity 1 (the file always has INFO); 2 is DEBUG, then
+  absl's vlog levels."""
+  if verbosity <= 1:
+    return logging.INFO
+  return absl_logging.converter.absl_to_standard(verbosity - 1)
 
 
 def _is_ours(record: logging.LogRecord) -> bool:
@@ -233,9 +239,9 @@ def setup(
   stream = stream if stream is not None else sys.stderr
   root = logging.getLogger()
   root_level = root.level
-  # INFO at least reaches the handlers, so the log file has it; the console
-  # filters. A higher verbosity (absl's -v 1 is DEBUG) lowers the level.
-  root.setLevel(min(logging.INFO, _standard_level(max(verbosity, 0))))
+  # INFO reaches the handlers, so the log file has it; the console filters.
+  # This replaces the level absl's flag set (there, -v 1 means DEBUG).
+  root.setLevel(_root_level(verbosity))
 
   absl_handler = absl_logging.get_absl_handler()
   removed = [absl_handler] if absl_handler in root.handlers else []
@@ -317,6 +323,15 @@ def _isatty(stream: Any) -> bool:
     return False
 
 
+def _has_width(stream: Any) -> bool:
+  """False for a terminal of zero columns (some CI ptys): tqdm draws
+  nothing there, so the plain lines are used."""
+  try:
+    return os.get_terminal_size(stream.fileno()).columns > 0
+  except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+    return True  # Not a real file descriptor (e.g. a test's stream).
+
+
 def _main_process() -> bool:
   if "jax" not in sys.modules:
     return True
@@ -380,7 +395,7 @@ class Progress:
     self._last_line_n = initial
     self._printed = False
     self._closed = False
-    if self.enabled and _isatty(self.stream):
+    if self.enabled and _isatty(self.stream) and _has_width(self.stream):
       self._bar = tqdm_lib.tqdm(
         total=total,
         desc=desc,

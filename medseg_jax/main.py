@@ -5,8 +5,8 @@
 
 The console shows a progress bar, the validation scores and the final
 table; the full log, third-party INFO included, is ``<workdir>/log.txt``.
-``--verbosity=1`` (absl's ``-v 1``) shows every library's log on the
-console too.
+``--verbosity=1`` (absl's ``-v 1``) shows every library's INFO on the
+console too, ``--verbosity=2`` DEBUG as well.
 
 Several processes (one per host, or per GPU): every process runs the same
 command with the same --workdir (a shared file system) and joins through

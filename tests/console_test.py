@@ -92,6 +92,12 @@ def test_verbosity_one_brings_third_party_info_back(tmp_path):
   # In absl's format, as without the console module.
   line = next(x for x in shown.splitlines() if "CheckpointManager" in x)
   assert ABSL_PREFIX.match(line), line
+  # DEBUG takes verbosity 2 (absl's -v 1 alone would give it).
+  logging.getLogger("jax._src.dispatch").debug("tracing detail")
+  assert "tracing detail" not in stream.getvalue()
+  console.setup(tmp_path, 2, process_index=0, stream=stream)
+  logging.getLogger("jax._src.dispatch").debug("tracing detail")
+  assert "tracing detail" in stream.getvalue()
 
 
 def test_negative_verbosity_keeps_only_warnings(tmp_path):
