@@ -3,8 +3,12 @@
 An entry point calls ``setup(workdir)`` once, after its flags are parsed
 and before the heavy imports::
 
-  console.setup(FLAGS.workdir)          # verbosity from absl's -v flag
-  for step in console.progress(range(n), total=n, desc="train"): ...
+  console.setup(FLAGS.workdir)  # The verbosity comes from absl's -v flag.
+
+  with console.TrainProgress(num_steps) as bar:  # The training loop.
+    ...; bar.set_loss(loss); bar.update()
+
+  for case in console.progress(cases, desc="evaluate", unit="case"): ...
 
 What ``setup`` does at the default verbosity (0):
 
@@ -32,6 +36,7 @@ shows it.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.util
 import io
 import logging
@@ -53,7 +58,7 @@ from absl import logging as absl_logging
 T = TypeVar("T")
 
 LOG_FILE = "log.txt"
-_PACKAGE_DIR = str(pathlib.Path(__file__).resolve().parent) + os.sep
+_PACKAGE_DIR = os.path.realpath(os.path.dirname(__file__)) + os.sep
 
 # Third-party records that are noise on the console at the default
 # verbosity although they are warnings: (logger name or source path
@@ -72,8 +77,13 @@ def _root_level(verbosity: int) -> int:
   return absl_logging.converter.absl_to_standard(verbosity - 1)
 
 
+@functools.lru_cache(maxsize=1024)
+def _is_our_file(pathname: str) -> bool:
+  return os.path.realpath(pathname).startswith(_PACKAGE_DIR)
+
+
 def _is_ours(record: logging.LogRecord) -> bool:
-  return os.path.abspath(record.pathname).startswith(_PACKAGE_DIR)
+  return _is_our_file(record.pathname)
 
 
 def _is_known_noise(record: logging.LogRecord) -> bool:
