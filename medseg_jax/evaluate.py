@@ -56,6 +56,7 @@ def evaluate_run(
   import numpy as np  # noqa: PLC0415
   from etils import epath  # noqa: PLC0415
 
+  from medseg_jax import console  # noqa: PLC0415
   from medseg_jax import writers  # noqa: PLC0415
   from medseg_jax.data import pipeline  # noqa: PLC0415
   from medseg_jax.data import registry  # noqa: PLC0415
@@ -70,7 +71,11 @@ def evaluate_run(
   split_name = resolve_split(config, split)
   options = config.eval
   cases = evaluator.score_examples(
-    pipeline.eval_examples(config, data_dir, split_name, pad_multiple=1),
+    console.progress(
+      pipeline.eval_examples(config, data_dir, split_name, pad_multiple=1),
+      desc="evaluate",
+      unit="case",
+    ),
     lambda example: predictor.predict_label(example["image"]),
     num_classes=trained.spec.num_classes,
     surface_metrics=options.surface_metrics,
@@ -159,6 +164,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   xla_cpu.configure_flags()  # Before any JAX computation.
+  from medseg_jax import console  # noqa: PLC0415
+
+  # The run's log.txt gets this evaluation's log too.
+  console.setup(flags.FLAGS.workdir, process_index=0)
   evaluate_run(
     flags.FLAGS.config,
     flags.FLAGS.workdir,
