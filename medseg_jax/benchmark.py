@@ -410,6 +410,9 @@ def main(argv: Sequence[str]) -> None:
     raise app.UsageError("--suite=configs/benchmarks/<name>.py is required.")
   suite = load_suite(_SUITE.value)
   root = (REPO / _ROOT.value / suite.name).resolve()
+  from medseg_jax import console  # noqa: PLC0415
+
+  console.setup(None if _DRY_RUN.value else root, process_index=0)
   rows = []
   for experiment in suite.experiments:
     if _ONLY.value and experiment["name"] not in _ONLY.value:

@@ -121,6 +121,10 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   xla_cpu.configure_flags()  # Before any JAX computation.
+  from medseg_jax import console  # noqa: PLC0415
+
+  # The run's log.txt gets this evaluation's log too.
+  console.setup(flags.FLAGS.workdir, process_index=0)
   evaluate_run(
     flags.FLAGS.workdir,
     config=flags.FLAGS.config,

@@ -3,6 +3,11 @@
   python -m medseg_jax.main --config=configs/unet_synthetic.py \
       --workdir=/tmp/run [--config.num_train_steps=100 ...]
 
+The console shows a progress bar, the validation scores and the final
+table; the full log, third-party INFO included, is ``<workdir>/log.txt``.
+``--verbosity=1`` (absl's ``-v 1``) shows every library's INFO on the
+console too, ``--verbosity=2`` DEBUG as well.
+
 Several processes (one per host, or per GPU): every process runs the same
 command with the same --workdir (a shared file system) and joins through
 ``jax.distributed.initialize``:
@@ -84,6 +89,10 @@ def main(argv):
   initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
 
+  from medseg_jax import console  # pylint: disable=g-import-not-at-top
+
+  # Before the imports below: they load TensorFlow, which console quiets.
+  console.setup(FLAGS.workdir)
   from medseg_jax import train  # pylint: disable=g-import-not-at-top
 
   logging.info(

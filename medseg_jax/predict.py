@@ -165,20 +165,20 @@ def predict_all(
   `config` (default: the run's `config.json`) may override anything but
   the model and dataset.
   """
-  from tqdm import tqdm  # noqa: PLC0415
+  from medseg_jax import console  # noqa: PLC0415
 
   output_dir = pathlib.Path(output)
   output_dir.mkdir(parents=True, exist_ok=True)
   predictor = Predictor(workdir, checkpoint, config)
   written, failed = [], []
-  for item in tqdm(inputs, desc="predict", unit="case"):
+  for item in console.progress(inputs, desc="predict", unit="case"):
     source = pathlib.Path(item)
     try:
       written.append(predictor(source, output_dir))
     except Exception as e:  # noqa: BLE001 - report, skip, go on.
       message = f"{type(e).__name__}: {e}"
       failed.append((item, message))
-      print(f"FAILED {item}: {message}", file=sys.stderr, flush=True)
+      console.write(f"FAILED {item}: {message}")
   return written, failed
 
 
@@ -201,6 +201,10 @@ def main(argv):
   inputs = list(flags.FLAGS.input) + list(argv[1:])
   if not inputs:
     raise app.UsageError("Give at least one --input.")
+  from medseg_jax import console  # noqa: PLC0415
+
+  # The run's log.txt gets this prediction's log too.
+  console.setup(flags.FLAGS.workdir, process_index=0)
   written, failed = predict_all(
     flags.FLAGS.workdir,
     inputs,

@@ -35,6 +35,7 @@ from flax.training import train_state
 
 from medseg_jax import augment as augment_lib
 from medseg_jax import checkpointing
+from medseg_jax import console
 from medseg_jax import losses as losses_lib
 from medseg_jax import models as models_lib
 from medseg_jax import optimizers
@@ -466,6 +467,7 @@ def train_and_evaluate(
       # The final report adds surface distances; validation stays cheap.
       surface_metrics=final and config.eval.surface_metrics,
       keep_arrays=final,
+      leave=final,
     )
 
   # --------------------------------------------------------------------------
@@ -473,17 +475,19 @@ def train_and_evaluate(
   # --------------------------------------------------------------------------
   step = int(jax.device_get(state.step))
   num_steps = config.num_train_steps
-  progress = writers.create_progress_hook(
-    writer, num_steps, config.get("writer", "tensorboard")
+  # One bar on process 0's console (a few plain lines in a file or CI log);
+  # the scalars go to the writer, the validation line to the log.
+  bar = console.TrainProgress(
+    num_steps, initial=step, enabled=jax.process_index() == 0
   )
   train_metrics = None
   pending_finite = None  # Checked one step late so dispatch stays async.
-  start = time.time()
+  start = loop_start = time.time()
   if step == 0:
     writer.write_hparams(run_config.flattened(config))
   # The finally clause lets an async save of a good state finish even when
   # the loop stops on an error (e.g. a NaN loss) right after it.
-  with _StopSignal() as stop, _finish_saves(manager):
+  with _StopSignal() as stop, _finish_saves(manager), bar:
     while step < num_steps:
       batch = sharding.to_global_batch(
         next(train_iter), mesh, spec.spatial_dims
@@ -496,8 +500,6 @@ def train_and_evaluate(
       train_metrics = (
         metrics if train_metrics is None else train_metrics.merge(metrics)
       )
-      if progress is not None:
-        progress(step)
 
       is_last = step == num_steps
       if step % config.log_every_steps == 0 or is_last:
@@ -505,8 +507,13 @@ def train_and_evaluate(
         values["steps_per_sec"] = config.log_every_steps / max(
           time.time() - start, 1e-9
         )
-        writer.write_scalars(step, {f"train/{k}": v for k, v in values.items()})
+        scalars = {f"train/{k}": v for k, v in values.items()}
+        # This process's training time so far (the benchmarks read it).
+        scalars["uptime"] = time.time() - loop_start
+        writer.write_scalars(step, scalars)
         train_metrics, start = None, time.time()
+        bar.set_loss(values["loss"])
+      bar.update()
 
       is_eval = step % config.eval_every_steps == 0 or is_last
       is_save = (

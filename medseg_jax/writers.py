@@ -87,19 +87,3 @@ def read_jsonl(path: str | epath.Path) -> list[dict[str, Any]]:
   """Reads ``metrics.jsonl`` back (for notebooks and tests)."""
   lines = epath.Path(path).read_text().splitlines()
   return [json.loads(line) for line in lines if line.strip()]
-
-
-def create_progress_hook(
-  writer: Any, num_train_steps: int, kind: str = "tensorboard"
-) -> Any:
-  """A clu ``ReportProgress`` hook (steps/s, ETA) or None when only logging.
-
-  clu's periodic actions import TensorFlow, so they follow the writer kind.
-  """
-  if kind != "tensorboard" or jax.process_index() > 0:
-    return None
-  from clu import periodic_actions  # pylint: disable=g-import-not-at-top
-
-  return periodic_actions.ReportProgress(
-    num_train_steps=num_train_steps, writer=writer, every_secs=30.0
-  )

@@ -48,6 +48,7 @@ def evaluate(
   surface_metrics: bool = False,
   keep_arrays: bool = False,
   desc: str | None = None,
+  leave: bool = True,
 ) -> evaluator.EvalResult:
   """Predicts and scores every case of `split`, on every process.
 
@@ -60,6 +61,8 @@ def evaluate(
       `config.eval.nsd_tolerance_mm`.
     keep_arrays: keep image, label and prediction per case (for overlays).
     desc: progress-bar label (default: the split).
+    leave: keep the progress bar on screen when done (the trainer's
+      validations pass False: silent unless slow).
 
   Returns:
     The result over all cases of the split, in order, on every process.
@@ -74,7 +77,7 @@ def evaluate(
     process_count=count,
   )
   cases = evaluator.score_examples(
-    console.progress(examples, desc=desc or split, unit="case"),
+    console.progress(examples, desc=desc or split, unit="case", leave=leave),
     lambda example: predictor.predict_label(example["image"]),
     num_classes=len(_class_names(config)),
     surface_metrics=surface_metrics,
