@@ -64,7 +64,6 @@ def test_zoo_presets_build_their_model(arg):
   import jax.numpy as jnp
 
   from configs import zoo
-  from medseg_jax import train
 
   config = zoo.get_config(arg + ",runlocal")
   spec = registry.get_dataset_spec(config.dataset)

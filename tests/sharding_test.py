@@ -19,9 +19,8 @@ from jax.sharding import PartitionSpec as P
 
 from configs import unet3d_synthetic
 from configs import unet_synthetic
-from medseg_jax import sharding
 from medseg_jax import models
-from medseg_jax import train
+from medseg_jax import sharding
 from medseg_jax.data import registry
 from medseg_jax.models import UNet
 from medseg_jax.models import VNet

@@ -481,7 +481,9 @@ def test_resuming_with_another_model_is_explained(tmp_path, data_dir):
   train.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
   wider = tiny_config(data_dir, **{"model.features": (8, 16)})
   wider.num_train_steps = 8
-  with pytest.raises(ValueError, match=r"does not match the run.*model\.features"):
+  with pytest.raises(
+    ValueError, match=r"does not match the run.*model\.features"
+  ):
     train.train_and_evaluate(wider, str(tmp_path))
 
 

@@ -1,4 +1,4 @@
-"""Tests for medseg_jax.evaluation.inference: sliding windows, flip TTA, components."""
+"""Tests for evaluation.inference: sliding windows, flip TTA, components."""
 
 import itertools
 
@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from medseg_jax.evaluation import inference
 from medseg_jax import models
+from medseg_jax.evaluation import inference
 
 ACCUMULATE = ("device", "host")
 
