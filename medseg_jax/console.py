@@ -66,6 +66,8 @@ _PACKAGE_DIR = os.path.realpath(os.path.dirname(__file__)) + os.sep
 KNOWN_NOISE = (
   # TFDS, about to build a dataset for the first time: nothing is wrong.
   (r"tensorflow_datasets", r"has no dataset_info\.json"),
+  # TFDS, opening a builder config made at run time (from_folder data).
+  (r"tensorflow_datasets", r"Using custom data configuration"),
 )
 
 
