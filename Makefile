@@ -22,10 +22,12 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -m pytest tests
 
-# torch (CPU wheel) and monai, for the benchmarks' peer columns only.
+# torch and monai, for the benchmarks' peer columns only, from the default
+# index (see requirements-bench.txt for which torch build that gives).
+# BENCH_PIP_ARGS passes more, e.g. an index of CPU-only torch wheels.
+BENCH_PIP_ARGS ?=
 bench-deps: $(VENV)/.installed
-	$(PY) -m pip install --quiet -r requirements-bench.txt \
-	  --extra-index-url https://download.pytorch.org/whl/cpu
+	$(PY) -m pip install --quiet -r requirements-bench.txt $(BENCH_PIP_ARGS)
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check medseg_jax configs tests benchmarks

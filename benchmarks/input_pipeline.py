@@ -3,7 +3,7 @@ r"""Input pipeline throughput beside the train step's consumption rate.
   .venv/bin/python benchmarks/input_pipeline.py                # ISBI + Lesjak
   .venv/bin/python benchmarks/input_pipeline.py --configs=isbi --workers=0,2
 
-For each config (its dataset, training transforms, batch size and model):
+For each config (its dataset, transforms, augmentation, batch size, model):
 
 * the grain training pipeline's examples per second with 0 (in-process
   threads), 1 and 2 worker processes, after a warm-up, over `--batches`
@@ -87,6 +87,7 @@ def step_rate(config, steps: int) -> tuple[float, float]:
   """(examples per second, median seconds per step) of the train step."""
   import jax  # noqa: PLC0415
 
+  from medseg_jax import augment as augment_lib  # noqa: PLC0415
   from medseg_jax import losses  # noqa: PLC0415
   from medseg_jax import optimizers  # noqa: PLC0415
   from medseg_jax import train  # noqa: PLC0415
@@ -110,11 +111,16 @@ def step_rate(config, steps: int) -> tuple[float, float]:
     tx=tx,
     batch_stats=variables.get("batch_stats", {}),
   )
+  # The config's augmentation runs in the step unless it is on the host.
+  augment = None
+  if config.augment and config.augment_on == "device":
+    augment = augment_lib.build(config.augment, config.data.patch_size)
   step = jax.jit(
     functools.partial(
       train._train_step,  # noqa: SLF001
       loss_fn=losses.get_loss(config.loss.name),
       schedule=schedule,
+      augment=augment,
     ),
     donate_argnums=0,
   )

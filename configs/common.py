@@ -60,18 +60,22 @@ def base_config() -> ml_collections.ConfigDict:
   config.data.train_percent = 100
   config.data.read_threads = 2
   config.data.prefetch_buffer_size = 8
+  # What the grain pipeline does to each example before batching: only
+  # normalize, random_crop_or_pad and center_pad (medseg_jax/data/
+  # transforms.py). Evaluation and prediction reuse the normalize entry.
   config.data.train_transforms = [
     dict(op="normalize", mode="zscore"),
     dict(op="random_crop_or_pad"),  # size defaults to data.patch_size.
-    dict(op="random_flip", axes=(0, 1)),
   ]
 
-  # JAX augmentation per example: [dict(op="elastic", p=0.3,
-  # magnitude=(0, 8)), ...]; see medseg_jax/augment (unknown ops or bad
-  # ranges fail at start-up). augment_on="device" runs it inside the jitted
-  # train step; "host" runs the same functions, with the same keys, in the
-  # grain pipeline on the CPU (in the workers if data.worker_count > 0).
-  config.augment = []
+  # Every augmentation, per example: dict(op=..., p=..., **options) of
+  # medseg_jax/augment, e.g. dict(op="elastic", p=0.3, magnitude=(0, 8));
+  # unknown ops or bad ranges fail at start-up. The default mirrors each
+  # spatial axis with probability 0.5 (axes=None: every axis, 2-D or 3-D).
+  # augment_on="device" runs the list inside the jitted train step; "host"
+  # runs the same functions, with the same keys, in the grain pipeline on
+  # the CPU (in the workers if data.worker_count > 0).
+  config.augment = [dict(op="flip", axis_p=0.5)]
   config.augment_on = "device"
 
   config.model = ml_collections.ConfigDict()

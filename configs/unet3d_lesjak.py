@@ -9,9 +9,10 @@ validation); the full 30-patient set splits 20/10 the same way:
 
 Without ``manual_dir`` the builder downloads the 30 patients from GitHub.
 The volumes are z-scored per channel inside the brain at build time, so the
-pipeline only crops and flips. Lesions are small (0.1-2 % of the brain), so
-half of the training patches are centred on a lesion voxel (nnU-Net-style
-foreground oversampling). Validation runs on the whole cropped volume.
+input pipeline only crops (the train step flips). Lesions are small (0.1-2 %
+of the brain), so half of the training patches are centred on a lesion
+voxel (nnU-Net-style foreground oversampling). Validation runs on the
+whole cropped volume.
 """
 
 from configs import common
@@ -26,7 +27,6 @@ def get_config(arg=None):
   config.data.patch_size = (48, 48, 48)
   config.data.train_transforms = [
     dict(op="random_crop_or_pad", foreground_share=0.5),
-    dict(op="random_flip", axes=(0, 1, 2)),
   ]
   # Cicek et al.'s layout (channels double within each level), CPU-sized.
   config.model.features = (4, 8, 16, 32)

@@ -17,11 +17,6 @@ def get_config(arg=None):
   # 32^3 random crops of the 64^3 volumes keep a CPU step near a second;
   # evaluation runs on whole volumes.
   config.data.patch_size = (32, 32, 32)
-  config.data.train_transforms = [
-    dict(op="normalize", mode="zscore"),
-    dict(op="random_crop_or_pad"),
-    dict(op="random_flip", axes=(0, 1, 2)),
-  ]
   # Cicek et al.'s layout (channels double within each level), CPU-sized.
   config.model.features = (4, 8, 16, 32)
   config.model.double_within_level = True

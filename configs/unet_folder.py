@@ -39,7 +39,6 @@ def get_config(arg=None):
   # dataset.json's normalisation is applied at build time.
   config.data.train_transforms = [
     dict(op="random_crop_or_pad", foreground_share=0.33),
-    dict(op="random_flip", axes=tuple(range(dims))),
   ]
   if dims == 3:
     config.model.features = (8, 16, 32, 64)

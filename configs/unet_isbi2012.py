@@ -12,9 +12,9 @@ sections are correlated); training uses slices 0-23. Classes: 0 cell
 interior, 1 membrane. Arguments: ``fold=k`` (0-4) for 5-fold
 cross-validation over the 30 slices, ``percent=`` and ``seed=`` as in
 ``configs/common.py``, ``slices=N`` to train on slices 0..N-1 only, and
-``augment=NAME`` for one of the augmentation lists in ``AUGMENT`` (run in
-the train step; ``--config.augment_on=host`` runs them in the input
-pipeline instead).
+``augment=NAME`` to add one of the augmentation lists in ``AUGMENT`` after
+the base config's random flips (all run in the train step;
+``--config.augment_on=host`` runs them in the input pipeline instead).
 
 Scarce labels, with and without elastic deformation (same budget):
 
@@ -28,7 +28,8 @@ Scarce labels, with and without elastic deformation (same budget):
 
 from configs import common
 
-# Named augmentation lists for ``augment=NAME`` (see medseg_jax/augment).
+# Named augmentation lists for ``augment=NAME``, appended to the base
+# config's flips (see medseg_jax/augment).
 AUGMENT = {
   "none": [],
   # The U-Net paper's: random displacements on a coarse 3x3 grid, about
@@ -53,11 +54,6 @@ def get_config(arg=None):
   config.manual_dir = "../shared/data/isbi2012_em_membrane"
   config.test_split = "validation"  # The ISBI test labels were never released.
   config.data.patch_size = (256, 256)
-  config.data.train_transforms = [
-    dict(op="normalize", mode="zscore"),
-    dict(op="random_crop_or_pad"),
-    dict(op="random_flip", axes=(0, 1)),
-  ]
   config.model.features = (16, 32, 64, 128, 256)
   config.batch_size = 4
   config.num_train_steps = 1500
@@ -83,7 +79,8 @@ def get_config(arg=None):
     raise ValueError(
       f"Unknown augment={args.augment!r}; valid: {sorted(AUGMENT)}."
     )
-  config.augment = [dict(spec) for spec in AUGMENT[args.augment]]
+  # The base config's random flips, then the named list.
+  config.augment = [*config.augment, *map(dict, AUGMENT[args.augment])]
   common.apply_data_args(config, args)
   return config
 

@@ -5,6 +5,7 @@ import pathlib
 
 import pytest
 
+from medseg_jax import augment
 from medseg_jax import losses
 from medseg_jax import models
 from medseg_jax import optimizers
@@ -36,9 +37,17 @@ def test_config_loads_with_valid_names(name, arg, tmp_path):
   assert config.optimizer.schedule in optimizers.SCHEDULES
   spec = registry.get_dataset_spec(config.dataset, config.manual_dir)
   assert len(config.data.patch_size) == spec.spatial_dims
+  # Both lists resolve: grain transforms (crop size = the patch) and the
+  # augmentation ops, traced on the patch shape.
   transforms.build(
-    [s for s in config.data.train_transforms if s["op"] != "random_crop_or_pad"]
+    [
+      {"size": config.data.patch_size, **s}
+      if s["op"] == "random_crop_or_pad"
+      else s
+      for s in config.data.train_transforms
+    ]
   )
+  augment.build(config.augment, spatial_shape=config.data.patch_size)
 
 
 def test_unknown_config_argument_lists_valid_ones():
@@ -79,13 +88,15 @@ def test_zoo_presets_build_their_model(arg):
 
 def test_isbi_slices_and_augment_arguments():
   from configs import unet_isbi2012
-  from medseg_jax import augment
 
   config = unet_isbi2012.get_config("slices=6,augment=elastic")
   assert config.train_split == "train[:6]"
-  assert [s["op"] for s in config.augment] == ["elastic"]
+  # The named list comes after the base config's flips.
+  assert [s["op"] for s in config.augment] == ["flip", "elastic"]
   augment.build(config.augment, spatial_shape=config.data.patch_size)
-  assert unet_isbi2012.get_config("slices=6").augment == []
+  assert [s["op"] for s in unet_isbi2012.get_config("slices=6").augment] == [
+    "flip"
+  ]
   with pytest.raises(ValueError, match="elastic"):
     unet_isbi2012.get_config("augment=swirl")
   with pytest.raises(ValueError, match="percent"):

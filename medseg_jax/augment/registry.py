@@ -255,6 +255,16 @@ AUGMENTATIONS: dict[str, OpSpec] = {
 }
 
 
+# Names that configs used before the two vocabularies became one, and the
+# entry of config.augment that replaces each (in error messages).
+REMOVED_OPS: dict[str, str] = {
+  "random_flip": (
+    "dict(op='flip', axes=AXES, axis_p=P) (the old per-axis probability p "
+    "is axis_p; axes=None flips every spatial axis)"
+  ),
+}
+
+
 class _Invalid(Exception):
   """What is wrong with one option value."""
 
@@ -543,9 +553,16 @@ def _validate(index: int, spec: Any) -> Step:
     )
   name = spec["op"]
   if name not in AUGMENTATIONS:
+    if name in REMOVED_OPS:
+      hint = f" {name!r} was removed; use {REMOVED_OPS[name]}."
+    else:
+      hint = (
+        " (Normalisation, crop and pad are not augmentations: they go in "
+        "config.data.train_transforms.)"
+      )
     raise ValueError(
       f"{where}: unknown augmentation op {name!r}; valid ops: "
-      f"{sorted(AUGMENTATIONS)}."
+      f"{sorted(AUGMENTATIONS)}.{hint}"
     )
   params = AUGMENTATIONS[name].params
   unknown = sorted(set(spec) - {"op", "p"} - set(params))

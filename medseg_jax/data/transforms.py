@@ -2,12 +2,16 @@
 
 An example is a dict with ``image: f32[*S, C]``, ``label: u8[*S]`` and
 optionally ``mask: f32[*S]`` (1 where the voxel is real data, 0 where it is
-padding), where ``S`` is ``(H, W)`` or ``(D, H, W)``. Every geometric
-transform moves image, label and mask together from a single random draw.
+padding), where ``S`` is ``(H, W)`` or ``(D, H, W)``. Crop and pad move
+image, label and mask together from a single random draw.
 
-Transforms are listed in a config as ``dict(op="name", **kwargs)`` and built
-by :func:`build`; classes live at module level so grain can pickle them into
-worker processes.
+Only what must happen before batching lives here: intensity normalisation
+(also used by evaluation and prediction), the random crop or pad to the
+patch size and the evaluation padding. A config lists them as
+``config.data.train_transforms = [dict(op="name", **kwargs), ...]``, built
+by :func:`build`. Every augmentation (flips, rotations, elastic, intensity)
+is an op of :mod:`medseg_jax.augment`, listed in ``config.augment``. Classes
+live at module level so grain can pickle them into worker processes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from typing import Any
 
 import grain
 import numpy as np
+
+from medseg_jax.augment import registry as augment_registry
 
 Example = dict[str, Any]
 
@@ -182,24 +188,6 @@ class CenterPad(grain.transforms.Map):
 
 
 @dataclasses.dataclass(frozen=True)
-class RandomFlip(grain.transforms.RandomMap):
-  """Flips each listed spatial axis independently with probability ``p``."""
-
-  axes: tuple[int, ...] = (0, 1)
-  p: float = 0.5
-
-  def random_map(self, example: Example, rng: np.random.Generator) -> Example:
-    example = _with_mask(example)
-    flips = [axis for axis in self.axes if rng.random() < self.p]
-    if not flips:
-      return example
-    out = dict(example)
-    for key in ("image", "label", "mask"):
-      out[key] = np.ascontiguousarray(np.flip(example[key], axis=flips))
-    return out
-
-
-@dataclasses.dataclass(frozen=True)
 class ToModelInputs(grain.transforms.Map):
   """Keeps the arrays the train step needs, with fixed dtypes.
 
@@ -219,22 +207,45 @@ TRANSFORMS = {
   "normalize": Normalize,
   "random_crop_or_pad": RandomCropOrPad,
   "center_pad": CenterPad,
-  "random_flip": RandomFlip,
 }
 
 
+def _unknown_op(op: Any) -> str:
+  """The error message for an op that is not in :data:`TRANSFORMS`."""
+  where = f"config.data.train_transforms: op {op!r}"
+  valid = f"Valid train_transforms ops: {sorted(TRANSFORMS)}"
+  augmentations = sorted(augment_registry.AUGMENTATIONS)
+  if op in augment_registry.REMOVED_OPS:
+    return (
+      f"{where} was removed; its replacement, in config.augment, is "
+      f"{augment_registry.REMOVED_OPS[op]}. {valid}."
+    )
+  if op in augment_registry.AUGMENTATIONS:
+    return (
+      f"{where} is an augmentation: list it in config.augment (see "
+      f"medseg_jax/augment), not here. {valid}."
+    )
+  return (
+    f"{where} is unknown. {valid}; augmentations go in config.augment: "
+    f"{augmentations}."
+  )
+
+
 def build(specs: Sequence[dict[str, Any]]) -> list[grain.transforms.Map]:
-  """Turns ``[dict(op="normalize", mode="zscore"), ...]`` into transforms."""
+  """Turns ``[dict(op="normalize", mode="zscore"), ...]`` into transforms.
+
+  Raises:
+    ValueError: for an op not in :data:`TRANSFORMS`; the message lists the
+      valid ops and, for an augmentation or a removed name (e.g.
+      ``random_flip``), says what to list in ``config.augment`` instead.
+  """
   out = []
   for spec in specs:
     spec = dict(spec)
     op = spec.pop("op", None)
     if op not in TRANSFORMS:
-      raise ValueError(
-        f"Unknown transform op {op!r}; valid: {sorted(TRANSFORMS)}."
-      )
-    for key in ("size", "axes"):
-      if key in spec:
-        spec[key] = tuple(spec[key])
+      raise ValueError(_unknown_op(op))
+    if "size" in spec:
+      spec["size"] = tuple(spec["size"])
     out.append(TRANSFORMS[op](**spec))
   return out

@@ -162,6 +162,14 @@ def test_augment_is_picklable_and_hashable():
   ("spec", "match"),
   [
     (dict(op="zoom", p=0.5), r"unknown augmentation op 'zoom'.*'elastic'"),
+    # The grain pipeline's old name: the message gives the replacement.
+    (
+      dict(op="random_flip", p=0.5),
+      r"'random_flip'.*'flip'.*removed; use dict\(op='flip'.*axis_p",
+    ),
+    # Pipeline ops are not augmentations: the message says where they go.
+    (dict(op="normalize"), r"'normalize'.*config\.data\.train_transforms"),
+    (dict(op="random_crop_or_pad"), r"'random_crop_or_pad'.*train_transforms"),
     (dict(p=0.5), "missing 'op'"),
     (dict(op="gamma", p=1.5), r"'gamma': p=1\.5 must be a probability"),
     (dict(op="gamma", p=-0.1), r"'gamma': p=-0\.1"),

@@ -90,7 +90,7 @@ def test_processes_read_disjoint_rows(synthetic_2d_dir):
 
 
 def test_two_processes_read_the_rows_of_one_process(synthetic_2d_dir):
-  # With the default random crops and flips: process p's batch b is the
+  # With the default random crops: process p's batch b is the
   # p-th half of one process's batch b, augmented the same way.
   config = _config(synthetic_2d_dir)
   whole = list(

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from medseg_jax import augment
 from medseg_jax.data import transforms
 
 
@@ -74,27 +75,44 @@ def test_crop_size_with_wrong_rank_is_a_clear_error():
     )
 
 
-def test_flip_is_consistent_and_random():
-  example = _example((6, 6), channels=1)
-  example["image"] = example["label"].astype(np.float32)[..., None]
-  flip = transforms.RandomFlip(axes=(0, 1), p=0.5)
-  seen = set()
-  for seed in range(20):
-    out = flip.random_map(example, np.random.default_rng(seed))
-    np.testing.assert_array_equal(out["image"][..., 0], out["label"])
-    seen.add(out["label"].tobytes())
-  assert len(seen) == 4  # none, axis 0, axis 1, both.
-
-
 def test_center_pad_to_multiple():
   out = transforms.CenterPad(multiple=8).map(_example((10, 17)))
   assert out["label"].shape == (16, 24)
   assert out["mask"].sum() == 10 * 17
 
 
-def test_build_rejects_unknown_op_and_lists_valid():
-  with pytest.raises(ValueError, match="random_flip"):
+def test_build_rejects_unknown_op_and_lists_both_vocabularies():
+  with pytest.raises(ValueError) as error:
     transforms.build([dict(op="rotate")])
+  message = str(error.value)
+  assert "'rotate'" in message
+  assert "'random_crop_or_pad'" in message  # Valid here.
+  assert "config.augment" in message and "'elastic'" in message
+
+
+def test_removed_random_flip_names_its_replacement():
+  with pytest.raises(ValueError) as error:
+    transforms.build([dict(op="normalize"), dict(op="random_flip", p=0.5)])
+  message = str(error.value)
+  assert "'random_flip' was removed" in message
+  assert "op='flip'" in message and "axis_p" in message
+  assert "config.augment" in message and "'normalize'" in message
+
+
+@pytest.mark.parametrize("op", ["flip", "gamma", "elastic"])
+def test_augmentation_in_train_transforms_points_to_config_augment(op):
+  with pytest.raises(ValueError, match=rf"'{op}' is an augmentation.*augment"):
+    transforms.build([dict(op=op)])
+
+
+def test_only_pipeline_ops_remain_and_none_is_an_augmentation():
+  # One vocabulary: no name means one thing here and another in augment.
+  assert set(transforms.TRANSFORMS) == {
+    "normalize",
+    "random_crop_or_pad",
+    "center_pad",
+  }
+  assert not set(transforms.TRANSFORMS) & set(augment.AUGMENTATIONS)
 
 
 def test_to_model_inputs_dtypes():
