@@ -35,7 +35,9 @@ def test_trains_on_a_folder(tmp_path, fmt, patch, suffix):
   # voxels labelled in it.
   report = tmp_path / "run" / "eval" / f"{config.test_split}_per_case.csv"
   (row,) = [
-    r for r in csv.DictReader(report.open()) if r["class"] != "background"
+    r
+    for r in csv.DictReader(report.read_text().splitlines())
+    if r["class"] != "background"
   ]
   case_id = row["case_id"]
   raw = medical_io.read(
