@@ -33,7 +33,11 @@ def test_trains_on_a_folder(tmp_path, fmt, patch, suffix):
   # The report scored the held-out case on its own grid: its counts add up
   # to the raw label file's size, and its true positives and misses to the
   # voxels labelled in it.
-  report = tmp_path / "run" / "eval" / f"{config.test_split}_per_case.csv"
+  # The final report is the last one written.
+  report = max(
+    (tmp_path / "run" / "eval").glob("*_per_case.csv"),
+    key=lambda p: p.stat().st_mtime_ns,
+  )
   (row,) = [
     r
     for r in csv.DictReader(report.read_text().splitlines())
