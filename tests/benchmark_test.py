@@ -1,11 +1,14 @@
 """Tests for the suite runner `medseg_jax.benchmark`."""
 
 import math
+import re
 import textwrap
 
 import pytest
 
+from medseg_jax import baselines
 from medseg_jax import benchmark
+from medseg_jax.data import registry
 
 
 def _write_suite(path, body):
@@ -31,15 +34,81 @@ def test_load_suite_checks_its_fields(tmp_path):
     benchmark.load_suite(repeated)
 
 
-def test_shipped_suites_load():
-  for name in (
-    "data_size_synthetic2d",
-    "zoo_synthetic2d",
-    "zoo_synthetic3d",
-    "isbi_kfold",
+# Suite -> (experiments, baselines, pools), as each suite's docstring says.
+SHIPPED = {
+  "data_size_synthetic2d": (4, 2, 0),
+  "zoo_synthetic2d": (5, 3, 0),
+  "zoo_synthetic3d": (2, 2, 0),
+  "isbi_kfold": (5, 5, 2),
+}
+
+
+def _field(config, dotted: str):
+  """`config.a.b` for "a.b"; fails on a name the config does not have."""
+  for part in dotted.split("."):
+    assert part in config, f"{dotted!r}: no field {part!r}"
+    config = config[part]
+  return config
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED))
+def test_shipped_suites_resolve_to_runnable_configs(name):
+  suite = benchmark.load_suite(f"configs/benchmarks/{name}.py")
+  assert suite.name == name
+  counts = (len(suite.experiments), len(suite.baselines), len(suite.pools))
+  assert counts == SHIPPED[name]
+  for entry in [*suite.experiments, *suite.baselines]:
+    # The config and its argument load; every override names a real field
+    # (a typo would otherwise only fail hours into a suite run).
+    config = benchmark._load_config(entry["config"])
+    for key in entry.get("overrides", {}):
+      _field(config, key)
+    spec = registry.get_dataset_spec(config.dataset)
+    if "method" in entry:
+      method = baselines.get_baseline(
+        entry["method"], num_classes=spec.num_classes, **entry["kwargs"]
+      )
+      assert method.num_classes == spec.num_classes
+
+
+def test_data_size_suite_trains_on_growing_shares_with_three_seeds():
+  suite = benchmark.load_suite("configs/benchmarks/data_size_synthetic2d.py")
+  shares = []
+  for experiment in suite.experiments:
+    assert tuple(experiment["seeds"]) == (0, 1, 2)
+    config = benchmark._load_config(experiment["config"])
+    shares.append(config.data.train_percent)
+  assert shares == [10, 25, 50, 100]
+
+
+def _slices(split: str) -> set[tuple[str, int]]:
+  """ISBI slices named by a TFDS split string ("train[6:12]+validation");
+  the builder has 24 train and 6 validation slices."""
+  sizes = {"train": 24, "validation": 6}
+  out = set()
+  for part in split.split("+"):
+    found = re.fullmatch(r"(\w+)(?:\[(\d*):(\d*)\])?", part)
+    assert found, part
+    name, start, stop = found.groups()
+    window = slice(int(start) if start else None, int(stop) if stop else None)
+    out |= {(name, i) for i in range(sizes[name])[window]}
+  return out
+
+
+def test_isbi_folds_partition_the_slices():
+  suite = benchmark.load_suite("configs/benchmarks/isbi_kfold.py")
+  every = _slices("train+validation")
+  held_out = []
+  for experiment in suite.experiments:
+    config = benchmark._load_config(experiment["config"])
+    test, train = _slices(config.test_split), _slices(config.train_split)
+    assert len(test) == 6 and not test & train and test | train == every
+    held_out.append(test)
+  assert set().union(*held_out) == every  # Five disjoint folds of six.
+  for pool, entries in zip(
+    suite.pools, (suite.experiments, suite.baselines), strict=True
   ):
-    suite = benchmark.load_suite(f"configs/benchmarks/{name}.py")
-    assert suite.experiments
+    assert list(pool["members"]) == [e["name"] for e in entries]
 
 
 def test_tables_and_plot(tmp_path):

@@ -1,5 +1,6 @@
 """Tests for `python -m medseg_jax.evaluate` and the case predictor."""
 
+import csv
 import json
 import shutil
 import subprocess
@@ -7,11 +8,16 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from configs import unet_synthetic
 from medseg_jax import evaluate
 from medseg_jax import run_config
 from medseg_jax import train
+from medseg_jax.data import pipeline
+from medseg_jax.evaluation import case_predictor
+
+CLASSES = ("background", "organ", "lesion", "vessel")
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +43,42 @@ def _config(data_dir):
   config.test_split = "test[:4]"
   config.num_overlays = 1
   return config
+
+
+def _predictions(workdir, config=None, split="test[:4]"):
+  """(case id, label, prediction) per case of `split`, from the run's
+  latest checkpoint through the predictor `config.eval` describes
+  (default: the run's own config)."""
+  trained = case_predictor.load_trained(str(workdir), "latest", config)
+  config = trained.config
+  predictor = case_predictor.CasePredictor.from_config(
+    config, trained.model, trained.variables
+  )
+  return [
+    (e["case_id"], e["label"], predictor.predict_label(e["image"]))
+    for e in pipeline.eval_examples(
+      config, config.data_dir, split, pad_multiple=1
+    )
+  ]
+
+
+def _dice(label, prediction, c) -> float:
+  """Dice of class `c` in numpy; 1 when it is in neither (the documented
+  empty-set policy of `metrics.overlap`)."""
+  truth, found = label == c, prediction == c
+  total = truth.sum() + found.sum()
+  return 1.0 if total == 0 else 2 * np.sum(truth & found) / total
+
+
+def _mean_foreground_dice(cases) -> float:
+  return float(
+    np.mean(
+      [
+        np.mean([_dice(label, pred, c) for c in range(1, len(CLASSES))])
+        for _, label, pred in cases
+      ]
+    )
+  )
 
 
 def test_the_run_saved_its_resolved_config(run):
@@ -90,6 +132,30 @@ def test_evaluate_writes_reports_with_all_scores(run, tmp_path):
   assert len(overlays) == 1
   stored = json.loads((tmp_path / "test_4_step4_summary.json").read_text())
   assert stored["step"] == 4 and stored["split_string"] == "test[:4]"
+  # Every reported figure agrees with the predictions scored in numpy.
+  rows = {
+    (r["case_id"], r["class"]): r
+    for r in csv.DictReader(
+      (tmp_path / "test_4_step4_per_case.csv").read_text().splitlines()
+    )
+  }
+  cases = _predictions(workdir)
+  assert len(rows) == len(cases) * len(CLASSES)
+  for case_id, label, pred in cases:
+    for c, name in enumerate(CLASSES):
+      row = rows[case_id, name]
+      truth, found = label == c, pred == c
+      assert int(row["tp"]) == np.sum(truth & found)
+      assert int(row["fp"]) == np.sum(~truth & found)
+      assert int(row["fn"]) == np.sum(truth & ~found)
+      assert float(row["dice"]) == pytest.approx(_dice(label, pred, c))
+  for c, name in enumerate(CLASSES):
+    assert summary["per_class"][name]["dice"]["mean"] == pytest.approx(
+      np.mean([_dice(label, pred, c) for _, label, pred in cases])
+    )
+  assert summary["mean_foreground_dice"] == pytest.approx(
+    _mean_foreground_dice(cases)
+  )
 
 
 def test_sliding_window_covering_the_image_matches_whole(run, tmp_path):
@@ -109,6 +175,31 @@ def test_sliding_window_covering_the_image_matches_whole(run, tmp_path):
     tiled["mean_foreground_dice"], whole["mean_foreground_dice"], atol=1e-6
   )
   assert whole["sliding_window"] is False and tiled["sliding_window"] is True
+  # Smaller, overlapping windows with flip TTA and clean-up: the figure is
+  # that of these options' predictions, scored in numpy ...
+  config.eval.window = (64, 64)
+  config.eval.tta_flip_axes = (0, 1)
+  config.eval.largest_component = True
+  config.eval.surface_metrics = False
+  other = evaluate.evaluate_run(
+    str(workdir), config=config, output_dir=str(tmp_path / "c")
+  )
+  assert "hd95" not in other["per_class"]["organ"]
+  cases = _predictions(workdir, config)
+  assert other["mean_foreground_dice"] == pytest.approx(
+    _mean_foreground_dice(cases)
+  )
+
+  # ... which keep one connected component per class (faces connected, as
+  # documented), where the plain predictions of this barely trained model
+  # have several.
+  def components(pred):
+    return [ndimage.label(pred == c)[1] for c in range(1, len(CLASSES))]
+
+  assert all(n <= 1 for _, _, pred in cases for n in components(pred))
+  config.eval.largest_component = False
+  plain = _predictions(workdir, config)
+  assert max(n for _, _, pred in plain for n in components(pred)) > 1
 
 
 def test_a_config_of_another_model_names_the_differing_fields(run):

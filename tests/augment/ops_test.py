@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from medseg_jax import augment
 from medseg_jax.augment import intensity
@@ -300,7 +301,33 @@ def test_blur_keeps_constants_and_ignores_padding():
   np.testing.assert_allclose(out["image"], image, rtol=1e-5)
 
 
-def test_blur_and_low_resolution_smooth_noise():
+@pytest.mark.parametrize("dims", [2, 3])
+def test_blur_is_the_masked_gaussian_filter(dims):
+  # blur(x * m) / blur(m) with zero padding beyond the border, the kernel
+  # truncated at ceil(truncate * sigma) voxels: scipy's Gaussian filter with
+  # mode="constant" and that radius is the reference.
+  shape = (16, 16) if dims == 2 else (10, 12, 12)
+  ex, image, real = _padded_example(shape, 2, seed=4)
+  sigma, truncate = 1.5, 2.0
+  out = intensity.blur(
+    jax.random.key(0), ex, sigma=(sigma, sigma), truncate=truncate
+  )
+  radius = int(np.ceil(truncate * sigma))  # 3
+
+  def smooth(x):
+    return ndimage.gaussian_filter(
+      x, sigma, mode="constant", cval=0.0, radius=radius
+    )
+
+  weight = smooth(real.astype(np.float64))
+  expected = np.stack(
+    [smooth(image[..., c] * real) / weight for c in range(2)], axis=-1
+  )
+  expected = np.where(real[..., None], expected, image)
+  np.testing.assert_allclose(out["image"], expected, rtol=1e-5, atol=1e-5)
+
+
+def test_low_resolution_smooths_noise():
   rng = np.random.default_rng(0)
   image = rng.normal(size=(16, 16, 2)).astype(np.float32)
   ex = {
@@ -309,31 +336,70 @@ def test_blur_and_low_resolution_smooth_noise():
     "mask": jnp.ones((16, 16), jnp.float32),
   }
   key = jax.random.key(0)
-  blurred = intensity.blur(key, ex, sigma=(1.5, 1.5))["image"]
   for order in ("nearest", "linear"):
     low = intensity.low_resolution(key, ex, factor=(3, 3), order=order)
     low = np.asarray(low["image"])
     assert low.std() < 0.8 * image.std()
     assert low.min() >= image.min() - 1e-6
     assert low.max() <= image.max() + 1e-6
-  assert float(np.std(blurred)) < 0.6 * image.std()
 
 
-def test_gamma_keeps_channel_range():
-  rng = np.random.default_rng(1)
-  image = rng.uniform(-2, 3, size=(16, 16, 2)).astype(np.float32)
+def _padded_example(shape, channels, seed):
+  """Random image whose trailing rows along axis 0 are padding (mask 0) at
+  values far outside the real voxels' range."""
+  rng = np.random.default_rng(seed)
+  image = rng.uniform(-2, 3, size=(*shape, channels)).astype(np.float32)
+  mask = np.ones(shape, np.float32)
+  mask[-PAD:] = 0
+  image[-PAD:] = -50.0
   ex = {
     "image": jnp.asarray(image),
-    "label": jnp.zeros((16, 16), jnp.int32),
-    "mask": jnp.ones((16, 16), jnp.float32),
+    "label": jnp.zeros(shape, jnp.int32),
+    "mask": jnp.asarray(mask),
   }
-  for invert in (False, True):
-    out = np.asarray(
-      intensity.gamma(jax.random.key(0), ex, gamma=(2, 2), invert=invert)[
-        "image"
-      ]
+  return ex, image, mask > 0
+
+
+def _gamma_reference(image, real, exponent, invert):
+  """``u ** gamma`` (or ``1 - (1 - u) ** gamma``) on the image rescaled to
+  [0, 1] per channel over the real voxels, mapped back; padding kept."""
+  image = image.astype(np.float64)
+  low = image[real].min(axis=0)
+  high = image[real].max(axis=0)
+  u = np.clip((image - low) / (high - low), 0, 1)
+  u = 1 - (1 - u) ** exponent if invert else u**exponent
+  return np.where(real[..., None], u * (high - low) + low, image)
+
+
+@pytest.mark.parametrize("invert", [False, True])
+def test_gamma_matches_the_closed_form(invert):
+  ex, image, real = _padded_example((16, 16), 2, seed=1)
+  out = intensity.gamma(jax.random.key(0), ex, gamma=(2, 2), invert=invert)
+  np.testing.assert_allclose(
+    out["image"], _gamma_reference(image, real, 2.0, invert), atol=1e-5
+  )
+  # The channel's range over real voxels is kept; padding is untouched.
+  np.testing.assert_array_equal(np.asarray(out["image"])[~real], -50.0)
+
+
+def test_gamma_per_channel_draws_one_exponent_per_channel():
+  ex, image, real = _padded_example((16, 16), 3, seed=2)
+  out = np.asarray(
+    intensity.gamma(jax.random.key(3), ex, gamma=(0.5, 2.0), per_channel=True)[
+      "image"
+    ]
+  )
+  # Read each channel's exponent back from one mid-range voxel, then the
+  # closed form with it must give the whole channel.
+  low, high = image[real].min(axis=0), image[real].max(axis=0)
+  u = (image[4, 5] - low) / (high - low)
+  v = (out[4, 5] - low) / (high - low)
+  exponents = np.log(v) / np.log(u)
+  assert np.all((exponents >= 0.5 - 1e-4) & (exponents <= 2.0 + 1e-4))
+  assert len(set(np.round(exponents, 3).tolist())) == 3  # Independent.
+  for c, exponent in enumerate(exponents):
+    np.testing.assert_allclose(
+      out[..., c],
+      _gamma_reference(image, real, exponent, False)[..., c],
+      atol=1e-4,
     )
-    np.testing.assert_allclose(out.min((0, 1)), image.min((0, 1)), atol=1e-5)
-    np.testing.assert_allclose(out.max((0, 1)), image.max((0, 1)), atol=1e-5)
-    # gamma 2 darkens mid-tones; inverted gamma brightens them.
-    assert (out.mean() < image.mean()) != invert

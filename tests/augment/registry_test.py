@@ -2,6 +2,7 @@
 
 import dataclasses
 import inspect
+import itertools
 import pickle
 
 import jax
@@ -143,11 +144,37 @@ def test_numpy_example_on_the_host_keeps_dtypes_and_extra_keys():
   assert set(np.unique(out["label"])) <= {0, 1, 2}
 
 
+def _flips_of(example, out) -> tuple[int, ...]:
+  """The axes along which `out` is `example` flipped (brute force)."""
+  dims = example["label"].ndim
+  for count in range(dims + 1):
+    for axes in itertools.combinations(range(dims), count):
+      if all(
+        np.array_equal(np.flip(np.asarray(example[k]), axes), out[k])
+        for k in ("image", "label", "mask")
+      ):
+        return axes
+  raise AssertionError("not a flip of the input")
+
+
 def test_legacy_uint32_keys_work():
-  batch = _batch(2)
+  batch = _batch(2, size=16)
   pipeline = augment.build([dict(op="flip", p=1.0, axis_p=0.5)])
-  out = pipeline(jax.random.PRNGKey(0), batch)
-  assert out["image"].shape == batch["image"].shape
+  raw = jax.random.PRNGKey(0)
+  out = jax.tree.map(np.asarray, pipeline(raw, batch))
+  # A raw uint32[2] key is the typed key with the same bits.
+  _assert_equal(out, pipeline(jax.random.wrap_key_data(raw), batch))
+  # Example b is flipped with the draws of split(key, B)[b]: image, label
+  # and mask along the same axes, the axes differing between examples.
+  keys = jax.random.split(raw, 16)
+  drawn = set()
+  for b in range(16):
+    example = {k: v[b] for k, v in batch.items()}
+    axes = _flips_of(example, {k: out[k][b] for k in example})
+    single = pipeline.augment_example(keys[b], example)
+    assert _flips_of(example, jax.tree.map(np.asarray, single)) == axes
+    drawn.add(axes)
+  assert len(drawn) == 4  # None, 0, 1, both: per-example draws.
 
 
 def test_augment_is_picklable_and_hashable():

@@ -104,12 +104,16 @@ def test_random_walker_downsample_keeps_shape_and_regions():
 def test_multichannel_averages_channels_or_picks_one():
   image, label = _square_phantom(2)
   # Channel 0 carries the structure, channel 1 is its negative plus 1: the
-  # mean is flat, so only `channel=0` can find the square.
-  stacked = np.concatenate([image, 1.0 - image], axis=-1)
+  # mean is flat, so only `channel=0` can find the square. Intensities are
+  # multiples of 2^-10, so 1 - x is exact and the mean exactly 0.5.
+  image = np.round(np.clip(image, 0, 1) * 1024) / 1024
+  stacked = np.concatenate([image, 1.0 - image], axis=-1).astype(np.float32)
   otsu = baselines.get_baseline("otsu", channel=0)
   assert np.all(_dice(otsu.predict(stacked), label, 2) > 0.95)
   flat = baselines.get_baseline("otsu").predict(stacked)
   _check_output(flat, label.shape, 2)
+  # A flat image is one class, as a constant one (see below).
+  np.testing.assert_array_equal(flat, np.zeros(label.shape, np.int32))
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -1,10 +1,14 @@
-"""Test helpers shared by the TFDS builder tests: build, and failed builds.
+"""Test helpers shared by the TFDS builder tests: build, rebuild, failed builds.
 
 from tests.data import builder_testing
 
 builder = builder_testing.prepare(
   promise12.Promise12(data_dir=data_dir), manual_dir
 )
+# A second prepare must reuse the data: generating again fails the test.
+builder_testing.forbid_generation(monkeypatch, promise12.Promise12)
+builder_testing.prepare(promise12.Promise12(data_dir=data_dir), manual_dir)
+
 builder_testing.assert_build_fails(
   promise12.Promise12(data_dir=data_dir), manual_dir, match="corrupt",
   mentions=(case_id, path),
@@ -38,6 +42,22 @@ def prepare(
     )
   )
   return builder
+
+
+def forbid_generation(
+  monkeypatch: pytest.MonkeyPatch, builder_class: type
+) -> None:
+  """Makes any later generation by `builder_class` fail the test.
+
+  A prepare that should reuse the data already built then proves that it
+  did: `is_prepared()` alone also holds after a rebuild.
+  """
+
+  def fail(*args, **kwargs):
+    raise AssertionError(f"{builder_class.__name__} generated examples again.")
+
+  monkeypatch.setattr(builder_class, "_generate_examples", fail)
+  monkeypatch.setattr(builder_class, "_split_generators", fail)
 
 
 def assert_nothing_prepared(builder: tfds.core.DatasetBuilder) -> None:

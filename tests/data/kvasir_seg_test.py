@@ -67,11 +67,12 @@ def _check_built(builder, raw_root):
   assert len(shapes) > 1  # Native sizes, which differ between cases.
 
 
-def test_build_from_manual_dir(raw_root, tmp_path):
+def test_build_from_manual_dir(raw_root, tmp_path, monkeypatch):
   builder = _prepare(tmp_path / "tfds", raw_root)
   _check_built(builder, raw_root)
-  # A second prepare is a no-op.
-  _prepare(tmp_path / "tfds", raw_root)
+  # A second prepare is a no-op: nothing is generated.
+  builder_testing.forbid_generation(monkeypatch, kvasir_seg.KvasirSeg)
+  _check_built(_prepare(tmp_path / "tfds", raw_root), raw_root)
 
 
 def test_build_from_zip_in_manual_dir(raw_root, tmp_path):

@@ -71,28 +71,36 @@ def test_label_map_handles_negative_and_large_raw_values(tmp_path):
 
 
 def test_extra_mask_is_cropped_like_the_image(tmp_path):
-  # Channel 0 is nonzero only at x = 1, channel 1 at x = 4: the crop box
-  # spans both, and the mask must get the same box.
-  shape = (6, 2, 2)
+  # Channel 0 is nonzero only at x = 1, channel 1 at x = 4 (and at no other
+  # x): the crop box is x = 1..4 on every channel, label and mask. Image,
+  # label and mask vary along every axis, so a box shifted or flipped for
+  # one of them shows.
+  shape = (6, 3, 4)
+  rng = np.random.default_rng(0)
   first = np.zeros(shape, np.float32)
-  first[1] = 1
+  first[1] = rng.uniform(1, 2, shape[1:])
   second = np.zeros(shape, np.float32)
-  second[4] = 1
+  second[4] = rng.uniform(1, 2, shape[1:])
+  label = rng.integers(0, 3, shape).astype(np.uint8)
+  fov = rng.integers(0, 2, shape).astype(np.uint8)
   case = medical_builder.Case(
     "c",
     (
       _write(tmp_path / "a.nii.gz", first),
       _write(tmp_path / "b.nii.gz", second),
     ),
-    _write(tmp_path / "l.nii.gz", np.zeros(shape, np.uint8)),
-    extra_masks=(("fov", _write(tmp_path / "m.nii.gz", np.ones(shape))),),
+    _write(tmp_path / "l.nii.gz", label),
+    extra_masks=(("fov", _write(tmp_path / "m.nii.gz", fov)),),
   )
   preprocess = preprocessing.Preprocessing(
     normalization=("none",), crop_foreground=True, crop_margin=0
   )
   example = _example(case, channel_names=("a", "b"), preprocess=preprocess)
-  assert example["image"].shape == (4, 2, 2, 2)
-  assert example["fov"].shape == (4, 2, 2)
+  box = slice(1, 5)
+  np.testing.assert_array_equal(example["image"][..., 0], first[box])
+  np.testing.assert_array_equal(example["image"][..., 1], second[box])
+  np.testing.assert_array_equal(example["label"], label[box])
+  np.testing.assert_array_equal(example["fov"], fov[box])
 
 
 def test_bad_cases_name_their_files(tmp_path):

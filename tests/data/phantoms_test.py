@@ -129,9 +129,17 @@ def test_spacing_is_honoured():
 
 
 @pytest.mark.parametrize(
-  "shape, spacing",
-  [((64,), None), ((4, 8, 8, 8), None), ((32, 32), (1.0, 1.0, 1.0))],
+  "shape, spacing, match",
+  [
+    ((64,), None, r"shape must have 2 or 3 axes, got \(64,\)"),
+    ((4, 8, 8, 8), None, r"shape must have 2 or 3 axes, got \(4, 8, 8, 8\)"),
+    (
+      (32, 32),
+      (1.0, 1.0, 1.0),
+      r"spacing \(1\.0, 1\.0, 1\.0\) does not match shape \(32, 32\)",
+    ),
+  ],
 )
-def test_rejects_bad_shape_or_spacing(shape, spacing):
-  with pytest.raises(ValueError):
+def test_rejects_bad_shape_or_spacing(shape, spacing, match):
+  with pytest.raises(ValueError, match=match):
     phantoms.make_phantom(np.random.default_rng(0), shape, spacing)

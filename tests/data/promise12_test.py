@@ -134,15 +134,16 @@ def test_mha_local_and_compressed_files(raw_root, tmp_path):
   _check_splits(builder)
 
 
-def test_flat_folder(raw_root, tmp_path):
+def test_flat_folder(raw_root, tmp_path, monkeypatch):
   manual = tmp_path / "manual"
   manual.mkdir()
   for file in raw_root.glob("TrainingData_Part*/*"):
     shutil.copy(file, manual / file.name)
   builder = _build(tmp_path / "tfds", manual)
   assert builder.info.splits["train"].num_examples == 3
-  # Building again is a no-op.
-  assert _build(tmp_path / "tfds", manual).is_prepared()
+  # Building again is a no-op: nothing is generated.
+  builder_testing.forbid_generation(monkeypatch, promise12.Promise12)
+  _check_splits(_build(tmp_path / "tfds", manual))
 
 
 def test_metadata():

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from scipy import stats
 
 from medseg_jax import augment
 from medseg_jax.data import transforms
@@ -142,14 +143,29 @@ def test_foreground_share_zero_is_uniform_and_often_misses():
 
 
 def test_foreground_share_without_foreground_falls_back_to_uniform():
+  # The image encodes each voxel's position, so a patch's first voxel is its
+  # start. Without foreground every one of the 7 x 9 starts must come up, as
+  # often as the others (chi-square goodness of fit against the uniform
+  # distribution; the seed is fixed, so the test is deterministic).
+  ys, xs = np.mgrid[:10, :12]
   example = {
-    "image": np.zeros((10, 12, 1), np.float32),
+    "image": (ys * 100 + xs).astype(np.float32)[..., None],
     "label": np.zeros((10, 12), np.uint8),
   }
-  out = transforms.RandomCropOrPad(
-    size=(4, 4), foreground_share=1.0
-  ).random_map(example, np.random.default_rng(0))
-  assert out["label"].shape == (4, 4)
+  crop = transforms.RandomCropOrPad(size=(4, 4), foreground_share=1.0)
+  rng = np.random.default_rng(0)
+  counts = np.zeros((7, 9), np.int64)
+  for _ in range(63 * 40):
+    out = crop.random_map(example, rng)
+    assert out["label"].shape == (4, 4)
+    start = int(out["image"][0, 0, 0])
+    y, x = divmod(start, 100)
+    np.testing.assert_array_equal(
+      out["image"][..., 0], (ys * 100 + xs)[y : y + 4, x : x + 4]
+    )
+    counts[y, x] += 1
+  assert counts.min() > 0
+  assert stats.chisquare(counts.ravel()).pvalue > 1e-3
 
 
 def test_foreground_share_out_of_range_is_an_error():

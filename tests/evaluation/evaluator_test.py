@@ -94,15 +94,52 @@ def test_reports_are_written_and_consistent(tmp_path):
   assert "sensitivity" in table and "mean foreground Dice" in table
 
 
-def test_overlay_png_has_three_panels(tmp_path):
-  image = np.random.default_rng(0).normal(size=(16, 16, 1)).astype(np.float32)
+# The documented palette (overlays.py): class 1 red (230, 25, 75), class 2
+# green (60, 180, 75), blended over the gray image with alpha 0.45.
+RED = np.array([230, 25, 75])
+GREEN = np.array([60, 180, 75])
+
+
+def test_overlay_png_shows_image_truth_and_prediction_in_their_colours(
+  tmp_path,
+):
+  # Left half of the image at 0, right half at 1: gray 0 and 255 after the
+  # 1st-99th percentile window.
+  image = np.zeros((16, 16, 1), np.float32)
+  image[:, 8:] = 1.0
   label = np.zeros((16, 16), np.int32)
-  label[4:8, 4:8] = 1
-  paths = overlays.write_overlays([("c0", image, label, label, 1.0)], tmp_path)
-  picture = np.asarray(Image.open(paths[0]))
-  assert picture.shape[1] == (16 + 4) * 3 * 16  # Upscaled 16x.
-  # Ground-truth panel is coloured where the label is set.
-  assert picture.shape[2] == 3
+  label[2:6, 2:14] = 1  # Straddles both halves.
+  label[10:14, 2:6] = 2
+  prediction = np.zeros_like(label)
+  prediction[10:14, 10:14] = 1  # Elsewhere, and another class.
+  paths = overlays.write_overlays(
+    [("c0", image, label, prediction, 0.0)], tmp_path
+  )
+  picture = np.asarray(Image.open(paths[0])).astype(int)
+  scale, header = 16, 14  # 256 // 16; a 14-pixel title strip on top.
+  assert picture.shape == (header + 16 * scale, (16 + 4) * 3 * scale, 3)
+
+  def pixel(panel, row, col):
+    """Centre of input pixel (row, col) in panel 0, 1 or 2."""
+    y = header + row * scale + scale // 2
+    x = (panel * (16 + 4) + col) * scale + scale // 2
+    return picture[y, x]
+
+  def blended(gray, colour):
+    return 0.55 * gray + 0.45 * colour
+
+  def check(got, expected):  # Within the uint8 truncation.
+    np.testing.assert_allclose(got, expected, atol=1)
+
+  for row, col in np.ndindex(16, 16):
+    gray = np.full(3, 255.0 if col >= 8 else 0.0)
+    check(pixel(0, row, col), gray)  # The image, uncoloured.
+    colours = (None, RED, GREEN)
+    truth, pred = colours[label[row, col]], colours[prediction[row, col]]
+    check(pixel(1, row, col), gray if truth is None else blended(gray, truth))
+    check(pixel(2, row, col), gray if pred is None else blended(gray, pred))
+  # The white 4-pixel gap between panels.
+  check(pixel(0, 0, 17), [255, 255, 255])
 
 
 def test_volume_overlay_shows_the_slice_with_most_foreground():

@@ -1,5 +1,7 @@
 """Tests for medseg_jax.models.unet."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -49,11 +51,52 @@ def test_each_norm(norm):
   assert ("bias" in conv) == (norm == "none")
 
 
+def _group_norm(x, groups, scale, bias, eps=1e-5):
+  """Reference group norm in numpy: statistics per example over the spatial
+  axes and the channels of each of `groups` contiguous channel groups."""
+  x = np.asarray(x, np.float64)
+  grouped = x.reshape(*x.shape[:-1], groups, x.shape[-1] // groups)
+  axes = (*range(1, x.ndim - 1), x.ndim)  # Spatial axes and within-group.
+  mean = grouped.mean(axis=axes, keepdims=True)
+  var = grouped.var(axis=axes, keepdims=True)
+  normed = ((grouped - mean) / np.sqrt(var + eps)).reshape(x.shape)
+  return normed * scale + bias
+
+
 def test_group_norm_uses_divisor_of_channels():
-  # 12 channels: gcd(12, 32) = 4 groups of 3 channels.
-  model = UNet(num_classes=2, features=(12, 24), norm="group")
-  _, logits = model_testing.abstract(model, SHAPES[2])
-  assert logits.shape == (2, 16, 16, 2)
+  # 12 channels: gcd(12, 32) = 4 groups of 3 channels; 64 channels: 32
+  # groups of 2. Each norm's output is recomputed from its input (the conv
+  # before it) with that many groups; 1 group or one per channel differs.
+  model = UNet(num_classes=2, features=(12, 64), norm="group")
+  variables, x = model_testing.init(model, SHAPES[2])
+  rng = np.random.default_rng(1)
+  params = jax.tree_util.tree_map_with_path(
+    lambda path, v: (
+      jnp.asarray(rng.normal(1.0, 0.3, v.shape), v.dtype)
+      if path[-1].key in ("scale", "bias")
+      else v
+    ),
+    variables["params"],
+  )
+  _, state = model_testing.jit(
+    lambda p, x: model.apply(
+      {"params": p}, x, train=False, capture_intermediates=True
+    )
+  )(params, x)
+  captured = state["intermediates"]
+  for level, groups in (("down_0", 4), ("bottleneck", 32)):
+    block = captured[level]
+    conv_out = block["conv_0"]["__call__"][0]
+    norm_out = block["norm_0"]["__call__"][0]
+    norm_params = params[level]["norm_0"]
+    reference = functools.partial(
+      _group_norm, scale=norm_params["scale"], bias=norm_params["bias"]
+    )
+    np.testing.assert_allclose(
+      norm_out, reference(conv_out, groups), rtol=1e-4, atol=1e-4
+    )
+    for wrong in (1, conv_out.shape[-1]):
+      assert not np.allclose(norm_out, reference(conv_out, wrong), atol=1e-2)
 
 
 @pytest.mark.parametrize("spatial_dims", [2, 3])

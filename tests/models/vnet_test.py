@@ -92,17 +92,33 @@ def test_residual_stage_adds_its_input(in_channels, projected):
   x = jax.random.normal(jax.random.key(0), (1, 4, 4, in_channels))
   variables = stage.init(jax.random.key(1), x, train=False)
   assert ("shortcut" in variables["params"]) == projected
-  # With the convolutions zeroed only the residual is left:
-  # prelu(x), a 1-channel input broadcast over all 6 channels.
-  variables = jax.tree_util.tree_map_with_path(
-    lambda path, v: jnp.zeros_like(v) if path[-1].key == "kernel" else v,
-    variables,
-  )
-  y = stage.apply(variables, x, train=False)
+  # With the stage's convolutions zeroed, the last one outputs its bias b
+  # and only the residual is left: prelu(b + s) with s = x (6 channels),
+  # x broadcast over all 6 channels (1 channel), or x @ W + c (else: the
+  # 1x1 projection's kernel W and bias c, kept). Biases are made nonzero.
+  rng = np.random.default_rng(0)
+  params = {
+    name: {
+      key: np.zeros(v.shape, np.float32)
+      if key == "kernel" and name.startswith("conv_")
+      else rng.normal(size=v.shape).astype(np.float32)
+      if key in ("kernel", "bias")
+      else np.asarray(v)
+      for key, v in layer.items()
+    }
+    for name, layer in variables["params"].items()
+  }
+  y = stage.apply({"params": params}, x, train=False)
   assert y.shape == (1, 4, 4, 6)
-  if not projected:
-    expected = jnp.broadcast_to(jnp.where(x >= 0, x, 0.25 * x), y.shape)
-    np.testing.assert_allclose(y, expected, rtol=1e-6)
+  x = np.asarray(x, np.float64)
+  if projected:
+    shortcut = params["shortcut"]
+    residual = x @ shortcut["kernel"].reshape(in_channels, 6) + shortcut["bias"]
+  else:
+    residual = np.broadcast_to(x, y.shape)
+  z = params["conv_1"]["bias"] + residual
+  expected = np.where(z >= 0, z, params["prelu_1"]["negative_slope"] * z)
+  np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
 
 
 def test_gradients_finite():
