@@ -78,7 +78,12 @@ def run_main(workdir, data_dir, *flags, devices=1, wait=True, env=None):
   full_env.update(env or {})
   if wait:
     return subprocess.run(
-      cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600
+      cmd,
+      cwd=REPO,
+      env=full_env,
+      capture_output=True,
+      text=True,
+      timeout=polling.GENEROUS_TIMEOUT_S,
     )
   return subprocess.Popen(
     cmd,
@@ -324,13 +329,16 @@ def _run_two_processes(workdir, data_dir, flags, attempts=3):
       )
       for i in range(2)
     ]
-    first = procs[0].communicate(timeout=900)[0]
+    first = procs[0].communicate(timeout=polling.GENEROUS_TIMEOUT_S)[0]
     if procs[0].returncode != 0 and "Failed to add port" in first:
       procs[1].kill()
       procs[1].communicate()
       shutil.rmtree(workdir, ignore_errors=True)
       continue
-    return [first, procs[1].communicate(timeout=900)[0]], procs
+    return [
+      first,
+      procs[1].communicate(timeout=polling.GENEROUS_TIMEOUT_S)[0],
+    ], procs
   raise AssertionError(f"no free coordinator port in {attempts} attempts")
 
 

@@ -16,6 +16,7 @@ from PIL import Image
 from medseg_jax.data import checks
 from medseg_jax.data import registry
 from medseg_jax.data.synthetic_phantoms import synthetic_phantoms as sp
+from tests import polling
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SMALL_SIZES = {"train": 3, "validation": 1, "test": 2}
@@ -197,7 +198,7 @@ def test_build_and_read_without_tensorflow(tmp_path):
     env=env,
     capture_output=True,
     text=True,
-    timeout=120,
+    timeout=polling.GENEROUS_TIMEOUT_S,  # A hang, not a slow machine.
     check=False,
   )
   assert result.returncode == 0, result.stderr[-3000:]
@@ -250,7 +251,7 @@ def test_killed_build_leaves_no_complete_looking_dataset(tmp_path):
   ready = tmp_path / "ready"
   script = textwrap.dedent(
     f"""
-    import pathlib, time
+    import pathlib, threading
     from medseg_jax.data import registry
     from medseg_jax.data.synthetic_phantoms import synthetic_phantoms as sp
     config = sp.SyntheticPhantoms.builder_configs["2d"]
@@ -260,7 +261,7 @@ def test_killed_build_leaves_no_complete_looking_dataset(tmp_path):
       examples = original(self, *args, **kwargs)
       yield next(examples)
       pathlib.Path({str(ready)!r}).touch()
-      time.sleep(600)
+      threading.Event().wait()  # Stalls until killed.
     sp.SyntheticPhantoms._generate_examples = stalled
     registry.prepare("synthetic_phantoms/2d", {str(tmp_path / "tfds")!r})
     """
@@ -270,12 +271,7 @@ def test_killed_build_leaves_no_complete_looking_dataset(tmp_path):
     [sys.executable, "-c", script], cwd=REPO_ROOT, env=env
   )
   try:
-    for _ in range(1200):
-      if ready.exists() or proc.poll() is not None:
-        break
-      import time  # noqa: PLC0415
-
-      time.sleep(0.1)
+    polling.wait_until(lambda: ready.exists() or proc.poll() is not None)
     assert ready.exists(), "the build never started"
   finally:
     proc.kill()
