@@ -11,6 +11,9 @@ from configs import unet_synthetic
 from medseg_jax import evaluate
 from medseg_jax import train
 
+# Each test reads a run trained end to end by a module fixture.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, synthetic_2d_dir):

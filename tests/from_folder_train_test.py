@@ -7,6 +7,7 @@ from medseg_jax import train
 from medseg_jax.data.from_folder import dummy_data
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   ("fmt", "patch", "channels"), [("nifti", 8, 2), ("png", 16, 3)]
 )

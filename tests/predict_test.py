@@ -14,6 +14,9 @@ from medseg_jax import train
 from medseg_jax.data import medical_io
 from medseg_jax.data.from_folder import dummy_data
 
+# Each test reads a run trained end to end by a module fixture.
+pytestmark = pytest.mark.slow
+
 
 def _trained(tmp_path_factory, fmt, patch):
   root = tmp_path_factory.mktemp(fmt)

@@ -104,6 +104,7 @@ def _forward_and_grads(model, variables, x, labels):
   return value, logits, grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "name, axes",
   [("unet", {"data": 2, "spatial": 4}), ("vnet", {"data": 1, "spatial": 8})],

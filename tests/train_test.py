@@ -112,6 +112,7 @@ def max_abs_diff(a, b):
   return max(jax.tree.leaves(diffs))
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_writes_reports_overlays_and_checkpoints(
   data_dir, tmp_path
 ):
@@ -137,6 +138,7 @@ def test_train_and_evaluate_writes_reports_overlays_and_checkpoints(
   assert all(np.isfinite(v) for v in losses.values())
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_parameters(data_dir, tmp_path):
   for name in ("a", "b"):
     train.train_and_evaluate(
@@ -148,6 +150,7 @@ def test_same_seed_gives_identical_parameters(data_dir, tmp_path):
   )
 
 
+@pytest.mark.slow
 def test_finished_run_resumes_without_training_again(data_dir, tmp_path):
   config = tiny_config(data_dir, num_train_steps=3)
   train.train_and_evaluate(config, str(tmp_path))
@@ -190,6 +193,7 @@ def _nan_after(num_good_updates):
   return optax.GradientTransformation(init, update)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(
   data_dir, tmp_path, monkeypatch
 ):
@@ -230,6 +234,7 @@ def meshes(monkeypatch):
   return shapes
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(
   data_dir, tmp_path, mesh_devices, meshes
 ):
@@ -248,6 +253,7 @@ def test_eight_devices_match_one_device(
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "switch", [{"model.dtype": "bfloat16"}, {"model.remat": True}]
 )
@@ -342,6 +348,7 @@ def _run_two_processes(workdir, data_dir, flags, attempts=3):
   raise AssertionError(f"no free coordinator port in {attempts} attempts")
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process_with_both_shards(
   data_dir, tmp_path, mesh_devices
 ):
@@ -387,6 +394,7 @@ def test_two_processes_match_one_process_with_both_shards(
   assert max_abs_diff(params, final_params(tmp_path / "one")) < 1e-4
 
 
+@pytest.mark.slow
 def test_depth_split_mesh_trains_like_the_data_mesh(
   tmp_path, mesh_devices, meshes
 ):
@@ -436,6 +444,7 @@ def _saved_steps(workdir):
   return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(data_dir, tmp_path):
   # MEDSEG_FAULT_AT_STEP=10 makes the trainer SIGKILL itself right after its
   # step-10 checkpoint save has started (asynchronously), as a crash would:
@@ -477,6 +486,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(data_dir, tmp_path):
     assert a[step] == pytest.approx(b[step], rel=1e-6), step
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_then_exits_cleanly(data_dir, tmp_path):
   flags = [
     "--config.num_train_steps=100000",
@@ -497,6 +507,7 @@ def test_sigterm_checkpoints_then_exits_cleanly(data_dir, tmp_path):
   assert max(steps) == last_logged  # The step it stopped at was saved.
 
 
+@pytest.mark.slow
 def test_deep_supervision_adds_auxiliary_losses(data_dir, tmp_path):
   config = tiny_config(data_dir, num_train_steps=2, eval_every_steps=2)
   config.model.features = (4, 8, 16)
@@ -514,6 +525,7 @@ def test_deep_supervision_adds_auxiliary_losses(data_dir, tmp_path):
   assert with_aux[1] != pytest.approx(plain[1], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_relative_workdir_and_data_dir(data_dir, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   config = tiny_config(data_dir, num_train_steps=2, eval_every_steps=2)
@@ -522,6 +534,7 @@ def test_relative_workdir_and_data_dir(data_dir, tmp_path, monkeypatch):
   assert checkpointing.load_params("runs/relative")[0]
 
 
+@pytest.mark.slow
 def test_resuming_with_another_model_is_explained(tmp_path, data_dir):
   train.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
   wider = tiny_config(data_dir, **{"model.features": (8, 16)})
@@ -537,6 +550,7 @@ AUGMENT = [
 ]
 
 
+@pytest.mark.slow
 def test_on_device_augmentation_is_deterministic_and_changes_training(
   tmp_path, data_dir
 ):
@@ -551,6 +565,7 @@ def test_on_device_augmentation_is_deterministic_and_changes_training(
   assert train_losses(tmp_path / "b") == train_losses(tmp_path / "c")
 
 
+@pytest.mark.slow
 def test_host_augmentation_trains_like_device_and_resumes_exactly(
   tmp_path, data_dir
 ):

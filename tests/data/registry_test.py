@@ -167,6 +167,7 @@ def test_failed_prepare_leaves_nothing_and_can_be_retried(tmp_path):
   assert len(registry.data_source("isbi2012_em", "validation", data_dir)) == 6
 
 
+@pytest.mark.slow
 def test_build_and_read_without_tensorflow(tmp_path):
   """Runs in a fresh interpreter: other tests may have imported TensorFlow."""
   _write_fake_isbi(tmp_path / "em" / "membrane" / "train")
@@ -246,6 +247,7 @@ def test_interrupted_build_restarts_cleanly(tmp_path, monkeypatch):
   assert len(source) == SMALL_SIZES["train"]
 
 
+@pytest.mark.slow
 def test_killed_build_leaves_no_complete_looking_dataset(tmp_path):
   """SIGKILL mid-build: the debris is not mistaken for a dataset."""
   ready = tmp_path / "ready"

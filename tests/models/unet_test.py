@@ -479,6 +479,7 @@ def test_cicek_3d_unet_parameter_count(norm, expected):
     assert model_testing.num_params(params) - up_biases == 19_069_955
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_remat_keeps_parameters_and_gradients(spatial_dims):
   shape = SHAPES[spatial_dims]
@@ -515,6 +516,7 @@ def test_remat_keeps_parameters_and_gradients(spatial_dims):
   assert jaxprs[1].count("checkpoint") + jaxprs[1].count("remat") >= 3
 
 
+@pytest.mark.slow
 def test_bfloat16_gradients_are_close_to_float32():
   kwargs = dict(num_classes=3, features=FEATURES, norm="instance")
   f32, bf16 = UNet(**kwargs), UNet(**kwargs, dtype=jnp.bfloat16)
