@@ -1,13 +1,14 @@
 # Two commands on a fresh machine:
 #   make demo   set up .venv, build the synthetic dataset, train, evaluate
 #   make test   set up .venv, run the test suite
+#   (make test-fast skips the end-to-end and subprocess tests, marked slow)
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_WORKDIR ?= workdirs/demo
 export MEDSEG_DATA_DIR ?= $(CURDIR)/data_cache/tensorflow_datasets
 
-.PHONY: demo test lint format clean-demo bench-deps
+.PHONY: demo test test-fast lint format clean-demo bench-deps
 
 $(VENV)/.installed: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +22,9 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest tests
+
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest tests -m "not slow"
 
 # torch and monai, for the benchmarks' peer columns only, from the default
 # index (see requirements-bench.txt for which torch build that gives).

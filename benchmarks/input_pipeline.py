@@ -89,6 +89,7 @@ def step_rate(config, steps: int) -> tuple[float, float]:
 
   from medseg_jax import augment as augment_lib  # noqa: PLC0415
   from medseg_jax import losses  # noqa: PLC0415
+  from medseg_jax import models  # noqa: PLC0415
   from medseg_jax import optimizers  # noqa: PLC0415
   from medseg_jax import train  # noqa: PLC0415
   from medseg_jax.data import pipeline  # noqa: PLC0415

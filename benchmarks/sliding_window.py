@@ -40,9 +40,9 @@ import numpy as np
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from benchmarks.torch_twins import make_torch_unet  # noqa: E402
-from medseg_jax.evaluation import inference  # noqa: E402
 from medseg_jax import models  # noqa: E402
 from medseg_jax import xla_cpu  # noqa: E402
+from medseg_jax.evaluation import inference  # noqa: E402
 
 
 def parse_ints(text: str) -> tuple[int, ...]:

@@ -17,6 +17,7 @@ Initialisation order (the first that applies wins):
 
 import contextlib
 import functools
+import os
 import re
 import signal
 import time
@@ -548,6 +549,10 @@ def train_and_evaluate(
           manager, step, state, train_iter.get_state(), ckpt_metrics
         )
         last_good = step
+      # Test hook (tests/train_test.py): MEDSEG_FAULT_AT_STEP=N kills the
+      # process as a crash would, right after step N's save has started.
+      if str(step) == os.environ.get("MEDSEG_FAULT_AT_STEP"):
+        signal.raise_signal(signal.SIGKILL)
       if stop.requested or manager.reached_preemption(step):
         logging.warning("Stopping at step %d after a checkpoint.", step)
         break

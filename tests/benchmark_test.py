@@ -129,6 +129,7 @@ def test_tables_and_plot(tmp_path):
   assert (tmp_path / "dice.png").stat().st_size > 0
 
 
+@pytest.mark.slow
 def test_suite_end_to_end(tmp_path, synthetic_2d_dir, monkeypatch):
   """One tiny model run and one baseline, through the real entry points."""
   monkeypatch.setenv("MEDSEG_DATA_DIR", str(synthetic_2d_dir))

@@ -1,53 +1,203 @@
-"""Every config file loads, in every documented variant, with valid names."""
+"""Every config under configs/ and every benchmark suite entry resolves.
+
+The files are found by walking configs/ recursively: each module defines
+``get_config`` (a config) or ``get_suite`` (a benchmark suite, see
+``medseg_jax.benchmark.load_suite``). Each config, in its documented
+variants, and each suite entry (its config string with its arguments,
+seed and overrides, as ``python -m medseg_jax.benchmark`` runs it) is its
+own test: the names resolve, the model builds and maps a patch of the
+config's size to logits of that size (``jax.eval_shape``: traced, not
+run), and the augmentation list builds.
+"""
 
 import importlib
+import json
 import pathlib
+from typing import Any
 
+import jax
+import jax.numpy as jnp
+import ml_collections
 import pytest
 
 from medseg_jax import augment
+from medseg_jax import baselines
+from medseg_jax import benchmark
 from medseg_jax import losses
 from medseg_jax import models
 from medseg_jax import optimizers
 from medseg_jax.data import registry
 from medseg_jax.data import transforms
 
-CONFIG_DIR = pathlib.Path(__file__).resolve().parents[1] / "configs"
-CONFIGS = sorted(
-  p.stem
-  for p in CONFIG_DIR.glob("*.py")
-  if p.stem not in ("__init__", "common")
-)
+REPO = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+NOT_CONFIGS = ("__init__.py", "common.py")
 
 
-@pytest.mark.parametrize("name", CONFIGS)
-@pytest.mark.parametrize("arg", [None, "runlocal"])
-def test_config_loads_with_valid_names(name, arg, tmp_path):
-  module = importlib.import_module(f"configs.{name}")
-  assert "--config=configs/" in module.__doc__, "docstring needs its command"
-  if name == "unet_folder":  # Needs a data folder.
-    from medseg_jax.data.from_folder import dummy_data
+def _config_files() -> list[str]:
+  """Paths relative to the repository, e.g. ``configs/benchmarks/x.py``."""
+  return sorted(
+    str(p.relative_to(REPO))
+    for p in CONFIG_DIR.rglob("*.py")
+    if p.name not in NOT_CONFIGS
+  )
+
+
+def _module(path: str) -> Any:
+  return importlib.import_module(path.removesuffix(".py").replace("/", "."))
+
+
+def _suites() -> list[str]:
+  return [p for p in _config_files() if hasattr(_module(p), "get_suite")]
+
+
+def _config_cases() -> list[str]:
+  """``path`` or ``path:arg``: each config in its documented variants."""
+  cases = []
+  for path in _config_files():
+    module = _module(path)
+    if not hasattr(module, "get_config"):
+      continue
+    cases += [path, f"{path}:runlocal"]
+    if path == "configs/zoo.py":
+      for model, (_, dims) in sorted(module.MODELS.items()):
+        for data, make in sorted(module.DATA.items()):
+          if len(make().data.patch_size) in dims:
+            cases.append(f"{path}:model={model},data={data}")
+    if path == "configs/unet_isbi2012.py":
+      cases += [f"{path}:augment={name}" for name in sorted(module.AUGMENT)]
+  return cases
+
+
+def _suite_cases() -> list[tuple[str, str, dict[str, Any]]]:
+  """``(suite path, entry kind, entry)`` for every experiment and baseline."""
+  cases = []
+  for path in _suites():
+    suite = benchmark.load_suite(str(REPO / path))
+    for kind in ("experiments", "baselines"):
+      cases += [(path, kind, dict(entry)) for entry in suite[kind]]
+  return cases
+
+
+def test_every_file_is_a_config_or_a_suite():
+  files = _config_files()
+  assert "configs/unet_synthetic.py" in files
+  assert "configs/benchmarks/zoo_synthetic2d.py" in files
+  for path in files:
+    module = _module(path)
+    assert hasattr(module, "get_config") != hasattr(module, "get_suite"), path
+    assert "--config=configs/" in module.__doc__ or (
+      "--suite=configs/" in module.__doc__
+    ), f"{path}: the docstring needs its command"
+
+
+def _resolve(spec: str, tmp_path: pathlib.Path) -> ml_collections.ConfigDict:
+  """``configs/x.py:arg`` -> the config, as the trainer and suites load it."""
+  path, _, arg = spec.partition(":")
+  if path == "configs/unet_folder.py":  # Needs a data folder.
+    from medseg_jax.data.from_folder import dummy_data  # noqa: PLC0415
 
     folder = dummy_data.make_dummy_data(tmp_path, fmt="png")
     arg = ",".join(filter(None, [f"folder={folder}", arg]))
-  config = module.get_config(arg)
+  return _module(path).get_config(arg or None)
+
+
+def _override(config: ml_collections.ConfigDict, key: str, value: Any):
+  """``--config.a.b=value``: the field must exist (as for the flag)."""
+  *parents, leaf = key.split(".")
+  target = config
+  for parent in parents:
+    target = target[parent]
+  assert leaf in target, f"override of unknown field {key!r}"
+  target[leaf] = value
+
+
+def _model_key(config: ml_collections.ConfigDict) -> str:
+  fields = {
+    "model": config.model.to_dict(),
+    "mesh": dict(config.get("mesh", None) or {}),
+    "dataset": config.dataset,
+    "patch": list(config.data.patch_size),
+  }
+  return json.dumps(fields, sort_keys=True, default=str)
+
+
+# _model_key(config) -> (logits shape, dataset spec): configs that differ
+# only in data, steps or seed share one trace.
+_TRACED = {}
+
+
+def _logits_shape(config: ml_collections.ConfigDict):
+  """The model's logits shape on one patch of the config's size."""
+  key = _model_key(config)
+  if key not in _TRACED:
+    _TRACED[key] = _trace(config)
+  return _TRACED[key]
+
+
+def _trace(config: ml_collections.ConfigDict):
+  spec = registry.get_dataset_spec(config.dataset, config.manual_dir)
+  model = models.from_config(config, spec)
+  x = jax.ShapeDtypeStruct(
+    (1, *config.data.patch_size, spec.num_channels), jnp.float32
+  )
+
+  def logits(x):
+    variables = model.init(jax.random.key(0), x, train=False)
+    return model.apply(variables, x, train=False)
+
+  return jax.eval_shape(logits, x).shape, spec
+
+
+def _check(config: ml_collections.ConfigDict) -> None:
   assert config.model.name in models.MODELS
   assert config.loss.name in losses.LOSSES
   assert config.optimizer.name in optimizers.OPTIMIZERS
   assert config.optimizer.schedule in optimizers.SCHEDULES
-  spec = registry.get_dataset_spec(config.dataset, config.manual_dir)
-  assert len(config.data.patch_size) == spec.spatial_dims
-  # Both lists resolve: grain transforms (crop size = the patch) and the
-  # augmentation ops, traced on the patch shape.
+  shape, spec = _logits_shape(config)
+  patch = tuple(config.data.patch_size)
+  assert len(patch) == spec.spatial_dims
+  assert shape == (1, *patch, spec.num_classes)
+  augment.build(config.get("augment", None) or [], spatial_shape=patch)
   transforms.build(
     [
-      {"size": config.data.patch_size, **s}
-      if s["op"] == "random_crop_or_pad"
-      else s
+      {"size": patch, **s} if s["op"] == "random_crop_or_pad" else s
       for s in config.data.train_transforms
     ]
   )
-  augment.build(config.augment, spatial_shape=config.data.patch_size)
+
+
+@pytest.mark.parametrize("spec", _config_cases())
+def test_config_resolves_and_builds(spec, tmp_path):
+  _check(_resolve(spec, tmp_path))
+
+
+SUITE_CASES = _suite_cases()
+
+
+@pytest.mark.parametrize(
+  "suite, kind, entry",
+  SUITE_CASES,
+  ids=[f"{p}:{e['name']}" for p, _, e in SUITE_CASES],
+)
+def test_suite_entry_resolves_and_builds(suite, kind, entry, tmp_path):
+  del suite  # In the test id.
+  config = _resolve(entry["config"], tmp_path)
+  if kind == "baselines":
+    method = baselines.get_baseline(
+      entry["method"],
+      num_classes=registry.get_dataset_spec(
+        config.dataset, config.manual_dir
+      ).num_classes,
+      **entry.get("kwargs", {}),
+    )
+    assert method is not None
+  overrides = dict(entry.get("overrides", {}))
+  if kind == "experiments":  # As benchmark.run_experiment passes them.
+    overrides = {"seed": entry.get("seeds", (0,))[0], **overrides}
+  for key, value in overrides.items():
+    _override(config, key, value)
+  _check(config)
 
 
 def test_unknown_config_argument_lists_valid_ones():
@@ -55,35 +205,6 @@ def test_unknown_config_argument_lists_valid_ones():
 
   with pytest.raises(ValueError, match="runlocal"):
     unet_synthetic.get_config("fastest")
-
-
-def _zoo_cases():
-  from configs import zoo
-
-  for model, (_, dims) in sorted(zoo.MODELS.items()):
-    for data, make in sorted(zoo.DATA.items()):
-      if len(make().data.patch_size) in dims:
-        yield f"model={model},data={data}"
-
-
-@pytest.mark.parametrize("arg", list(_zoo_cases()))
-def test_zoo_presets_build_their_model(arg):
-  """Every zoo preset's model traces on a small input of its data's rank."""
-  import jax
-  import jax.numpy as jnp
-
-  from configs import zoo
-
-  config = zoo.get_config(arg + ",runlocal")
-  spec = registry.get_dataset_spec(config.dataset)
-  model = models.from_config(config, spec)
-  size = (32,) * spec.spatial_dims
-  x = jnp.zeros((1, *size, spec.num_channels))
-  variables = jax.eval_shape(
-    lambda: model.init(jax.random.key(0), x, train=False)
-  )
-  out = jax.eval_shape(lambda v: model.apply(v, x, train=False), variables)
-  assert out.shape == (1, *size, spec.num_classes)
 
 
 def test_isbi_slices_and_augment_arguments():

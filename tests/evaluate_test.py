@@ -19,6 +19,9 @@ from medseg_jax.evaluation import case_predictor
 
 CLASSES = ("background", "organ", "lesion", "vessel")
 
+# Each test reads a run trained end to end by a module fixture.
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, synthetic_2d_dir):

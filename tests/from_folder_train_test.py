@@ -17,6 +17,7 @@ from medseg_jax.data.from_folder import dummy_data
 STEPS = 100
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   ("fmt", "patch", "suffix"), [("nifti", 8, ".nii.gz"), ("png", 16, ".png")]
 )

@@ -19,6 +19,9 @@ from medseg_jax.data.from_folder import dummy_data
 # mask's content, and its orientation, can be checked against the labels.
 STEPS = 100
 
+# Each test reads a run trained end to end by a module fixture.
+pytestmark = pytest.mark.slow
+
 
 def _trained(tmp_path_factory, fmt, patch):
   root = tmp_path_factory.mktemp(fmt)

@@ -1,14 +1,8 @@
 """Tests for the device mesh, batch placement and depth-sharded activations.
 
-The multi-device tests need 8 devices: on a plain CPU run they re-run
-themselves in a subprocess with ``--xla_force_host_platform_device_count=8``
-(the device count is fixed when JAX starts, so it cannot change here).
+The multi-device tests run on the suite's 8 fake CPU devices (the
+``eight_devices`` fixture of tests/conftest.py).
 """
-
-import os
-import pathlib
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -24,43 +18,6 @@ from medseg_jax import sharding
 from medseg_jax.data import registry
 from medseg_jax.models import UNet
 from medseg_jax.models import VNet
-
-REPO = pathlib.Path(__file__).resolve().parents[1]
-NUM_DEVICES = 8
-
-
-def _on_eight_devices(test_name: str) -> bool:
-  """True if this process has 8 devices; else runs ``test_name`` in a
-  subprocess that has them, asserts it passed, and returns False."""
-  if len(jax.devices()) >= NUM_DEVICES:
-    return True
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (
-    env.get("XLA_FLAGS", "")
-    + f" --xla_force_host_platform_device_count={NUM_DEVICES}"
-  )
-  result = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "pytest",
-      "-q",
-      "-p",
-      "no:cacheprovider",
-      "-o",
-      "addopts=--import-mode=importlib",
-      f"{__file__}::{test_name}",
-    ],
-    cwd=REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=900,
-  )
-  assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-  assert "1 passed" in result.stdout, result.stdout[-2000:]
-  return False
-
 
 # ---------------------------------------------------------------------------
 # Mesh shapes (no devices needed).
@@ -147,14 +104,13 @@ def _forward_and_grads(model, variables, x, labels):
   return value, logits, grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "name, axes",
   [("unet", {"data": 2, "spatial": 4}), ("vnet", {"data": 1, "spatial": 8})],
   ids=["unet-data2-spatial4", "vnet-data1-spatial8"],
 )
-def test_depth_sharded_3d_model_equals_unsharded(name, axes, request):
-  if not _on_eight_devices(request.node.name):
-    return
+def test_depth_sharded_3d_model_equals_unsharded(name, axes, eight_devices):
   if name == "unet":
     make = lambda **kw: UNet(  # noqa: E731
       num_classes=3, features=(4, 8), spatial_dims=3, norm="batch", **kw
@@ -172,7 +128,8 @@ def test_depth_sharded_3d_model_equals_unsharded(name, axes, request):
     variables, x, labels
   )
 
-  mesh = sharding.make_mesh(axes=axes)
+  mesh = sharding.make_mesh(eight_devices, axes=axes)
+  assert mesh.devices.size == 8
   sharded = make(partition=("data", "spatial"))
   step = jax.jit(lambda v, x, y: _forward_and_grads(sharded, v, x, y))
   batch = sharding.batch_sharding(mesh, spatial_dims=3)

@@ -1,8 +1,10 @@
 """End-to-end trainer tests on the synthetic phantoms.
 
-In-process tests call ``train.train_and_evaluate``; the multi-device,
-SIGKILL and SIGTERM tests run ``python -m medseg_jax.main`` in a subprocess,
-because the device count and signals are per process.
+Most tests call ``train.train_and_evaluate`` in-process, on one of the
+suite's 8 fake CPU devices, or on several through the ``mesh_devices``
+fixture (tests/conftest.py). The SIGKILL, SIGTERM and two-process tests run
+``python -m medseg_jax.main`` in a subprocess, because signals and
+``jax.distributed`` are per process.
 """
 
 import json
@@ -13,19 +15,21 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import jax
 import numpy as np
 import optax
 import pytest
 
+from configs import unet3d_synthetic
 from configs import unet_synthetic
 from medseg_jax import checkpointing
 from medseg_jax import optimizers
+from medseg_jax import sharding
 from medseg_jax import train
 from medseg_jax import writers
 from medseg_jax.data import registry
+from tests import polling
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
@@ -74,7 +78,12 @@ def run_main(workdir, data_dir, *flags, devices=1, wait=True, env=None):
   full_env.update(env or {})
   if wait:
     return subprocess.run(
-      cmd, cwd=REPO, env=full_env, capture_output=True, text=True, timeout=600
+      cmd,
+      cwd=REPO,
+      env=full_env,
+      capture_output=True,
+      text=True,
+      timeout=polling.GENEROUS_TIMEOUT_S,
     )
   return subprocess.Popen(
     cmd,
@@ -103,6 +112,7 @@ def max_abs_diff(a, b):
   return max(jax.tree.leaves(diffs))
 
 
+@pytest.mark.slow
 def test_train_and_evaluate_writes_reports_overlays_and_checkpoints(
   data_dir, tmp_path
 ):
@@ -129,6 +139,7 @@ def test_train_and_evaluate_writes_reports_overlays_and_checkpoints(
   assert all(np.isfinite(v) for v in losses.values())
 
 
+@pytest.mark.slow
 def test_same_seed_gives_identical_parameters(data_dir, tmp_path):
   for name in ("a", "b"):
     train.train_and_evaluate(
@@ -140,6 +151,7 @@ def test_same_seed_gives_identical_parameters(data_dir, tmp_path):
   )
 
 
+@pytest.mark.slow
 def test_finished_run_resumes_without_training_again(data_dir, tmp_path):
   config = tiny_config(data_dir, num_train_steps=3)
   train.train_and_evaluate(config, str(tmp_path))
@@ -182,6 +194,7 @@ def _nan_after(num_good_updates):
   return optax.GradientTransformation(init, update)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(
   data_dir, tmp_path, monkeypatch
 ):
@@ -207,13 +220,30 @@ def test_nan_loss_stops_training_and_keeps_last_good_checkpoint(
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(params))
 
 
-def test_eight_devices_match_one_device(data_dir, tmp_path):
-  flags = ["--config.num_train_steps=5", "--config.eval_every_steps=5"]
+@pytest.fixture
+def meshes(monkeypatch):
+  """The shapes of the meshes the trainer builds in this test, in order."""
+  shapes = []
+  make_mesh = sharding.make_mesh
+
+  def recording(*args, **kwargs):
+    mesh = make_mesh(*args, **kwargs)
+    shapes.append(dict(mesh.shape))
+    return mesh
+
+  monkeypatch.setattr(sharding, "make_mesh", recording)
+  return shapes
+
+
+@pytest.mark.slow
+def test_eight_devices_match_one_device(
+  data_dir, tmp_path, mesh_devices, meshes
+):
+  config = tiny_config(data_dir, num_train_steps=5, eval_every_steps=5)
   for devices in (1, 8):
-    result = run_main(
-      tmp_path / f"d{devices}", data_dir, *flags, devices=devices
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    mesh_devices(devices)
+    train.train_and_evaluate(config, str(tmp_path / f"d{devices}"))
+  assert meshes == [{"data": 1}, {"data": 8}]
   one, eight = train_losses(tmp_path / "d1"), train_losses(tmp_path / "d8")
   assert sorted(one) == sorted(eight) == [1, 2, 3, 4, 5]
   for step in one:
@@ -224,6 +254,7 @@ def test_eight_devices_match_one_device(data_dir, tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "switch", [{"model.dtype": "bfloat16"}, {"model.remat": True}]
 )
@@ -283,30 +314,58 @@ def _free_port():
     return sock.getsockname()[1]
 
 
-def test_two_processes_match_one_process_with_both_shards(data_dir, tmp_path):
+def _run_two_processes(workdir, data_dir, flags, attempts=3):
+  """Runs two joined trainer processes; returns their outputs.
+
+  The coordinator's port is picked free, then released before process 0
+  binds it, so another program may take it in between: process 0 then
+  fails at once with "Failed to add port", and the pair is started again
+  on a new port (no timing involved).
+  """
+  for _ in range(attempts):
+    port = _free_port()
+    procs = [
+      run_main(
+        workdir,
+        data_dir,
+        *flags,
+        f"--coordinator_address=127.0.0.1:{port}",
+        "--num_processes=2",
+        f"--process_id={i}",
+        wait=False,
+      )
+      for i in range(2)
+    ]
+    first = procs[0].communicate(timeout=polling.GENEROUS_TIMEOUT_S)[0]
+    if procs[0].returncode != 0 and "Failed to add port" in first:
+      procs[1].kill()
+      procs[1].communicate()
+      shutil.rmtree(workdir, ignore_errors=True)
+      continue
+    return [
+      first,
+      procs[1].communicate(timeout=polling.GENEROUS_TIMEOUT_S)[0],
+    ], procs
+  raise AssertionError(f"no free coordinator port in {attempts} attempts")
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process_with_both_shards(
+  data_dir, tmp_path, mesh_devices
+):
   # Two processes on localhost, one CPU device each, joined through
   # jax.distributed (gloo collectives), against one process with two
   # devices: the same batches, losses, gathered evaluation and reports.
   flags = ["--config.num_train_steps=5", "--config.eval_every_steps=5"]
-  port = _free_port()
-  procs = [
-    run_main(
-      tmp_path / "two",
-      data_dir,
-      *flags,
-      f"--coordinator_address=127.0.0.1:{port}",
-      "--num_processes=2",
-      f"--process_id={i}",
-      wait=False,
-    )
-    for i in range(2)
-  ]
-  outputs = [proc.communicate(timeout=600)[0] for proc in procs]
+  outputs, procs = _run_two_processes(tmp_path / "two", data_dir, flags)
   for proc, output in zip(procs, outputs, strict=True):
     assert proc.returncode == 0, output[-3000:]
   assert "JAX process 1 of 2" in outputs[1]
-  result = run_main(tmp_path / "one", data_dir, *flags, devices=2)
-  assert result.returncode == 0, result.stderr[-3000:]
+  mesh_devices(2)
+  train.train_and_evaluate(
+    tiny_config(data_dir, num_train_steps=5, eval_every_steps=5),
+    str(tmp_path / "one"),
+  )
 
   # Only process 0 wrote metrics: one line per step.
   records = writers.read_jsonl(tmp_path / "two" / "metrics.jsonl")
@@ -338,42 +397,28 @@ def test_two_processes_match_one_process_with_both_shards(data_dir, tmp_path):
   assert max_abs_diff(params, final_params(tmp_path / "one")) < 1e-4
 
 
-def test_depth_split_mesh_trains_like_the_data_mesh(tmp_path):
+@pytest.mark.slow
+def test_depth_split_mesh_trains_like_the_data_mesh(
+  tmp_path, mesh_devices, meshes
+):
   # 3-D U-Net on 4 devices: mesh data=2 x spatial=2 (batches and
   # activations split along depth too) against the plain 4-way data mesh.
   data_dir = tmp_path / "tfds"
   registry.prepare("synthetic_phantoms/3d", str(data_dir))
-  env = dict(os.environ)
-  env["XLA_FLAGS"] = (
-    env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=4"
-  )
+  mesh_devices(4)
   for spatial in (2, 1):
-    result = subprocess.run(
-      [
-        sys.executable,
-        "-m",
-        "medseg_jax.main",
-        "--config=configs/unet3d_synthetic.py:runlocal",
-        f"--workdir={tmp_path / f'spatial{spatial}'}",
-        f"--config.data_dir={data_dir}",
-        "--config.num_train_steps=3",
-        "--config.eval_every_steps=3",
-        "--config.log_every_steps=1",
-        "--config.batch_size=4",
-        "--config.eval_split=validation[:4]",
-        "--config.test_split=test[:4]",
-        "--config.eval.surface_metrics=False",
-        f"--config.mesh.spatial={spatial}",
-      ],
-      cwd=REPO,
-      env=env,
-      capture_output=True,
-      text=True,
-      timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    mesh = "{'data': 2, 'spatial': 2}" if spatial == 2 else "{'data': 4}"
-    assert f"Mesh {mesh}" in result.stderr
+    config = unet3d_synthetic.get_config("runlocal")
+    config.data_dir = str(data_dir)
+    config.num_train_steps = 3
+    config.eval_every_steps = 3
+    config.log_every_steps = 1
+    config.batch_size = 4
+    config.eval_split = "validation[:4]"
+    config.test_split = "test[:4]"
+    config.eval.surface_metrics = False
+    config.mesh.spatial = spatial
+    train.train_and_evaluate(config, str(tmp_path / f"spatial{spatial}"))
+  assert meshes == [{"data": 2, "spatial": 2}, {"data": 4}]
   split, plain = (
     writers.read_jsonl(tmp_path / name / "metrics.jsonl")
     for name in ("spatial2", "spatial1")
@@ -385,53 +430,65 @@ def test_depth_split_mesh_trains_like_the_data_mesh(tmp_path):
     np.testing.assert_allclose(a, b, rtol=1e-4)
 
 
-def _wait_for_checkpoint(workdir, proc, timeout=300):
-  deadline = time.time() + timeout
+def _wait_for_checkpoint(workdir, proc):
+  """Polls until ``workdir`` has a checkpoint or ``proc`` has exited."""
   ckpt = pathlib.Path(workdir) / "checkpoints"
-  while time.time() < deadline:
-    if ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir()):
-      return True
-    if proc.poll() is not None:
-      return False
-    time.sleep(0.02)
-  return False
+
+  def saved():
+    return ckpt.exists() and any(p.name.isdigit() for p in ckpt.iterdir())
+
+  polling.wait_until(lambda: saved() or proc.poll() is not None)
+  return saved()
 
 
+def _saved_steps(workdir):
+  ckpt = pathlib.Path(workdir) / "checkpoints"
+  return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
+
+
+@pytest.mark.slow
 def test_sigkill_then_resume_matches_uninterrupted_run(data_dir, tmp_path):
-  flags = [
-    "--config.num_train_steps=60",
-    "--config.checkpoint_every_steps=5",
-    "--config.eval_every_steps=1000",
-    "--config.log_every_steps=5",
-  ]
-  straight = run_main(tmp_path / "straight", data_dir, *flags)
-  assert straight.returncode == 0, straight.stderr[-3000:]
+  # MEDSEG_FAULT_AT_STEP=10 makes the trainer SIGKILL itself right after its
+  # step-10 checkpoint save has started (asynchronously), as a crash would:
+  # no handler, no flush. Orbax finishes one save before starting the next,
+  # so the step-5 checkpoint is complete; step 10's may or may not be.
+  steps, every = 20, 5
+  config = tiny_config(
+    data_dir,
+    num_train_steps=steps,
+    checkpoint_every_steps=every,
+    eval_every_steps=1000,
+    log_every_steps=every,
+  )
+  train.train_and_evaluate(config, str(tmp_path / "straight"))
 
   killed_dir = tmp_path / "killed"
-  proc = run_main(killed_dir, data_dir, *flags, wait=False)
-  assert _wait_for_checkpoint(killed_dir, proc), proc.communicate()[0][-3000:]
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
-  assert proc.returncode == -signal.SIGKILL, "run finished before it was killed"
-  saved = [
-    int(p.name)
-    for p in (killed_dir / "checkpoints").iterdir()
-    if p.name.isdigit()
-  ]
-  assert saved and max(saved) < 60
+  killed = run_main(
+    killed_dir,
+    data_dir,
+    f"--config.num_train_steps={steps}",
+    f"--config.checkpoint_every_steps={every}",
+    "--config.eval_every_steps=1000",
+    f"--config.log_every_steps={every}",
+    env={"MEDSEG_FAULT_AT_STEP": "10"},
+  )
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+  saved = _saved_steps(killed_dir)
+  assert saved in ([5], [5, 10]), saved
 
-  resumed = run_main(killed_dir, data_dir, *flags)
-  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  train.train_and_evaluate(config, str(killed_dir))
+  assert _saved_steps(killed_dir)[-1] == steps
   diff = max_abs_diff(
     final_params(tmp_path / "straight"), final_params(killed_dir)
   )
   assert diff < 1e-6
   # Same batches: the per-step losses after the resume point agree.
   a, b = train_losses(tmp_path / "straight"), train_losses(killed_dir)
-  for step in range(max(saved) + 5, 61, 5):
+  for step in range(max(saved) + every, steps + 1, every):
     assert a[step] == pytest.approx(b[step], rel=1e-6), step
 
 
+@pytest.mark.slow
 def test_sigterm_checkpoints_then_exits_cleanly(data_dir, tmp_path):
   flags = [
     "--config.num_train_steps=100000",
@@ -441,7 +498,7 @@ def test_sigterm_checkpoints_then_exits_cleanly(data_dir, tmp_path):
   proc = run_main(tmp_path, data_dir, *flags, wait=False)
   assert _wait_for_checkpoint(tmp_path, proc), proc.communicate()[0][-3000:]
   proc.send_signal(signal.SIGTERM)
-  output, _ = proc.communicate(timeout=300)
+  output, _ = proc.communicate(timeout=polling.GENEROUS_TIMEOUT_S)
   assert proc.returncode == 0, output[-3000:]
   steps = [
     int(p.name)
@@ -452,6 +509,7 @@ def test_sigterm_checkpoints_then_exits_cleanly(data_dir, tmp_path):
   assert max(steps) == last_logged  # The step it stopped at was saved.
 
 
+@pytest.mark.slow
 def test_deep_supervision_adds_auxiliary_losses(data_dir, tmp_path):
   config = tiny_config(data_dir, num_train_steps=2, eval_every_steps=2)
   config.model.features = (4, 8, 16)
@@ -469,6 +527,7 @@ def test_deep_supervision_adds_auxiliary_losses(data_dir, tmp_path):
   assert with_aux[1] != pytest.approx(plain[1], rel=1e-6)
 
 
+@pytest.mark.slow
 def test_relative_workdir_and_data_dir(data_dir, tmp_path, monkeypatch):
   monkeypatch.chdir(tmp_path)
   config = tiny_config(data_dir, num_train_steps=2, eval_every_steps=2)
@@ -477,6 +536,7 @@ def test_relative_workdir_and_data_dir(data_dir, tmp_path, monkeypatch):
   assert checkpointing.load_params("runs/relative")[0]
 
 
+@pytest.mark.slow
 def test_resuming_with_another_model_is_explained(tmp_path, data_dir):
   train.train_and_evaluate(tiny_config(data_dir), str(tmp_path))
   wider = tiny_config(data_dir, **{"model.features": (8, 16)})
@@ -494,6 +554,7 @@ AUGMENT = [
 ]
 
 
+@pytest.mark.slow
 def test_on_device_augmentation_is_deterministic_and_changes_training(
   tmp_path, data_dir
 ):
@@ -508,6 +569,7 @@ def test_on_device_augmentation_is_deterministic_and_changes_training(
   assert train_losses(tmp_path / "b") == train_losses(tmp_path / "c")
 
 
+@pytest.mark.slow
 def test_host_augmentation_trains_like_device_and_resumes_exactly(
   tmp_path, data_dir
 ):

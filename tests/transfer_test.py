@@ -83,6 +83,7 @@ def test_group_pattern_that_matches_nothing_is_an_error():
     transfer.check_groups(_params(), [dict(pattern="^encoder/", freeze=True)])
 
 
+@pytest.mark.slow
 def test_init_from_loads_weights_and_frozen_layers_stay_bit_identical(
   synthetic_2d_dir, tmp_path
 ):
@@ -110,6 +111,7 @@ def test_init_from_loads_weights_and_frozen_layers_stay_bit_identical(
       assert not np.array_equal(value, flat_source[name])  # It trained.
 
 
+@pytest.mark.slow
 def test_init_from_torchvision_state_dict_fills_the_backbone(
   synthetic_2d_dir, tmp_path
 ):

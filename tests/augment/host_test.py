@@ -63,6 +63,7 @@ def test_augment_on_is_validated(synthetic_2d_dir):
     )
 
 
+@pytest.mark.slow
 def test_host_batches_are_the_device_augmentation_of_the_plain_batches(
   synthetic_2d_dir,
 ):
@@ -120,6 +121,7 @@ def test_restored_iterator_replays_the_same_augmented_batches(
     _assert_same(a, b)
 
 
+@pytest.mark.slow
 def test_each_process_augments_its_rows_of_the_global_batch(synthetic_2d_dir):
   config = _config(synthetic_2d_dir)
   plain = _config(synthetic_2d_dir, augment_on="device")
@@ -139,6 +141,7 @@ def test_each_process_augments_its_rows_of_the_global_batch(synthetic_2d_dir):
   np.testing.assert_array_equal(got, expected["label"])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(16, 16), (8, 12, 12)])
 def test_host_transform_2d_and_3d_matches_the_batch_call(shape):
   key = jax.random.key(3)
@@ -162,6 +165,7 @@ def test_host_transform_2d_and_3d_matches_the_batch_call(shape):
   assert jnp.asarray(out["label"]).dtype == batch["label"].dtype
 
 
+@pytest.mark.slow
 def test_worker_process_gives_the_same_batches(synthetic_2d_dir):
   # grain spawns the worker: the transform is pickled and JAX starts anew.
   if not flags.FLAGS.is_parsed():

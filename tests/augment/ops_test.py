@@ -184,6 +184,7 @@ def test_degenerate_options_are_the_identity(dims):
     np.testing.assert_array_equal(out["label"], ex["label"])
 
 
+@pytest.mark.slow
 def test_affine_out_of_bounds_is_zero_everywhere():
   ex = jax.tree.map(jnp.asarray, _example(2))
   ex["mask"] = jnp.ones_like(ex["mask"])

@@ -88,6 +88,7 @@ def test_p_zero_is_the_identity_for_every_op_and_the_list(dims):
   _assert_equal(augment.build([])(key, batch), batch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dims", [2, 3])
 def test_whole_list_under_jit_and_vmap(dims):
   batch = _batch(dims, size=6)
@@ -116,6 +117,7 @@ def test_whole_list_under_jit_and_vmap(dims):
     )
 
 
+@pytest.mark.slow
 def test_probability_selects_whole_examples():
   # p = 0.5 over 16 examples: untouched ones are bit-identical, the others
   # are changed (the op always changes an example when applied).
@@ -280,6 +282,7 @@ def _smooth_batch(dims: int, size: int = 4) -> dict[str, jax.Array]:
   }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dims", [2, 3])
 def test_point_forms_of_flip_and_rot90_are_the_ops(dims):
   # Resampling at the mapped integer positions is the exact permutation.
@@ -298,6 +301,7 @@ def test_point_forms_of_flip_and_rot90_are_the_ops(dims):
       _assert_equal(moved, op(key, example))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dims", [2, 3])
 def test_permutations_then_identity_affine_compose_exactly(dims):
   # Flip then rot90 do not commute: a wrong composition order shows here.
@@ -314,6 +318,7 @@ def test_permutations_then_identity_affine_compose_exactly(dims):
   assert _differs(fused, batch)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dims", [2, 3])
 def test_one_resampling_matches_resampling_after_every_op(dims):
   ops = [

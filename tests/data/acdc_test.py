@@ -230,6 +230,7 @@ def test_bad_input_aborts_build_and_leaves_nothing(raw_root, tmp_path, damage):
   )
 
 
+@pytest.mark.slow
 def test_dummy_data_script(tmp_path):
   subprocess.run(
     [

@@ -17,6 +17,7 @@ from medseg_jax.data import checks
 from medseg_jax.data import lesjak_ms
 from medseg_jax.data import registry
 from medseg_jax.data.synthetic_phantoms import synthetic_phantoms as sp
+from tests import polling
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SMALL_SIZES = {"train": 3, "validation": 1, "test": 2}
@@ -167,6 +168,7 @@ def test_failed_prepare_leaves_nothing_and_can_be_retried(tmp_path):
   assert len(registry.data_source("isbi2012_em", "validation", data_dir)) == 6
 
 
+@pytest.mark.slow
 def test_build_and_read_without_tensorflow(tmp_path):
   """Runs in a fresh interpreter: other tests may have imported TensorFlow."""
   _write_fake_isbi(tmp_path / "em" / "membrane" / "train")
@@ -198,7 +200,7 @@ def test_build_and_read_without_tensorflow(tmp_path):
     env=env,
     capture_output=True,
     text=True,
-    timeout=120,
+    timeout=polling.GENEROUS_TIMEOUT_S,  # A hang, not a slow machine.
     check=False,
   )
   assert result.returncode == 0, result.stderr[-3000:]
@@ -246,12 +248,13 @@ def test_interrupted_build_restarts_cleanly(tmp_path, monkeypatch):
   assert len(source) == SMALL_SIZES["train"]
 
 
+@pytest.mark.slow
 def test_killed_build_leaves_no_complete_looking_dataset(tmp_path):
   """SIGKILL mid-build: the debris is not mistaken for a dataset."""
   ready = tmp_path / "ready"
   script = textwrap.dedent(
     f"""
-    import pathlib, time
+    import pathlib, threading
     from medseg_jax.data import registry
     from medseg_jax.data.synthetic_phantoms import synthetic_phantoms as sp
     config = sp.SyntheticPhantoms.builder_configs["2d"]
@@ -261,7 +264,7 @@ def test_killed_build_leaves_no_complete_looking_dataset(tmp_path):
       examples = original(self, *args, **kwargs)
       yield next(examples)
       pathlib.Path({str(ready)!r}).touch()
-      time.sleep(600)
+      threading.Event().wait()  # Stalls until killed.
     sp.SyntheticPhantoms._generate_examples = stalled
     registry.prepare("synthetic_phantoms/2d", {str(tmp_path / "tfds")!r})
     """
@@ -271,12 +274,7 @@ def test_killed_build_leaves_no_complete_looking_dataset(tmp_path):
     [sys.executable, "-c", script], cwd=REPO_ROOT, env=env
   )
   try:
-    for _ in range(1200):
-      if ready.exists() or proc.poll() is not None:
-        break
-      import time  # noqa: PLC0415
-
-      time.sleep(0.1)
+    polling.wait_until(lambda: ready.exists() or proc.poll() is not None)
     assert ready.exists(), "the build never started"
   finally:
     proc.kill()

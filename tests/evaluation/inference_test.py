@@ -128,6 +128,7 @@ def tiny_unet():
   return model, variables
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("accumulate", ACCUMULATE)
 def test_whole_volume_window_equals_single_prediction(tiny_unet, accumulate):
   model, variables = tiny_unet

@@ -75,6 +75,7 @@ def test_gate_parameters():
     gate.init(jax.random.key(0), x, x, train=False)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_attention_maps(spatial_dims):
   # 3-D with an indivisible input and pad_input: maps are cropped back too.
@@ -117,6 +118,7 @@ def test_gradients_finite_and_reach_the_gates():
     assert bool(jnp.any(grads["gate_0"][name]["kernel"] != 0))
 
 
+@pytest.mark.slow
 def test_jit_equals_eager():
   model = AttentionUNet(num_classes=2, features=FEATURES, norm="none")
   variables, x = model_testing.init(model, SHAPES[2])

@@ -40,6 +40,7 @@ def _random_variables(key, features):
   }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("impl", ["dot", "sum"])
 @pytest.mark.parametrize("shape", [(4, 6, 5, 3), (2, 4, 3, 5, 8)])
 def test_train_mode_matches_flax(impl, shape):

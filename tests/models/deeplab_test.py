@@ -130,6 +130,7 @@ def test_deeplabv3plus_parameter_count():
   assert model_testing.num_params(variables["params"]) == 59_344_309
 
 
+@pytest.mark.slow
 def test_gradients_finite_and_batch_stats_updated():
   # DeepLabV3+ exercises everything DeepLabV3 has but its 3x3 head conv;
   # output stride 8 dilates two stages.
@@ -148,6 +149,7 @@ def test_gradients_finite_and_batch_stats_updated():
   )
 
 
+@pytest.mark.slow
 def test_init_and_apply_under_jit():
   model = _model(deeplab.DeepLabV3, num_classes=2, backbone="resnet18")
   x = jax.random.normal(jax.random.key(0), (2, 33, 45, 1))

@@ -165,6 +165,7 @@ def test_zero_initialised_scores():
   )
 
 
+@pytest.mark.slow
 def test_gradients_finite():
   # VGG-16 with batch norm, dropout and learned upsampling.
   model = fcn.FCN(num_classes=3, backbone="vgg16", width=WIDTH)

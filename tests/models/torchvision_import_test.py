@@ -2,11 +2,13 @@
 
 The state dicts here are fakes with torchvision's names and shapes, written
 out from torchvision's construction rule (below) independently of the
-importer's own name mapping; no torch is needed. Two tests compare against
-real torchvision models when torch and torchvision are installed, and are
-skipped otherwise.
+importer's own name mapping; no torch is needed. The numeric check against
+torchvision reads stored reference activations (testdata/, with the script
+that wrote them and its environment), so it runs without torch too.
 """
 
+import json
+import pathlib
 import sys
 
 import jax
@@ -274,40 +276,52 @@ def test_load_without_torch_explains(monkeypatch, tmp_path):
     tvi.load_torch_state_dict(str(tmp_path / "resnet50.pth"))
 
 
+TESTDATA = pathlib.Path(__file__).resolve().parent / "testdata"
+
+
 @pytest.mark.parametrize(
-  "depth, dilation", [(18, (False, False, False)), (50, (False, True, True))]
+  "name, depth, dilation",
+  [
+    ("torchvision_resnet18", 18, (False, False, False)),
+    ("torchvision_resnet50_dilated", 50, (False, True, True)),
+  ],
 )
-def test_matches_torchvision_numerically(depth, dilation, tmp_path):
-  torch = pytest.importorskip("torch")
-  torchvision = pytest.importorskip("torchvision")
-  torch.manual_seed(0)
-  net = getattr(torchvision.models, f"resnet{depth}")(
-    weights=None, replace_stride_with_dilation=list(dilation)
-  ).eval()
-  with torch.no_grad():  # Non-trivial running statistics.
-    for module in net.modules():
-      if isinstance(module, torch.nn.BatchNorm2d):
-        module.running_mean.uniform_(-0.5, 0.5)
-        module.running_var.uniform_(0.5, 2.0)
-  path = tmp_path / "resnet.pth"
-  torch.save(net.state_dict(), path)
-  state = tvi.load_torch_state_dict(str(path))
-  params, stats, _ = tvi.import_resnet(state, depth=depth)
-
-  x = np.random.default_rng(0).standard_normal((2, 3, 37, 50), np.float32)
-  with torch.no_grad():
-    t = torch.from_numpy(x)
-    t = net.maxpool(net.relu(net.bn1(net.conv1(t))))
-    expected = {}
-    for name in ("layer1", "layer2", "layer3", "layer4"):
-      t = getattr(net, name)(t)
-      expected[name] = t.numpy().transpose(0, 2, 3, 1)
-
-  model = resnet.ResNet(depth=depth, replace_stride_with_dilation=dilation)
-  got = model_testing.jit(lambda v, x: model.apply(v, x, train=False))(
-    {"params": params, "batch_stats": stats}, x.transpose(0, 2, 3, 1)
+def test_matches_stored_torchvision_activations(name, depth, dilation):
+  # A seeded torchvision ResNet at width 1/16 and its stage outputs on a
+  # fixed input, written by testdata/make_torchvision_reference.py (its
+  # environment in testdata/README.md).
+  with np.load(TESTDATA / f"{name}.npz") as stored:
+    ref = {key: stored[key] for key in stored.files}
+  meta = json.loads(str(ref["meta"]))
+  assert (meta["depth"], tuple(meta["replace_stride_with_dilation"])) == (
+    depth,
+    dilation,
   )
-  for name, value in expected.items():
-    assert got[name].shape == value.shape, name
+  state = {
+    key.removeprefix("state/"): value
+    for key, value in ref.items()
+    if key.startswith("state/")
+  }
+  params, stats, report = tvi.import_resnet(
+    state, depth=depth, width=meta["width"]
+  )
+  assert report.unused and all(
+    k.endswith("num_batches_tracked") for k in report.unused
+  )
+  assert not report.missing
+
+  model = resnet.ResNet(
+    depth=depth, width=meta["width"], replace_stride_with_dilation=dilation
+  )
+  got = model_testing.jit(lambda v, x: model.apply(v, x, train=False))(
+    {"params": params, "batch_stats": stats},
+    ref["input"].transpose(0, 2, 3, 1),
+  )
+  for stage in ("layer1", "layer2", "layer3", "layer4"):
+    value = ref[stage]
+    assert got[stage].shape == value.shape, stage
     scale = np.abs(value).max()
-    np.testing.assert_allclose(got[name] / scale, value / scale, atol=1e-4)
+    assert scale > 0, stage
+    np.testing.assert_allclose(
+      got[stage] / scale, value / scale, atol=1e-4, err_msg=stage
+    )

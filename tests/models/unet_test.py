@@ -165,27 +165,41 @@ def test_batch_stats_updated_only_in_training():
   np.testing.assert_allclose(alone, together, rtol=1e-5, atol=1e-6)
 
 
-def test_batch_norm_with_sharded_batch():
-  # Uses every available device (one on a plain CPU run, more with
-  # --xla_force_host_platform_device_count): the sharded, jitted result must
-  # equal the single-device one, i.e. statistics are over the global batch.
-  devices = np.array(jax.devices())
-  mesh = Mesh(devices, ("data",))
+def test_batch_norm_with_sharded_batch(eight_devices):
+  # The batch is split over the 8 fake devices: the sharded, jitted result
+  # must equal the single-device one, i.e. the statistics are over the
+  # global batch, not per device.
+  mesh = Mesh(np.array(eight_devices), ("data",))
   model = UNet(num_classes=2, features=FEATURES, norm="batch")
-  batch = 2 * len(devices)
+  batch = 2 * len(eight_devices)
   variables, x = model_testing.init(model, (batch, 16, 16, 1))
+  x = x + jnp.arange(batch).reshape(-1, 1, 1, 1)  # Shards differ in mean.
 
   def step(v, x):
     return model.apply(v, x, train=True, mutable=["batch_stats"])
 
   expected = model_testing.jit(step)(variables, x)
   x_sharded = jax.device_put(x, NamedSharding(mesh, P("data")))
-  got = model_testing.jit(step)(variables, x_sharded)
+  assert {s.data.shape for s in x_sharded.addressable_shards} == {
+    (2, 16, 16, 1)
+  }
+  assert len({s.device for s in x_sharded.addressable_shards}) == 8
+  jitted = model_testing.jit(step)
+  got = jitted(variables, x_sharded)
   jax.tree.map(
     lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
     got,
     expected,
   )
+  # The activations stay split too: each device convolves its own two
+  # examples' full-resolution features (4 channels), no device holds the
+  # whole batch's, and the statistics are summed across devices.
+  logits = got[0]
+  assert {s.data.shape for s in logits.addressable_shards} == {(2, 16, 16, 2)}
+  compiled = jitted.lower(variables, x_sharded).compile().as_text()
+  assert "f32[2,16,16,4]" in compiled
+  assert f"f32[{batch},16,16,4]" not in compiled
+  assert "all-reduce" in compiled
 
 
 def test_wrong_ndim_raises():
@@ -508,6 +522,7 @@ def test_cicek_3d_unet_parameter_count(norm, expected):
     assert model_testing.num_params(params) - up_biases == 19_069_955
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_remat_keeps_parameters_and_gradients(spatial_dims):
   shape = SHAPES[spatial_dims]
@@ -544,6 +559,7 @@ def test_remat_keeps_parameters_and_gradients(spatial_dims):
   assert jaxprs[1].count("checkpoint") + jaxprs[1].count("remat") >= 3
 
 
+@pytest.mark.slow
 def test_bfloat16_gradients_are_close_to_float32():
   kwargs = dict(num_classes=3, features=FEATURES, norm="instance")
   f32, bf16 = UNet(**kwargs), UNet(**kwargs, dtype=jnp.bfloat16)

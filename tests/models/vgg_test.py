@@ -80,6 +80,7 @@ def test_batch_norm_replaces_biases():
   assert set(variables["params"]["bn6"]) == {"scale", "bias"}
 
 
+@pytest.mark.slow
 def test_dropout_in_training_only():
   # Gradients through VGG are checked in fcn_test.py (FCN-8s over VGG-16)
   # and its real initialisation there too; here the variables are drawn on
