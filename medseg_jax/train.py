@@ -517,12 +517,10 @@ def train_and_evaluate(
       bar.update()
 
       is_eval = step % config.eval_every_steps == 0 or is_last
-      is_save = (
-        step % config.checkpoint_every_steps == 0
-        or is_eval
-        or stop.requested
-        or manager.reached_preemption(step)
-      )
+      # Read once: a SIGTERM landing later in this step must not make the
+      # loop stop without the save that this decision would have made.
+      stopping = stop.requested or manager.reached_preemption(step)
+      is_save = step % config.checkpoint_every_steps == 0 or is_eval or stopping
       if is_save:
         _check_finite(finite, step, last_good)
       ckpt_metrics = None
@@ -553,7 +551,7 @@ def train_and_evaluate(
       # process as a crash would, right after step N's save has started.
       if str(step) == os.environ.get("MEDSEG_FAULT_AT_STEP"):
         signal.raise_signal(signal.SIGKILL)
-      if stop.requested or manager.reached_preemption(step):
+      if stopping:
         logging.warning("Stopping at step %d after a checkpoint.", step)
         break
     if pending_finite is not None:

@@ -7,6 +7,7 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
 from jax._src import xla_bridge
 
 from medseg_jax import xla_cpu
@@ -68,6 +69,7 @@ print(json.dumps(snapshots))
 """
 
 
+@pytest.mark.slow
 def test_importing_the_package_leaves_the_environment_alone():
   env = dict(os.environ)
   # An environment in which the flag would be added if anything called

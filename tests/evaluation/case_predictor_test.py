@@ -68,6 +68,7 @@ def test_padded_shape_is_at_least_the_patch_and_a_multiple(shape):
   )
 
 
+@pytest.mark.slow  # Reads a run trained end to end.
 def test_whole_image_equals_sliding_window_on_a_case_below_the_patch(
   small_run,
 ):
@@ -92,6 +93,7 @@ def test_whole_image_equals_sliding_window_on_a_case_below_the_patch(
     assert np.abs(old.predict_probs(image) - probs).max() > 1e-3
 
 
+@pytest.mark.slow  # Reads a run trained end to end.
 def test_validation_evaluate_and_predict_agree(small_run, tmp_path):
   folder, workdir = small_run
   # The trainer's last validation (step 6) against evaluate on that step.
@@ -135,6 +137,7 @@ def test_validation_evaluate_and_predict_agree(small_run, tmp_path):
       assert dice == pytest.approx(stored, abs=1e-9), (case_id, name)
 
 
+@pytest.mark.slow  # Reads a run trained end to end.
 def test_auto_patch_shrinks_to_the_median_case_shape(small_run, tmp_path):
   folder, workdir = small_run
   config = unet_folder.get_config(f"folder={folder},runlocal")
