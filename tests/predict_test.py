@@ -185,3 +185,19 @@ def test_command_line_exit_code_says_some_failed(png_run, tmp_path, repo_root):
     np.asarray(Image.open(tmp_path / f"{good.stem}_seg.png")),
     np.asarray(Image.open(expected)),
   )
+
+
+def test_a_config_of_another_model_is_refused_with_its_fields(
+  png_run, tmp_path
+):
+  config, workdir, folder = png_run
+  good = sorted((folder / "images").glob("*.png"))[0]
+  wider = config.copy_and_resolve_references()
+  wider.model.features = (8, 16, 32)
+  with pytest.raises(ValueError, match=r"model\.features: run \(4, 8\)"):
+    predict.predict_all(
+      str(workdir), [str(good)], str(tmp_path / "out"), config=wider
+    )
+  assert not (tmp_path / "out").exists() or not any(
+    (tmp_path / "out").iterdir()
+  )
