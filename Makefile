@@ -10,11 +10,13 @@ export MEDSEG_DATA_DIR ?= $(CURDIR)/data_cache/tensorflow_datasets
 
 .PHONY: demo test test-fast lint format clean-demo bench-deps
 
+# pip -qq: errors only (a failed install still stops make with pip's error).
 $(VENV)/.installed: requirements.txt
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
-	touch $@
+	@echo "Setting up $(VENV) from requirements.txt (once; a few minutes)."
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PY) -m pip install -qq --upgrade pip
+	@$(PY) -m pip install -qq -r requirements.txt
+	@touch $@
 
 demo: $(VENV)/.installed
 	$(PY) -m medseg_jax.main --config=configs/unet_synthetic.py \
