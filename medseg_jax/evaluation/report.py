@@ -160,9 +160,8 @@ def write(
   # With several processes the picked cases' arrays live on the process that
   # evaluated them; every process takes part in sending them.
   evaluator.share_arrays(result, [index for _, index in picks])
-  summary = result.summary()
   if jax.process_index() != 0:
-    return summary
+    return result.summary()
   summary = evaluator.write_reports(result, directory, name, extra=extra)
   dice = np.nanmean(result.score_matrix("dice")[:, 1:], axis=1)
   images = []
