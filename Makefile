@@ -2,7 +2,12 @@
 #   make demo   set up .venv, build the synthetic dataset, train, evaluate
 #   make test   set up .venv, run the test suite
 #   (make test-fast skips the end-to-end and subprocess tests, marked slow)
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# Python 3.12 (jax 0.12 needs it). Each candidate is run, not only looked
+# up: a pyenv shim named python3.12 may exist and fail.
+PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 \
+  /usr/local/bin/python3.12 /usr/bin/python3.12 python3; do \
+  "$$p" -c 'import sys; assert sys.version_info[:2] >= (3, 12)' 2>/dev/null \
+  && { command -v "$$p"; break; }; done)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO_WORKDIR ?= workdirs/demo
@@ -13,6 +18,7 @@ export MEDSEG_DATA_DIR ?= $(CURDIR)/data_cache/tensorflow_datasets
 # pip -qq: errors only (a failed install still stops make with pip's error).
 $(VENV)/.installed: requirements.txt
 	@echo "Setting up $(VENV) from requirements.txt (once; a few minutes)."
+	@test -n "$(PYTHON)" || { echo "Python 3.12 or newer not found: make PYTHON=/path/to/python3.12"; exit 1; }
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@$(PY) -m pip install -qq --upgrade pip
 	@$(PY) -m pip install -qq -r requirements.txt

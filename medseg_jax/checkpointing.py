@@ -193,7 +193,7 @@ def load_weights(
   step = resolve_step(manager, which)
   # Onto one local device, whatever mesh saved it (e.g. a multi-process
   # run's): the saved shardings name devices this process may not have.
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  device = jax.sharding.make_single_device_sharding(jax.local_devices()[0])
   metadata = manager.item_metadata(step)["state"]
   target = jax.tree.map(
     lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
