@@ -61,7 +61,7 @@ def timings(conv, x, kernel, repeats):
 
 
 def main() -> None:
-  xla_cpu.configure_flags()  # Before any JAX computation.
+  xla_cpu.configure_flags(spatial_dims=3)  # Before any JAX computation.
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--repeats", type=int, default=5)
   args = parser.parse_args()

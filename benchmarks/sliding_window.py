@@ -50,7 +50,7 @@ def parse_ints(text: str) -> tuple[int, ...]:
 
 
 def main() -> None:
-  xla_cpu.configure_flags()  # Before any JAX computation.
+  xla_cpu.configure_flags(spatial_dims=3)  # Before any JAX computation.
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--shape", type=parse_ints, default=(160, 192, 160))
   parser.add_argument("--window", type=int, default=96)

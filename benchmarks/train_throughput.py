@@ -3,6 +3,8 @@ r"""Train-step speed: medseg_jax beside PyTorch eager and MONAI, one run.
   .venv/bin/python benchmarks/train_throughput.py                # 2-D
   .venv/bin/python benchmarks/train_throughput.py --dims=3       # 3-D
   .venv/bin/python benchmarks/train_throughput.py --steps=20 --skip_monai
+  .venv/bin/python benchmarks/train_throughput.py --profile --whole_process=100
+  .venv/bin/python benchmarks/train_throughput.py --lowering=max_pool=xla
 
 The reference network (issue 7): U-Net, widths 16-32-64-128, two 3^d
 convolutions + batch norm + ReLU per level, 2^d max pooling, 2^d
@@ -35,6 +37,7 @@ import argparse
 import os
 import pathlib
 import statistics
+import subprocess
 import sys
 import time
 
@@ -136,7 +139,7 @@ def conv_shapes(shape, dims):
   return out
 
 
-def time_xla_conv(batch, size, cin, cout, dims, repeats):
+def time_xla_conv(batch, size, cin, cout, dims, repeats, dtype="float32"):
   """(forward, input-gradient, weight-gradient) ms of one 3^d conv in XLA.
 
   Lowered as our models lower it: in 3-D on the CPU that is the
@@ -147,11 +150,9 @@ def time_xla_conv(batch, size, cin, cout, dims, repeats):
     "auto", spatial_dims=dims, kernel_size=3, strides=1, padding="SAME"
   )
   rng = np.random.default_rng(0)
-  x = jnp.asarray(
-    rng.standard_normal((batch, *(size,) * dims, cin)), jnp.float32
-  )
-  k = jnp.asarray(rng.standard_normal((3,) * dims + (cin, cout)), jnp.float32)
-  dy = jnp.asarray(rng.standard_normal((*x.shape[:-1], cout)), jnp.float32)
+  x = jnp.asarray(rng.standard_normal((batch, *(size,) * dims, cin)), dtype)
+  k = jnp.asarray(rng.standard_normal((3,) * dims + (cin, cout)), dtype)
+  dy = jnp.asarray(rng.standard_normal((*x.shape[:-1], cout)), dtype)
 
   def conv(x, k):
     if impl == "depth_stacked":
@@ -172,16 +173,19 @@ def time_xla_conv(batch, size, cin, cout, dims, repeats):
   )
 
 
-def time_torch_conv(batch, size, cin, cout, dims, repeats):
+def time_torch_conv(batch, size, cin, cout, dims, repeats, dtype="float32"):
   """(forward, forward + backward) ms of one PyTorch channels-last conv."""
   import torch  # noqa: PLC0415
 
+  dtype = getattr(torch, dtype)
   fmt = {2: torch.channels_last, 3: torch.channels_last_3d}[dims]
   conv_cls = {2: torch.nn.Conv2d, 3: torch.nn.Conv3d}[dims]
-  layer = conv_cls(cin, cout, 3, padding=1, bias=False).to(memory_format=fmt)
-  x = torch.randn(batch, cin, *(size,) * dims).contiguous(memory_format=fmt)
-  x.requires_grad_(True)
-  dy = torch.randn(batch, cout, *(size,) * dims).contiguous(memory_format=fmt)
+  layer = conv_cls(cin, cout, 3, padding=1, bias=False)
+  layer = layer.to(dtype=dtype, memory_format=fmt)
+  x = torch.randn(batch, cin, *(size,) * dims, dtype=dtype)
+  x = x.contiguous(memory_format=fmt).requires_grad_(True)
+  dy = torch.randn(batch, cout, *(size,) * dims, dtype=dtype)
+  dy = dy.contiguous(memory_format=fmt)
 
   def forward():
     with torch.no_grad():
@@ -193,22 +197,22 @@ def time_torch_conv(batch, size, cin, cout, dims, repeats):
   )
 
 
-def profile_convs(shape, dims, repeats, with_torch):
+def profile_convs(shape, dims, repeats, with_torch, dtype="float32"):
   """Times each 3^d convolution of the network on its own."""
   print()
-  print("per-layer profile, median ms:")
+  print(f"per-layer profile ({dtype}), median ms:")
   header = f"  {'layer':>18s}   XLA fwd / grad x / grad w"
   if with_torch:
     header += "   PyTorch fwd / fwd+bwd"
   print(header)
   totals = np.zeros(4)
   for batch, size, cin, cout in conv_shapes(shape, dims):
-    xla = time_xla_conv(batch, size, cin, cout, dims, repeats)
+    xla = time_xla_conv(batch, size, cin, cout, dims, repeats, dtype)
     text = f"  {size:>4d}^{dims} {cin:>4d}->{cout:<4d}    "
     text += f"{xla[0]:7.1f} / {xla[1]:6.1f} / {xla[2]:6.1f}"
     peer = (0.0, 0.0)
     if with_torch:
-      peer = time_torch_conv(batch, size, cin, cout, dims, repeats)
+      peer = time_torch_conv(batch, size, cin, cout, dims, repeats, dtype)
       text += f"   {peer[0]:11.1f} / {peer[1]:7.1f}"
     totals += np.array([*xla, peer[1]])
     print(text)
@@ -220,7 +224,6 @@ def profile_convs(shape, dims, repeats, with_torch):
 
 
 def main() -> None:
-  xla_cpu.configure_flags()  # Before any JAX computation.
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--dims", type=int, default=2, choices=(2, 3))
   parser.add_argument("--steps", type=int, default=10)
@@ -234,12 +237,95 @@ def main() -> None:
     help="also time every 3^d convolution of the network on its own",
   )
   parser.add_argument(
+    "--lowering",
+    default="",
+    help="project kernels to force, e.g. 'max_pool=xla,batch_norm_sums=sum' "
+    "(fields and values: medseg_jax.models.lowering.override)",
+  )
+  parser.add_argument(
+    "--whole_process",
+    type=int,
+    default=0,
+    metavar="N",
+    help="also time, as separate processes, a whole N-step run of each "
+    "library (imports, set-up, compile or first step, N steps)",
+  )
+  parser.add_argument(
+    "--only",
+    choices=("jax", "torch"),
+    help=argparse.SUPPRESS,  # One side of --whole_process.
+  )
+  parser.add_argument(
     "--check",
     action=argparse.BooleanOptionalAction,
     default=True,
     help="check that both networks give the same loss on the same weights",
   )
   args = parser.parse_args()
+  # Before any JAX computation: the flags measured for 2-D or 3-D.
+  xla_cpu.configure_flags(spatial_dims=args.dims)
+  forced = dict(
+    item.split("=", 1) for item in args.lowering.split(",") if item.strip()
+  )
+  with lowering.override(**forced):
+    if args.only:
+      run_alone(args)
+    else:
+      run(args)
+
+
+def run_alone(args) -> None:
+  """One library's whole `--steps`-step run, for `--whole_process`."""
+  shape = SHAPES[args.dims]
+  rng = np.random.default_rng(0)
+  image = rng.standard_normal(shape).astype(np.float32)
+  label = rng.integers(0, NUM_CLASSES, shape[:-1]).astype(np.int32)
+  if args.only == "jax":
+    state, step = jax_trainer(shape, args.dims, dtype=args.dtype)
+    image, label = jnp.asarray(image), jnp.asarray(label)
+    for _ in range(args.steps):
+      state, loss = step(state, image, label)
+    float(loss)
+    return
+  import torch  # noqa: PLC0415
+
+  torch.manual_seed(0)
+  fmt = {2: torch.channels_last, 3: torch.channels_last_3d}[args.dims]
+  step = torch_trainer(
+    make_torch_unet(FEATURES, 1, NUM_CLASSES, "batch", args.dims),
+    torch.from_numpy(np.ascontiguousarray(np.moveaxis(image, -1, 1))),
+    torch.from_numpy(label.astype(np.int64)),
+    fmt,
+  )
+  for _ in range(args.steps):
+    step()
+
+
+def whole_process(args) -> None:
+  """Wall time of a whole run per library, each in a fresh process."""
+  base = [sys.executable, __file__, f"--dims={args.dims}"]
+  base += [f"--steps={args.whole_process}", f"--dtype={args.dtype}"]
+  if args.lowering:
+    base.append(f"--lowering={args.lowering}")
+  sides = {"medseg_jax": "jax", "PyTorch eager, channels-last": "torch"}
+  if args.skip_torch:
+    del sides["PyTorch eager, channels-last"]
+  wall = {}
+  for name, side in sides.items():
+    t0 = time.perf_counter()
+    subprocess.run([*base, f"--only={side}"], check=True, capture_output=True)
+    wall[name] = time.perf_counter() - t0
+  print()
+  print(
+    f"whole process, {args.whole_process} steps (Python start, imports, "
+    "set-up, compile or first step, steps):"
+  )
+  for name, seconds in wall.items():
+    ratio = seconds / wall["medseg_jax"]
+    print(f"  {name:48s} {seconds:8.1f} s {ratio:6.2f}")
+
+
+def run(args) -> None:
   dims = args.dims
   shape = SHAPES[dims]
   rng = np.random.default_rng(0)
@@ -360,7 +446,9 @@ def main() -> None:
   if torch_best:
     print(f"medseg_jax vs best PyTorch format: {min(torch_best) / ours:.2f}x")
   if args.profile:
-    profile_convs(shape, dims, args.steps, not args.skip_torch)
+    profile_convs(shape, dims, args.steps, not args.skip_torch, args.dtype)
+  if args.whole_process:
+    whole_process(args)
 
 
 if __name__ == "__main__":

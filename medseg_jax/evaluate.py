@@ -120,7 +120,7 @@ def _define_flags(argv):
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  xla_cpu.configure_flags()  # Before any JAX computation.
+  xla_cpu.configure_for(flags.FLAGS.config)  # Before any JAX computation.
   from medseg_jax import console  # noqa: PLC0415
 
   # The run's log.txt gets this evaluation's log too.

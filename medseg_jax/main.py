@@ -85,7 +85,7 @@ def initialize_distributed() -> bool:
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-  xla_cpu.configure_flags()  # Before any JAX computation.
+  xla_cpu.configure_for(FLAGS.config)  # Before any JAX computation.
   initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
 

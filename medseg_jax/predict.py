@@ -197,7 +197,7 @@ def _define_flags(argv):
 
 
 def main(argv):
-  xla_cpu.configure_flags()  # Before any JAX computation.
+  xla_cpu.configure_for(flags.FLAGS.config)  # Before any JAX computation.
   inputs = list(flags.FLAGS.input) + list(argv[1:])
   if not inputs:
     raise app.UsageError("Give at least one --input.")

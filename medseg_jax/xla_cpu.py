@@ -1,10 +1,19 @@
 """XLA flags for faster CPU kernels, set by the entry points.
 
-XLA:CPU can hand matrix multiplications and convolutions to YNNPACK
-(`--xla_cpu_experimental_ynn_fusion_type=dot`). On the 2-core CPU this
-project is developed on it makes the 3-D U-Net train step 1.5x faster and
-3-D sliding-window inference 1.45x faster (`benchmarks/models.py`,
-`benchmarks/sliding_window.py`; figures in the README).
+XLA:CPU can run convolutions three ways: its own Eigen kernels, a YNNPACK
+fusion, or (jaxlib 0.11 and newer) oneDNN custom calls. Which is fastest
+depends on the jaxlib version and on whether the network is 2-D or 3-D, so
+`FLAGS` holds, per jaxlib minor version and number of spatial dimensions,
+the flags that won in the whole train step on the 2-core CPU this project
+is developed on (`benchmarks/train_throughput.py`; the figures are in
+docs/cpu_performance.md):
+
+* jaxlib 0.12, 2-D: oneDNN custom calls for the forward convolution and
+  both gradients, with YNNPACK's convolution fusion off (the two flags go
+  together: while YNNPACK claims a convolution, oneDNN never sees it).
+* jaxlib 0.12, 3-D: YNNPACK for matrix products and convolutions (`dot`);
+  our depth-stacked 3-D convolution is a 2-D convolution, which YNNPACK
+  then runs.
 
 XLA reads `XLA_FLAGS` once, when the first backend starts, so
 `configure_flags` must run before any JAX computation. Importing
@@ -13,13 +22,13 @@ XLA reads `XLA_FLAGS` once, when the first backend starts, so
 it first thing in `main`, and a notebook or a program of your own may too:
 
   from medseg_jax import xla_cpu
-  xla_cpu.configure_flags()  # Before the first JAX computation.
+  xla_cpu.configure_flags(spatial_dims=2)  # Before any JAX computation.
   import jax
 
 It only touches the CPU backend (GPU and TPU runs are unaffected) and only
-for the jaxlib minor versions it was measured on, since XLA aborts on flags
-it does not know. Opt out with `MEDSEG_XLA_CPU_YNN=0`; a flag of the same
-name already in `XLA_FLAGS` is left as the user set it.
+for the jaxlib versions it was measured on, since XLA aborts on flags it
+does not know. Opt out with `MEDSEG_XLA_CPU_FLAGS=0`; if any flag of the
+chosen set is already in `XLA_FLAGS`, the set is left as the user wrote it.
 """
 
 from __future__ import annotations
@@ -28,11 +37,17 @@ import logging
 import os
 from collections.abc import MutableMapping
 
-FLAG = "--xla_cpu_experimental_ynn_fusion_type"
-VALUE = "dot"
-# jaxlib versions (major, minor) whose XLA accepts the flag.
-KNOWN_GOOD = ((0, 10),)
-ENV_SWITCH = "MEDSEG_XLA_CPU_YNN"
+_YNN = "--xla_cpu_experimental_ynn_fusion_type"
+_ONEDNN = "--xla_cpu_experimental_onednn_custom_call"
+# (jaxlib major, minor) -> spatial dims -> flags, each set measured in the
+# train step (module docstring).
+FLAGS: dict[tuple[int, int], dict[int, tuple[str, ...]]] = {
+  (0, 12): {
+    2: (f"{_ONEDNN}=true", f"{_YNN}=-individual_convolution"),
+    3: (f"{_YNN}=dot",),
+  },
+}
+ENV_SWITCH = "MEDSEG_XLA_CPU_FLAGS"
 
 
 def _jaxlib_version() -> tuple[int, ...]:
@@ -41,39 +56,64 @@ def _jaxlib_version() -> tuple[int, ...]:
   return tuple(int(p) for p in jaxlib.__version__.split(".")[:2])
 
 
-def configure_flags(environ: MutableMapping[str, str] | None = None) -> bool:
-  """Adds the YNNPACK flag to `XLA_FLAGS` if allowed; True if it is set.
+def flags_for(spatial_dims: int = 2) -> tuple[str, ...]:
+  """The measured flags for the installed jaxlib; () where none were."""
+  return FLAGS.get(_jaxlib_version(), {}).get(spatial_dims, ())
+
+
+def configure_flags(
+  environ: MutableMapping[str, str] | None = None, spatial_dims: int = 2
+) -> bool:
+  """Adds the measured CPU flags to `XLA_FLAGS` if allowed; True if set.
 
   Leaves `XLA_FLAGS` alone, and returns False, when the user opted out
-  (`MEDSEG_XLA_CPU_YNN=0`), when jaxlib is not a version in `KNOWN_GOOD`,
+  (`MEDSEG_XLA_CPU_FLAGS=0`), when no flags were measured for this jaxlib,
   or when the JAX backends have already started (then it also logs a
-  warning, since the flag could no longer take effect). A `FLAG` already
-  in `XLA_FLAGS` is kept as it is; the result says whether it is `VALUE`.
+  warning, since the flags could no longer take effect). If a flag of the
+  set is already in `XLA_FLAGS` (by name), nothing is added and the result
+  says whether the whole set is there as chosen.
 
   Args:
     environ: the environment to edit (default `os.environ`).
+    spatial_dims: 2 or 3, the dimensionality of the run's network.
 
   Returns:
-    Whether `XLA_FLAGS` now asks for YNNPACK.
+    Whether `XLA_FLAGS` now holds the chosen flags.
   """
   environ = os.environ if environ is None else environ
   flags = environ.get("XLA_FLAGS", "")
-  if FLAG in flags:
-    return f"{FLAG}={VALUE}" in flags
-  if environ.get(ENV_SWITCH, "1") == "0":
-    return False
-  if _jaxlib_version() not in KNOWN_GOOD:
+  chosen = flags_for(spatial_dims)
+  present = flags.split()
+  names = {flag.split("=", 1)[0] for flag in chosen}
+  if any(flag.split("=", 1)[0] in names for flag in present):
+    return bool(chosen) and all(flag in present for flag in chosen)
+  if environ.get(ENV_SWITCH, "1") == "0" or not chosen:
     return False
   from jax._src import xla_bridge  # noqa: PLC0415
 
   if xla_bridge.backends_are_initialized():
     logging.warning(
-      "JAX backends already started; %s=%s has no effect. Call "
+      "JAX backends already started; %s has no effect. Call "
       "medseg_jax.xla_cpu.configure_flags() before running any JAX "
       "computation to get faster CPU kernels.",
-      FLAG,
-      VALUE,
+      " ".join(chosen),
     )
     return False
-  environ["XLA_FLAGS"] = f"{flags} {FLAG}={VALUE}".strip()
+  environ["XLA_FLAGS"] = " ".join([flags, *chosen]).strip()
   return True
+
+
+def configure_for(config) -> bool:
+  """`configure_flags` for a run's config: its patch size gives 2-D or 3-D.
+
+  Args:
+    config: an `ml_collections.ConfigDict` with `data.patch_size`, or
+      None (then 2-D).
+
+  Returns:
+    What `configure_flags` returns.
+  """
+  patch = None
+  if config is not None and "data" in config:
+    patch = config.data.get("patch_size")
+  return configure_flags(spatial_dims=len(patch) if patch else 2)

@@ -1,4 +1,4 @@
-"""Tests for medseg_jax.xla_cpu (the YNNPACK flag set by the entry points)."""
+"""Tests for medseg_jax.xla_cpu (the CPU flags set by the entry points)."""
 
 import json
 import logging
@@ -12,32 +12,47 @@ from jax._src import xla_bridge
 
 from medseg_jax import xla_cpu
 
-FLAG = f"{xla_cpu.FLAG}={xla_cpu.VALUE}"
 REPO = pathlib.Path(__file__).resolve().parents[1]
+ONEDNN = xla_cpu.FLAGS[(0, 12)][2]
+YNN_DOT = xla_cpu.FLAGS[(0, 12)][3]
 
 
-def test_adds_flag_before_backends_start(monkeypatch):
+@pytest.fixture
+def jaxlib_0_12(monkeypatch):
   monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
-  monkeypatch.setattr(xla_cpu, "_jaxlib_version", lambda: (0, 10))
-  environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
-  assert xla_cpu.configure_flags(environ)
-  assert environ["XLA_FLAGS"] == (
-    f"--xla_force_host_platform_device_count=8 {FLAG}"
+  monkeypatch.setattr(xla_cpu, "_jaxlib_version", lambda: (0, 12))
+
+
+def test_table_names_the_measured_choices():
+  # The figures in docs/cpu_performance.md: oneDNN convolutions for 2-D,
+  # YNNPACK for 3-D (on jaxlib 0.12).
+  assert "--xla_cpu_experimental_onednn_custom_call=true" in ONEDNN
+  assert (
+    "--xla_cpu_experimental_ynn_fusion_type=-individual_convolution" in ONEDNN
   )
+  assert YNN_DOT == ("--xla_cpu_experimental_ynn_fusion_type=dot",)
+
+
+def test_adds_flags_per_spatial_dims(jaxlib_0_12):
+  environ = {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"}
+  assert xla_cpu.configure_flags(environ, spatial_dims=2)
+  assert environ["XLA_FLAGS"].split() == [
+    "--xla_force_host_platform_device_count=8",
+    *ONEDNN,
+  ]
   empty = {}
-  assert xla_cpu.configure_flags(empty)
-  assert empty == {"XLA_FLAGS": FLAG}
-  # A second call finds the flag and adds nothing.
-  assert xla_cpu.configure_flags(empty)
-  assert empty == {"XLA_FLAGS": FLAG}
+  assert xla_cpu.configure_flags(empty, spatial_dims=3)
+  assert empty == {"XLA_FLAGS": " ".join(YNN_DOT)}
+  # A second call finds the flags and adds nothing.
+  assert xla_cpu.configure_flags(empty, spatial_dims=3)
+  assert empty == {"XLA_FLAGS": " ".join(YNN_DOT)}
 
 
-def test_respects_user_choice_and_opt_out(monkeypatch):
-  monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: False)
-  monkeypatch.setattr(xla_cpu, "_jaxlib_version", lambda: (0, 10))
-  user = {"XLA_FLAGS": f"{xla_cpu.FLAG}=eltwise"}
-  assert not xla_cpu.configure_flags(user)
-  assert user["XLA_FLAGS"] == f"{xla_cpu.FLAG}=eltwise"
+def test_respects_user_choice_and_opt_out(jaxlib_0_12):
+  # One flag of the set, set by the user to another value: nothing added.
+  user = {"XLA_FLAGS": "--xla_cpu_experimental_ynn_fusion_type=eltwise"}
+  assert not xla_cpu.configure_flags(user, spatial_dims=2)
+  assert user["XLA_FLAGS"] == "--xla_cpu_experimental_ynn_fusion_type=eltwise"
   opted_out = {xla_cpu.ENV_SWITCH: "0"}
   assert not xla_cpu.configure_flags(opted_out)
   assert opted_out == {xla_cpu.ENV_SWITCH: "0"}
@@ -48,13 +63,42 @@ def test_unknown_jaxlib_or_started_backend_leaves_flags(monkeypatch, caplog):
   newer = {}
   assert not xla_cpu.configure_flags(newer)
   assert "XLA_FLAGS" not in newer
-  monkeypatch.setattr(xla_cpu, "_jaxlib_version", lambda: (0, 10))
+  monkeypatch.setattr(xla_cpu, "_jaxlib_version", lambda: (0, 12))
   monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)
   started = {}
   with caplog.at_level(logging.WARNING):
     assert not xla_cpu.configure_flags(started)
   assert "XLA_FLAGS" not in started
   assert "already started" in caplog.text
+
+
+def test_onednn_flags_route_convolutions_to_onednn():
+  # On the installed jaxlib, in a fresh process: the 2-D set turns the
+  # forward convolution and both gradients into oneDNN custom calls.
+  if xla_cpu.flags_for(2) != ONEDNN:
+    pytest.skip(f"no oneDNN flags for jaxlib {xla_cpu._jaxlib_version()}")
+  env = dict(os.environ, XLA_FLAGS=" ".join(ONEDNN))
+  result = subprocess.run(
+    [sys.executable, "-c", _CONV_HLO],
+    env=env,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
+  assert result.stdout.strip().splitlines()[-1] == "3"
+
+
+_CONV_HLO = """
+import jax, jax.numpy as jnp
+def loss(x, k):
+  y = jax.lax.conv_general_dilated(
+    x, k, (1, 1), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  return (y * y).sum()
+x, k = jnp.ones((2, 16, 16, 4)), jnp.ones((3, 3, 4, 8))
+f = jax.jit(lambda x, k: (loss(x, k), jax.grad(loss, (0, 1))(x, k)))
+hlo = f.lower(x, k).compile().as_text()
+print(hlo.count('custom_call_target="__onednn$convolution"'))
+"""
 
 
 # Imports the package modules one after another in a fresh interpreter and
@@ -78,7 +122,10 @@ def test_importing_the_package_leaves_the_environment_alone():
   env = dict(os.environ)
   # An environment in which the flag would be added if anything called
   # configure_flags (the test session itself may have added it already).
-  kept = [f for f in env.get("XLA_FLAGS", "").split() if xla_cpu.FLAG not in f]
+  ours = {f.split("=")[0] for dims in (2, 3) for f in xla_cpu.flags_for(dims)}
+  kept = [
+    f for f in env.get("XLA_FLAGS", "").split() if f.split("=")[0] not in ours
+  ]
   env["XLA_FLAGS"] = " ".join(kept)
   env.pop(xla_cpu.ENV_SWITCH, None)
   # As in a fresh shell: the test session's own imports set these.

@@ -36,9 +36,11 @@ tests and benchmarks use to run one lowering on any backend.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
+from collections.abc import Iterator
 from collections.abc import Sequence
 
 import jax
@@ -84,6 +86,47 @@ class Lowering:
 
 
 _LOGGED: set[Lowering] = set()
+# Field -> value set by `override` (benchmarks and tests), else empty.
+_OVERRIDE: dict[str, str] = {}
+_CHOICES = {
+  "conv3d": ("depth_stacked", "xla"),
+  "max_pool": ("index_routed", "xla"),
+  "batch_norm_sums": ("dot", "sum"),
+}
+
+
+@contextlib.contextmanager
+def override(**choices: str) -> Iterator[None]:
+  """Makes `choose` return these kernels while tracing inside the block.
+
+  For measuring one kernel against another in a whole model (e.g.
+  `benchmarks/train_throughput.py --lowering=max_pool=xla`): the choice is
+  read when a function is traced, so compile inside the block.
+
+  Args:
+    **choices: `conv3d`, `max_pool` and/or `batch_norm_sums`, each one of
+      the values `Lowering` documents.
+
+  Raises:
+    ValueError: for an unknown field or value, naming the valid ones.
+  """
+  for field, value in choices.items():
+    if field not in _CHOICES:
+      raise ValueError(
+        f"Unknown lowering field {field!r}; expected one of {tuple(_CHOICES)}."
+      )
+    if value not in _CHOICES[field]:
+      raise ValueError(
+        f"Unknown {field} lowering {value!r}; expected one of "
+        f"{_CHOICES[field]}."
+      )
+  saved = dict(_OVERRIDE)
+  _OVERRIDE.update(choices)
+  try:
+    yield
+  finally:
+    _OVERRIDE.clear()
+    _OVERRIDE.update(saved)
 
 
 def _splits_depth(mesh: jax.sharding.Mesh | jax.sharding.AbstractMesh) -> bool:
@@ -106,7 +149,8 @@ def choose(
   Returns:
     The `Lowering`: on the CPU depth-stacked 3-D convolutions (unless the
     mesh splits depth), index-routed max pooling and matvec batch-norm
-    sums; on other backends XLA's own lowering of all three.
+    sums; on other backends XLA's own lowering of all three. Fields set
+    by an enclosing `override` win.
   """
   backend = jax.default_backend() if backend is None else backend
   mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
@@ -117,6 +161,7 @@ def choose(
     max_pool="index_routed" if cpu else "xla",
     batch_norm_sums="dot" if cpu else "sum",
   )
+  lowering = dataclasses.replace(lowering, **_OVERRIDE)
   if lowering not in _LOGGED:
     _LOGGED.add(lowering)
     logging.info("%s", lowering.describe())

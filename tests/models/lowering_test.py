@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from medseg_jax.models import layers
 from medseg_jax.models import lowering
 
 
@@ -40,6 +41,45 @@ def test_choose_per_backend_and_mesh(fresh_log):
   assert lowering.choose("cpu", mesh=batch_only).conv3d == "depth_stacked"
   # The default backend is JAX's.
   assert lowering.choose().backend == jax.default_backend()
+
+
+def test_override_forces_kernels_inside_the_block_only(fresh_log):
+  del fresh_log
+  with lowering.override(max_pool="xla", batch_norm_sums="sum"):
+    forced = lowering.choose("cpu")
+    assert (forced.conv3d, forced.max_pool, forced.batch_norm_sums) == (
+      "depth_stacked",
+      "xla",
+      "sum",
+    )
+    with lowering.override(conv3d="xla"):
+      assert lowering.choose("cpu").conv3d == "xla"
+      assert lowering.choose("cpu").max_pool == "xla"  # Outer still holds.
+    assert lowering.choose("cpu").conv3d == "depth_stacked"
+  after = lowering.choose("cpu")
+  assert (after.max_pool, after.batch_norm_sums) == ("index_routed", "dot")
+  # The forced kernel is the one traced: no select_and_scatter in the
+  # gradient of a pool under the override, one without it.
+  x = jnp.arange(2 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 4, 3)
+
+  def grad_hlo():
+    def pooled_sum(x):
+      return layers.max_pool(x, 2).sum()
+
+    return jax.jit(jax.grad(pooled_sum)).lower(x).as_text()
+
+  assert "select_and_scatter" not in grad_hlo()
+  with lowering.override(max_pool="xla"):
+    assert "select_and_scatter" in grad_hlo()
+
+
+def test_override_names_the_valid_choices():
+  with pytest.raises(ValueError, match="conv3d.*max_pool.*batch_norm_sums"):
+    with lowering.override(pool="xla"):
+      pass
+  with pytest.raises(ValueError, match="index_routed.*xla"):
+    with lowering.override(max_pool="fast"):
+      pass
 
 
 def test_each_choice_is_logged_once(fresh_log, caplog):
