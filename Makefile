@@ -13,7 +13,7 @@ PY := $(VENV)/bin/python
 DEMO_WORKDIR ?= workdirs/demo
 export MEDSEG_DATA_DIR ?= $(CURDIR)/data_cache/tensorflow_datasets
 
-.PHONY: demo test test-fast lint format clean-demo bench-deps
+.PHONY: demo test test-fast lint format clean-demo bench-deps onednn
 
 # pip -qq: errors only (a failed install still stops make with pip's error).
 $(VENV)/.installed: requirements.txt
@@ -40,6 +40,12 @@ test-fast: $(VENV)/.installed
 BENCH_PIP_ARGS ?=
 bench-deps: $(VENV)/.installed
 	$(PY) -m pip install --quiet -r requirements-bench.txt $(BENCH_PIP_ARGS)
+
+# Optional CPU speed-up: oneDNN weight gradients as an XLA custom call
+# (about 2 GB of Intel runtimes; see requirements-onednn.txt).
+onednn: $(VENV)/.installed
+	$(PY) -m pip install --quiet -r requirements-onednn.txt
+	$(PY) -m medseg_jax.models.onednn build
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check medseg_jax configs tests benchmarks

@@ -140,12 +140,12 @@ def conv_shapes(shape, dims):
 
 
 def time_xla_conv(batch, size, cin, cout, dims, repeats, dtype="float32"):
-  """(forward, input-gradient, weight-gradient) ms of one 3^d conv in XLA.
+  """(forward, input-gradient, weight-gradient) ms of one 3^d conv.
 
   Lowered as our models lower it: in 3-D on the CPU that is the
-  depth-stacked 2-D convolution (`lowering.depth_stacked_conv3d`).
+  depth-stacked 2-D convolution (`lowering.depth_stacked_conv3d`), and the
+  weight gradient is oneDNN's where `make onednn` built it.
   """
-  spec = ("NDHWC", "DHWIO", "NDHWC") if dims == 3 else ("NHWC", "HWIO", "NHWC")
   impl = lowering.conv_impl_for(
     "auto", spatial_dims=dims, kernel_size=3, strides=1, padding="SAME"
   )
@@ -157,9 +157,7 @@ def time_xla_conv(batch, size, cin, cout, dims, repeats, dtype="float32"):
   def conv(x, k):
     if impl == "depth_stacked":
       return lowering.depth_stacked_conv3d(x, k)
-    return jax.lax.conv_general_dilated(
-      x, k, (1,) * dims, "SAME", dimension_numbers=spec
-    )
+    return lowering.conv_general(x, k, (1,) * dims, "SAME", (1,) * dims)
 
   fwd = jax.jit(conv)
   # Arrays are arguments, not closed-over constants, which XLA would try to

@@ -163,18 +163,12 @@ class Conv(nn.Module):
     if impl == "depth_stacked":
       y = lowering.depth_stacked_conv3d(x, kernel, self.kernel_dilation)
     else:
-      spec = "NDHWC" if d == 3 else "NHWC"
-      kernel_spec = ("DHW" if d == 3 else "HW") + "IO"
-      padding = self.padding
-      if not isinstance(padding, str):
-        padding = [tuple(p) for p in padding]
-      y = jax.lax.conv_general_dilated(
+      y = lowering.conv_general(
         x,
         kernel,
-        window_strides=(self.strides,) * d,
-        padding=padding,
-        rhs_dilation=(self.kernel_dilation,) * d,
-        dimension_numbers=(spec, kernel_spec, spec),
+        (self.strides,) * d,
+        self.padding,
+        (self.kernel_dilation,) * d,
       )
     return y if bias is None else y + bias
 

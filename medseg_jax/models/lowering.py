@@ -49,6 +49,7 @@ import numpy as np
 from absl import logging
 
 from medseg_jax import sharding
+from medseg_jax.models import onednn
 
 CONV_IMPLS = ("auto", "xla", "depth_stacked")
 MAX_POOL_IMPLS = ("auto", "xla", "index_routed")
@@ -67,21 +68,25 @@ class Lowering:
       `conv_impl_for` finds stackable.
     max_pool: `"index_routed"` or `"xla"` (`nn.max_pool`).
     batch_norm_sums: `"dot"` (matrix-vector products) or `"sum"`.
+    conv_library: `"onednn"` (the custom calls in `onednn.py`, where they
+      are built) or `"xla"`, for the convolutions of `conv_general`.
   """
 
   backend: str
   conv3d: str
   max_pool: str
   batch_norm_sums: str
+  conv_library: str = "xla"
 
   def describe(self) -> str:
     """One line naming the choices, for the log."""
     conv = {"depth_stacked": "depth-stacked", "xla": "XLA"}[self.conv3d]
     pool = {"index_routed": "index-routed", "xla": "XLA window"}[self.max_pool]
     sums = {"dot": "matvec", "sum": "reduce"}[self.batch_norm_sums]
+    library = {"onednn": "oneDNN", "xla": "XLA"}[self.conv_library]
     return (
       f"{self.backend.upper()} lowering: {conv} 3-D conv, {pool} max pool, "
-      f"{sums} batch-norm sums"
+      f"{sums} batch-norm sums, {library} convolutions"
     )
 
 
@@ -92,6 +97,7 @@ _CHOICES = {
   "conv3d": ("depth_stacked", "xla"),
   "max_pool": ("index_routed", "xla"),
   "batch_norm_sums": ("dot", "sum"),
+  "conv_library": ("onednn", "xla"),
 }
 
 
@@ -160,6 +166,16 @@ def choose(
     conv3d="depth_stacked" if cpu and not _splits_depth(mesh) else "xla",
     max_pool="index_routed" if cpu else "xla",
     batch_norm_sums="dot" if cpu else "sum",
+    # XLA cannot partition a custom call, and arrays may be sharded even
+    # without a context mesh: only where the process has one device.
+    conv_library=(
+      "onednn"
+      if cpu
+      and jax.device_count() == 1
+      and _OVERRIDE.get("conv_library") != "xla"
+      and onednn.available()
+      else "xla"
+    ),
   )
   lowering = dataclasses.replace(lowering, **_OVERRIDE)
   if lowering not in _LOGGED:
@@ -227,6 +243,51 @@ def conv_impl_for(
   return "depth_stacked"
 
 
+def conv_general(
+  x: jax.Array,
+  kernel: jax.Array,
+  strides: Sequence[int],
+  padding: Padding,
+  dilation: Sequence[int],
+) -> jax.Array:
+  """A channels-last convolution in the library `choose` picks.
+
+  Equals `lax.conv_general_dilated(x, kernel, strides, padding,
+  rhs_dilation=dilation)` with `NHWC`/`HWIO` (or `NDHWC`/`DHWIO`) layouts.
+  Where `choose().conv_library` is `"onednn"`, it and its gradients are
+  oneDNN's primitives (`onednn.conv`).
+
+  Args:
+    x: `f[B, *S, C_in]`, 2 or 3 spatial axes.
+    kernel: `f[*K, C_in, C_out]`.
+    strides: one per spatial axis.
+    padding: `"SAME"`, `"VALID"` or `(low, high)` per spatial axis.
+    dilation: kernel dilation per spatial axis.
+
+  Returns:
+    `f[B, *S', C_out]`.
+  """
+  d = kernel.ndim - 2
+  strides, dilation = tuple(strides), tuple(dilation)
+  if not isinstance(padding, str):
+    padding = tuple(tuple(p) for p in padding)
+  if choose().conv_library == "onednn":
+    pads = onednn.explicit_padding(
+      x.shape, kernel.shape, strides, padding, dilation
+    )
+    if onednn.supports(x, kernel, pads, strides):
+      return onednn.conv(x, kernel, strides, pads, dilation)
+  spec = "NDHWC" if d == 3 else "NHWC"
+  return jax.lax.conv_general_dilated(
+    x,
+    kernel,
+    window_strides=strides,
+    padding=padding,
+    rhs_dilation=dilation,
+    dimension_numbers=(spec, ("DHW" if d == 3 else "HW") + "IO", spec),
+  )
+
+
 def depth_stacked_conv3d(
   x: jax.Array, kernel: jax.Array, dilation: int = 1
 ) -> jax.Array:
@@ -258,13 +319,8 @@ def depth_stacked_conv3d(
   f = kernel.shape[-1]
 
   def conv2d(inputs, kernel_2d):
-    return jax.lax.conv_general_dilated(
-      inputs,
-      kernel_2d,
-      (1, 1),
-      ((r, r), (r, r)),
-      rhs_dilation=(dilation, dilation),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"),
+    return conv_general(
+      inputs, kernel_2d, (1, 1), ((r, r), (r, r)), (dilation, dilation)
     )
 
   # Output depth t takes tap i from input depth t + i * dilation - r.

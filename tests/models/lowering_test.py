@@ -10,6 +10,7 @@ import pytest
 
 from medseg_jax.models import layers
 from medseg_jax.models import lowering
+from medseg_jax.models import onednn
 
 
 @pytest.fixture(name="fresh_log")
@@ -90,10 +91,13 @@ def test_each_choice_is_logged_once(fresh_log, caplog):
     lowering.choose("gpu")
     lowering.choose("gpu")
   lines = [r.getMessage() for r in caplog.records if "lowering" in r.message]
+  one_device = jax.device_count() == 1
+  cpu_library = "oneDNN" if one_device and onednn.available() else "XLA"
   assert lines == [
     "CPU lowering: depth-stacked 3-D conv, index-routed max pool, matvec "
-    "batch-norm sums",
-    "GPU lowering: XLA 3-D conv, XLA window max pool, reduce batch-norm sums",
+    f"batch-norm sums, {cpu_library} convolutions",
+    "GPU lowering: XLA 3-D conv, XLA window max pool, reduce batch-norm sums, "
+    "XLA convolutions",
   ]
 
 
