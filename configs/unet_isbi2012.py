@@ -35,6 +35,8 @@ AUGMENT = {
   # The U-Net paper's: random displacements on a coarse 3x3 grid, about
   # 10 pixels std, interpolated smoothly.
   "elastic": [dict(op="elastic", p=0.8, magnitude=(0.0, 10.0), grid=3)],
+  # Graded MRI artefacts (docs/robustness.md).
+  "artefacts": list(common.ARTEFACT_AUGMENT),
 }
 
 
