@@ -72,6 +72,12 @@ def run_one(dataset: str, arm: str, seed: int, args) -> dict:
   if args.data_dir:
     config.data_dir = args.data_dir
   config.eval.surface_metrics = False
+  # No validation or checkpoint on the way (the final checkpoint is the one
+  # scored): the interleaved evaluations would cost more than the training
+  # on the study's shared 2-core machine, and do not change the weights.
+  config.eval_every_steps = args.steps
+  config.checkpoint_every_steps = args.steps
+  config.log_every_steps = max(1, args.steps // 4)
   start = time.time()
   train.train_and_evaluate(config, str(workdir))
   trained = time.time() - start

@@ -13,7 +13,7 @@ one axis). The strengths per severity are in ``CORRUPTIONS[name].table``
   >>> batch = jax.vmap(lambda k, x: corruptions.corrupt("motion", k, x, 2))(
   ...     keys, images)                                  # [B, *S, C]
   >>> corruptions.parameters("motion", 2)
-  {'degrees': 2.0, 'translation': 4.0, 'movements': 4.0}
+  {'degrees': 2.0, 'translation': 4.0}
 
 Every corruption is a pure, shape-static function of ``(key, image,
 severity, mask)`` on ONE channels-last example: jit it (name static), vmap

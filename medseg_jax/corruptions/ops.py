@@ -8,8 +8,8 @@ on ONE channels-last image ``image: f[*S, C]`` (``S`` of rank 2 or 3) with
 ``real: bool[*S, 1]`` marking real voxels (False on padding). The
 strengths are scalars, possibly traced (they come from the severity table
 of :mod:`medseg_jax.corruptions.registry`); ``max_severity`` is a static
-Python number, the largest severity the call can see, from which static
-sizes may be taken (the number of motion segments).
+Python number, the largest severity the call can see, from which a
+corruption may take static sizes (none of the ten does today).
 The caller (``registry.corrupt``) restores padding voxels and returns the
 input itself at severity 0.
 
@@ -33,6 +33,9 @@ import numpy as np
 from medseg_jax.augment import intensity
 from medseg_jax.augment import sampling
 from medseg_jax.augment import spatial
+
+# The most movements `motion` draws (ROOD-MRI's largest count).
+MAX_MOVEMENTS = 10
 
 
 def moments(
@@ -271,41 +274,38 @@ def spike(key, image, real, *, max_severity, intensity):
   return _ifft_real(spectrum, image.dtype) + low
 
 
-def motion(key, image, real, *, max_severity, degrees, translation, movements):
+def motion(key, image, real, *, max_severity, degrees, translation):
   """Rigid motion during the acquisition (TorchIO's ``Motion``).
 
-  The subject moves ``movements`` times, at random moments of the scan;
-  each move is a rotation about the image centre of up to ``degrees`` per
-  angle and a shift of up to ``translation`` voxels per axis (uniform
-  draws). k-space is filled line by line along a random axis, so each
-  block of lines comes from the spectrum of the image in the position it
-  had then; the image is the real part of the inverse transform of the
-  composite, clipped at the background. The number of movements is a
-  static maximum (at ``max_severity``) with the extra ones never happening;
-  the draws are those of the table's largest count, cut to that maximum,
-  so a severity gives the same image whether it is static or traced.
+  The subject moves ``m`` times, at random moments of the scan; each move
+  is to a pose rotated about the image centre by up to ``degrees`` per
+  angle and shifted by up to ``translation`` voxels per axis (uniform
+  draws scaled by the severity's strengths). k-space is filled line by
+  line along a random axis, so each block of lines comes from the
+  spectrum of the image in the pose of its time; the image is the real
+  part of the inverse transform of the composite, clipped at the
+  background. ``m`` is drawn from the key in ROOD-MRI's range 2-10 and
+  does not change with severity: ROOD-MRI raises it with severity, but an
+  extra movement can bring the subject back near the start, and the
+  distortion measured on our test images then fell from one severity to
+  the next.
   """
-  from medseg_jax.corruptions import registry  # noqa: PLC0415
-
-  table = registry.get("motion").table["movements"]
-  most = int(round(max(table)))
-  slots = int(round(registry.parameters("motion", max_severity)["movements"]))
-  if slots == 0:
-    return image
+  del max_severity
+  slots = MAX_MOVEMENTS
   low, _, _ = moments(image, real)
   shape = image.shape[:-1]
   d = len(shape)
-  k_axis, k_times, k_angles, k_shifts = jax.random.split(key, 4)
+  k_axis, k_count, k_times, k_angles, k_shifts = jax.random.split(key, 5)
   axis = jax.random.randint(k_axis, (), 0, d)
-  count = jnp.round(movements)
-  times = jax.random.uniform(k_times, (most,))[:slots]
+  count = jax.random.randint(k_count, (), 2, slots + 1)
+  times = jax.random.uniform(k_times, (slots,))
   # Movements beyond `count` happen after the scan (time 1), i.e. never.
   times = jnp.where(jnp.arange(slots) < count, times, 1.0)
   angles = jax.random.uniform(
-    k_angles, (most, 1 if d == 2 else 3), minval=-1.0, maxval=1.0
-  )[:slots] * jnp.deg2rad(degrees)
+    k_angles, (slots, 1 if d == 2 else 3), minval=-1.0, maxval=1.0
+  ) * jnp.deg2rad(degrees)
   shifts = (
-    jax.random.uniform(k_shifts, (most, d), minval=-1.0, maxval=1.0)[:slots]
+    jax.random.uniform(k_shifts, (slots, d), minval=-1.0, maxval=1.0)
     * translation
   )
   v = image - low

@@ -104,11 +104,11 @@ CORRUPTIONS: dict[str, Corruption] = {
     {
       "degrees": _levels(0, 1, 2, 3, 4, 5),
       "translation": _levels(0, 2, 4, 6, 8, 10),
-      "movements": _levels(0, 2, 4, 6, 8, 10),
     },
-    "rigid movements during the scan, k-space assembled from the poses",
-    "ROOD-MRI RandomMotion (TorchIO, 1-5 degrees, 2-10 mm, 2-10 moves; "
-    "voxels here)",
+    "2-10 rigid movements (random) during the scan, k-space assembled "
+    "from the poses",
+    "ROOD-MRI RandomMotion (TorchIO, 1-5 degrees, 2-10 mm; voxels here; "
+    "its 2-10 movements drawn per key, not graded)",
   ),
   "spike": Corruption(
     ops.spike,
@@ -176,7 +176,7 @@ def parameters(name: str, severity: float) -> dict[str, float]:
   """The strengths of ``name`` at a (Python) ``severity`` in [0, 5].
 
   >>> parameters("motion", 2.5)
-  {'degrees': 2.5, 'translation': 5.0, 'movements': 5.0}
+  {'degrees': 2.5, 'translation': 5.0}
   """
   severity = check_severity(severity)
   levels = np.arange(MAX_SEVERITY + 1, dtype=np.float64)
