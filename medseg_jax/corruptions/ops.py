@@ -2,14 +2,14 @@
 
 Every function here has the signature::
 
-  fn(key, image, real, *, max_severity, **strengths) -> image
+  fn(key, image, real, *, **strengths) -> image
 
 on ONE channels-last image ``image: f[*S, C]`` (``S`` of rank 2 or 3) with
 ``real: bool[*S, 1]`` marking real voxels (False on padding). The
 strengths are scalars, possibly traced (they come from the severity table
-of :mod:`medseg_jax.corruptions.registry`); ``max_severity`` is a static
-Python number, the largest severity the call can see, from which a
-corruption may take static sizes (none of the ten does today).
+of :mod:`medseg_jax.corruptions.registry`); every static size (kernel
+radius, number of movements) is the same at every severity, so a Python
+and a traced severity give the same image.
 The caller (``registry.corrupt``) restores padding voxels and returns the
 input itself at severity 0.
 
@@ -109,19 +109,17 @@ def _ifft_real(spectrum: jax.Array, dtype) -> jax.Array:
 # Noise.
 
 
-def gaussian_noise(key, image, real, *, max_severity, sigma):
+def gaussian_noise(key, image, real, *, sigma):
   """Additive Gaussian noise, std ``sigma`` times the image's std."""
-  del max_severity
   _, _, std = moments(image, real)
   values = jax.random.normal(key, image.shape, image.dtype)
   return image + sigma * std * values
 
 
-def rician_noise(key, image, real, *, max_severity, sigma):
+def rician_noise(key, image, real, *, sigma):
   """Rician noise: the magnitude of the image plus complex Gaussian noise,
   ``sqrt((v + s n1)^2 + (s n2)^2)`` with ``s = sigma * std``, on
   ``v = x - min`` (MONAI's ``RandRicianNoise(relative=True)``)."""
-  del max_severity
   low, _, std = moments(image, real)
   k1, k2 = jax.random.split(key)
   spread = sigma * std
@@ -135,7 +133,7 @@ def rician_noise(key, image, real, *, max_severity, sigma):
 # Smoothing, resolution and contrast.
 
 
-def blur(key, image, real, *, max_severity, sigma):
+def blur(key, image, real, *, sigma):
   """Isotropic Gaussian blur, ``sigma`` voxels (normalised over real
   voxels: padding does not bleed in), kernel radius 3 x the largest
   sigma of the table."""
@@ -144,7 +142,6 @@ def blur(key, image, real, *, max_severity, sigma):
 
   # One radius for every severity (3 std at the largest), so a severity
   # gives the same image whether it is static or traced.
-  del max_severity
   top = max(registry.get("blur").table["sigma"])
   radius = max(1, int(math.ceil(3.0 * top)))
   d = image.ndim - 1
@@ -152,11 +149,11 @@ def blur(key, image, real, *, max_severity, sigma):
   return intensity.smooth(image, real, sigmas, radius)
 
 
-def anisotropy(key, image, real, *, max_severity, factor):
+def anisotropy(key, image, real, *, factor):
   """Down-sampling by ``factor`` along one random spatial axis (nearest
   neighbour), then linear interpolation back to the grid: the thick-slice
   look of an anisotropic acquisition (TorchIO's ``RandomAnisotropy``)."""
-  del real, max_severity
+  del real
   axis = jax.random.randint(key, (), 0, image.ndim - 1)
   out = image
   for a in _spatial_axes(image):
@@ -175,27 +172,26 @@ def _gamma(image, real, exponent):
   return u**exponent * width + low
 
 
-def contrast_compression(key, image, real, *, max_severity, gamma):
+def contrast_compression(key, image, real, *, gamma):
   """Gamma ``< 1`` on the image rescaled to [0, 1]: dark tissue brightens,
   contrast between bright tissues shrinks (MONAI ``AdjustContrast``)."""
-  del key, max_severity
+  del key
   return _gamma(image, real, gamma)
 
 
-def contrast_expansion(key, image, real, *, max_severity, gamma):
+def contrast_expansion(key, image, real, *, gamma):
   """Gamma ``> 1`` on the image rescaled to [0, 1]: dark tissue darkens,
   bright contrast grows (MONAI ``AdjustContrast``)."""
-  del key, max_severity
+  del key
   return _gamma(image, real, gamma)
 
 
-def bias_field(key, image, real, *, max_severity, coefficient, order=3):
+def bias_field(key, image, real, *, coefficient, order=3):
   """Smooth multiplicative field ``exp(sum_m c_m p_m(x))`` over the
   monomials ``p_m`` of total degree 1 to ``order`` in coordinates scaled
   to [-1, 1], ``c_m`` uniform in ``[-coefficient, coefficient]`` (TorchIO's
   ``RandomBiasField``, less its constant term: a global gain, which the
   normalisation removes anyway); applied to ``v = x - min``."""
-  del max_severity
   low, _, _ = moments(image, real)
   shape = image.shape[:-1]
   d = len(shape)
@@ -222,7 +218,7 @@ def bias_field(key, image, real, *, max_severity, coefficient, order=3):
 # k-space artefacts.
 
 
-def ghosting(key, image, real, *, max_severity, intensity, restore=0.02):
+def ghosting(key, image, real, *, intensity, restore=0.02):
   """Ghosts along a random phase-encoding axis (TorchIO's ``Ghosting``).
 
   Every ``n``-th line of k-space along the axis (counted from the centre)
@@ -235,7 +231,6 @@ def ghosting(key, image, real, *, max_severity, intensity, restore=0.02):
   would shrink from one severity to the next. The deviation from the
   clean image grows linearly with ``intensity`` (before the clip).
   """
-  del max_severity
   low, _, _ = moments(image, real)
   k_axis, k_period = jax.random.split(key)
   axis = jax.random.randint(k_axis, (), 0, image.ndim - 1)
@@ -251,13 +246,12 @@ def ghosting(key, image, real, *, max_severity, intensity, restore=0.02):
   return jnp.maximum(_ifft_real(spectrum, image.dtype), 0) + low
 
 
-def spike(key, image, real, *, max_severity, intensity):
+def spike(key, image, real, *, intensity):
   """A k-space spike (herringbone artefact): one k-space sample at a
   random frequency, 5-45 % of the band along every axis, gets ``intensity``
   times the spectrum's largest magnitude added (TorchIO's ``Spike``), with
   a random phase; the image is the real part of the inverse transform,
   i.e. stripes of amplitude ``intensity * mean(v)``."""
-  del max_severity
   low, _, _ = moments(image, real)
   shape = image.shape[:-1]
   k_pos, k_sign, k_phase = jax.random.split(key, 3)
@@ -274,7 +268,7 @@ def spike(key, image, real, *, max_severity, intensity):
   return _ifft_real(spectrum, image.dtype) + low
 
 
-def motion(key, image, real, *, max_severity, degrees, translation):
+def motion(key, image, real, *, degrees, translation):
   """Rigid motion during the acquisition (TorchIO's ``Motion``).
 
   The subject moves ``m`` times, at random moments of the scan; each move
@@ -290,7 +284,6 @@ def motion(key, image, real, *, max_severity, degrees, translation):
   distortion measured on our test images then fell from one severity to
   the next.
   """
-  del max_severity
   slots = MAX_MOVEMENTS
   low, _, _ = moments(image, real)
   shape = image.shape[:-1]

@@ -32,7 +32,7 @@ class Corruption:
   """One registered corruption.
 
   Attributes:
-    fn: ``fn(key, image, real, *, max_severity, **strengths) -> image``
+    fn: ``fn(key, image, real, **strengths) -> image``
       (see :mod:`medseg_jax.corruptions.ops`).
     table: strength name -> its value at severities 0, 1, ..., 5.
     doc: what it simulates, one line.
@@ -201,8 +201,6 @@ def corrupt(
   image: jax.typing.ArrayLike,
   severity: jax.typing.ArrayLike,
   mask: jax.typing.ArrayLike | None = None,
-  *,
-  max_severity: float | None = None,
 ) -> jax.Array:
   """Corrupts ONE image with corruption ``name`` at ``severity``.
 
@@ -222,9 +220,6 @@ def corrupt(
       Fractional values interpolate the strength table linearly.
     mask: optional ``f[*S]``, 1 on real voxels and 0 on padding; padding
       keeps its values and is left out of the image statistics.
-    max_severity: static upper bound of a traced ``severity`` (default 5),
-      which sizes the blur kernel and the motion segments; ignored for a
-      Python severity.
 
   Returns:
     The corrupted image, same shape and (float) dtype; the input itself at
@@ -243,15 +238,8 @@ def corrupt(
       f"corrupt {name!r}: image must be [*S, C] with 2 or 3 spatial axes "
       f"(channels last), got shape {image.shape}."
     )
-  static = _static(severity)
-  if static == 0:
+  if _static(severity) == 0:
     return image
-  if static is not None:
-    max_severity = static
-  elif max_severity is None:
-    max_severity = MAX_SEVERITY
-  else:
-    max_severity = check_severity(max_severity)
   if mask is None:
     real = jnp.ones((*image.shape[:-1], 1), bool)
   else:
@@ -268,7 +256,7 @@ def corrupt(
     k: jnp.interp(level, grid, jnp.asarray(v, jnp.float32))
     for k, v in spec.table.items()
   }
-  out = spec.fn(key, image, real, max_severity=max_severity, **strengths)
+  out = spec.fn(key, image, real, **strengths)
   out = jnp.where(real, out.astype(image.dtype), image)
   return jnp.where(level > 0, out, image)
 
@@ -278,20 +266,11 @@ def corrupt_example(
   key: jax.Array,
   example: Mapping[str, jax.typing.ArrayLike],
   severity: jax.typing.ArrayLike,
-  *,
-  max_severity: float | None = None,
 ) -> dict[str, jax.typing.ArrayLike]:
   """:func:`corrupt` on ``example["image"]`` (with ``example["mask"]`` if
   present); every other entry, the label included, is passed through
   untouched (the same objects)."""
-  image = corrupt(
-    name,
-    key,
-    example["image"],
-    severity,
-    example.get("mask"),
-    max_severity=max_severity,
-  )
+  image = corrupt(name, key, example["image"], severity, example.get("mask"))
   return {**example, "image": image}
 
 
@@ -314,9 +293,7 @@ def random_corruption(
   level = jax.random.uniform(k_level, (), minval=low, maxval=high)
 
   def branch(name):
-    return lambda: corrupt_example(
-      name, k_op, example, level, max_severity=high
-    )["image"]
+    return lambda: corrupt_example(name, k_op, example, level)["image"]
 
   if len(names) == 1:
     image = branch(names[0])()

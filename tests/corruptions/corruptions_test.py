@@ -8,7 +8,6 @@ returns its output at severities 0-5 for a few keys (`_sweep`).
 import functools
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -41,16 +40,15 @@ def _image(dims: int) -> np.ndarray:
 
 @functools.cache
 def _compiled(name: str, dims: int):
-  """``(keys, levels) -> f32[K, L, *S, 2]``: the image under `name` for
-  every key and (traced) severity; one jitted vmap per corruption and
-  rank."""
-  image = jnp.asarray(_image(dims))
+  """``(keys, levels, image) -> f32[K, L, *S, 2]``: the image under
+  `name` for every key and (traced) severity; one jitted vmap per
+  corruption and rank."""
 
-  def one(key, level):
+  def one(key, level, image):
     return corruptions.corrupt(name, key, image, level)
 
-  over_levels = jax.vmap(one, in_axes=(None, 0))
-  return jax.jit(jax.vmap(over_levels, in_axes=(0, None)))
+  over_levels = jax.vmap(one, in_axes=(None, 0, None))
+  return jax.jit(jax.vmap(over_levels, in_axes=(0, None, None)))
 
 
 def _keys():
@@ -60,7 +58,7 @@ def _keys():
 @functools.cache
 def _sweep(name: str, dims: int) -> np.ndarray:
   """``f32[KEYS, 7, *S, 2]`` at ``LEVELS``."""
-  return np.asarray(_compiled(name, dims)(_keys(), LEVELS))
+  return np.asarray(_compiled(name, dims)(_keys(), LEVELS, _image(dims)))
 
 
 def _mse(a, b) -> float:
@@ -114,7 +112,7 @@ def test_distortion_grows_with_severity(name, dims):
 def test_keys_decide_the_draws(name, dims):
   out = _sweep(name, dims)
   # Same keys, same output, bit for bit.
-  again = np.asarray(_compiled(name, dims)(_keys(), LEVELS))
+  again = np.asarray(_compiled(name, dims)(_keys(), LEVELS, _image(dims)))
   np.testing.assert_array_equal(again, out)
   if name not in KEYLESS:
     assert not np.array_equal(out[0, 5], out[1, 5])
@@ -122,10 +120,27 @@ def test_keys_decide_the_draws(name, dims):
     np.testing.assert_array_equal(out[0, 5], out[1, 5])
 
 
+@pytest.mark.parametrize("dims", [2, 3])
+@pytest.mark.parametrize("name", NAMES)
+def test_raw_or_normalised_intensities_give_the_same_artefact(name, dims):
+  """corrupt(a x + b) == a corrupt(x) + b for a > 0: corrupting the raw
+  image equals corrupting an affinely normalised one (z-score, min-max)."""
+  image = _image(dims)
+  a, b = 0.013, -2.5
+  scaled = _compiled(name, dims)(_keys(), LEVELS, a * image + b)
+  spread = float(image.max() - image.min())
+  np.testing.assert_allclose(
+    np.asarray(scaled),
+    a * _sweep(name, dims) + b,
+    rtol=1e-3,
+    atol=1e-4 * a * spread,
+  )
+
+
 def test_static_severity_unbatched_equals_the_traced_vmapped_sweep():
-  """Motion sizes its segments from a static severity and draws for the
-  largest table entry, so a static severity, outside vmap, reproduces
-  the traced, vmapped one."""
+  """Static sizes do not depend on the severity, so a Python severity,
+  outside vmap, reproduces the traced, vmapped sweep (motion: the most
+  static structure of the ten)."""
   key = _keys()[1]
   static = jax.jit(functools.partial(corruptions.corrupt, "motion", severity=3))
   np.testing.assert_allclose(
