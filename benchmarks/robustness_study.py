@@ -10,6 +10,8 @@ the config's own augmentations; ``artefacts``: the same plus
 ``configs/common.ARTEFACT_AUGMENT``) and each seed, it trains the
 ``runlocal`` config for ``--steps`` steps (the same budget in both arms)
 and scores the final checkpoint under every corruption at severities 0-5.
+``--gallery`` only draws ``<root>/<dataset>_gallery.png``, one test image
+under every corruption and severity.
 Each run is what these two commands do (the study runs them in one
 process, so that the corruptions compile once):
 
@@ -183,6 +185,48 @@ def aggregate(dataset: str, runs: dict, args) -> str:
   return table
 
 
+def gallery(dataset: str, args) -> None:
+  """``<root>/<dataset>_gallery.png``: the first test case under every
+  corruption at severities 0-5 (z-scored, first channel, as the network
+  sees it), with the evaluation's keys."""
+  import numpy as np  # noqa: PLC0415
+
+  from configs import unet_isbi2012  # noqa: PLC0415
+  from configs import unet_synthetic  # noqa: PLC0415
+  from medseg_jax import corruptions  # noqa: PLC0415
+  from medseg_jax.corruptions import plots  # noqa: PLC0415
+  from medseg_jax.corruptions import robustness  # noqa: PLC0415
+  from medseg_jax.data import registry as data_registry  # noqa: PLC0415
+
+  module = {"phantoms": unet_synthetic, "isbi": unet_isbi2012}[dataset]
+  config = module.get_config("runlocal")
+  if dataset == "isbi":
+    config.manual_dir = args.isbi_manual_dir
+  if args.data_dir:
+    config.data_dir = args.data_dir
+  data_dir = os.path.expanduser(config.data_dir)
+  data_registry.prepare(config.dataset, data_dir, config.get("manual_dir"))
+  source = data_registry.data_source(
+    config.dataset,
+    config.test_split,
+    data_dir,
+    manual_dir=config.get("manual_dir"),
+  )
+  raw = np.asarray(source[0]["image"], np.float32)
+  levels = [0, *corruptions.SEVERITIES]
+  images = {}
+  for name in corruptions.NAMES:
+    row = []
+    for severity in levels:
+      image = robustness.make_corrupter(name, severity)(raw, 0)[..., 0]
+      row.append((image - image.mean()) / max(float(image.std()), 1e-6))
+    images[name] = row
+  figure = plots.gallery(
+    images, levels, title=f"{DATASETS[dataset][1]}: test case 0"
+  )
+  figure.savefig(pathlib.Path(args.root) / f"{dataset}_gallery.png", dpi=70)
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--datasets", default="phantoms,isbi")
@@ -191,6 +235,9 @@ def main():
   parser.add_argument("--root", default="workdirs/robustness_study")
   parser.add_argument("--data_dir", default="")
   parser.add_argument("--isbi_manual_dir", default=ISBI_MANUAL_DIR)
+  parser.add_argument(
+    "--gallery", action="store_true", help="only draw the galleries"
+  )
   args = parser.parse_args()
   args.seeds = [int(s) for s in args.seeds.split(",")]
   from medseg_jax import xla_cpu  # noqa: PLC0415
@@ -207,6 +254,10 @@ def main():
   if "isbi" in datasets and not os.path.isdir(args.isbi_manual_dir):
     print(f"Skipping isbi: no data at {args.isbi_manual_dir}.")
     datasets.remove("isbi")
+  if args.gallery:
+    for dataset in datasets:
+      gallery(dataset, args)
+    return
   runs = {d: {arm: [] for arm in ARMS} for d in datasets}
   # Seed by seed, so that an interrupted study has tables for every
   # dataset (over the seeds done so far).

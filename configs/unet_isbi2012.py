@@ -64,6 +64,8 @@ def get_config(arg=None):
   config.optimizer.learning_rate = 1e-3
   if args.runlocal:
     common.shrink_for_local_run(config)
+    # The validation split has 6 slices: "validation[:8]" would not exist.
+    config.eval_split = config.test_split = "validation"
   if args.steps:
     config.num_train_steps = args.steps
   if args.fold >= 0:
