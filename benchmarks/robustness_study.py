@@ -1,7 +1,7 @@
 r"""Robustness study: plain training against training with MRI artefacts.
 
   nice -n 10 .venv/bin/python benchmarks/robustness_study.py \
-      --datasets=phantoms,isbi --steps=100 --seeds=0,1,2 \
+      --datasets=phantoms,isbi --steps=100 --seeds=0,1,2 --severities=1,3,5 \
       --root=workdirs/robustness_study
 
 For each dataset (the 2-D phantom U-Net, ``configs/unet_synthetic.py``, and
@@ -17,10 +17,12 @@ process, so that the corruptions compile once):
 
   python -m medseg_jax.main \
       --config=configs/unet_synthetic.py:runlocal,steps=100,seed=0,augment=artefacts \
-      --workdir=workdirs/robustness_study/phantoms_artefacts_seed0
+      --workdir=workdirs/robustness_study/phantoms_artefacts_seed0 \
+      --config.eval_every_steps=100 --config.checkpoint_every_steps=100 \
+      --config.eval.surface_metrics=False
   python -m medseg_jax.evaluate \
       --workdir=workdirs/robustness_study/phantoms_artefacts_seed0 \
-      --corruptions=all --checkpoint=latest --config.eval.surface_metrics=False
+      --corruptions=all --checkpoint=latest [--severities=1,3,5]
 
 A finished run (its robustness summary exists) is not run again. Writes
 ``<root>/<dataset>_table.md`` (mean +- std over seeds of the clean Dice
@@ -84,7 +86,7 @@ def run_one(dataset: str, arm: str, seed: int, args) -> dict:
   train.train_and_evaluate(config, str(workdir))
   trained = time.time() - start
   summary = robustness.evaluate_robustness(
-    str(workdir), checkpoint="latest", seed=0
+    str(workdir), checkpoint="latest", seed=0, severities=args.severities
   )
   summary["train_seconds"] = trained
   summary["robustness_seconds"] = time.time() - start - trained
@@ -232,6 +234,7 @@ def main():
   parser.add_argument("--datasets", default="phantoms,isbi")
   parser.add_argument("--steps", type=int, default=100)
   parser.add_argument("--seeds", default="0,1,2")
+  parser.add_argument("--severities", default="1,2,3,4,5")
   parser.add_argument("--root", default="workdirs/robustness_study")
   parser.add_argument("--data_dir", default="")
   parser.add_argument("--isbi_manual_dir", default=ISBI_MANUAL_DIR)
@@ -243,6 +246,13 @@ def main():
   from medseg_jax import xla_cpu  # noqa: PLC0415
 
   xla_cpu.configure_flags()
+  import jax  # noqa: PLC0415
+
+  # Compiled corruptions and steps survive a restart of the study.
+  jax.config.update(
+    "jax_compilation_cache_dir", os.path.join(args.root, ".jax_cache")
+  )
+  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
   from medseg_jax import console  # noqa: PLC0415
 
   os.makedirs(args.root, exist_ok=True)
