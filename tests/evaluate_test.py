@@ -292,12 +292,18 @@ def test_robustness_severity_zero_is_the_clean_evaluation(run, tmp_path):
   from medseg_jax.corruptions import robustness  # noqa: PLC0415
 
   _, workdir = run
+  config = run_config.load(workdir)
+  config.eval.surface_metrics = False  # Dice is what is compared.
   clean = evaluate.evaluate_run(
-    str(workdir), checkpoint="latest", output_dir=str(tmp_path / "clean")
+    str(workdir),
+    config=config,
+    checkpoint="latest",
+    output_dir=str(tmp_path / "clean"),
   )
   summary = robustness.evaluate_robustness(
     str(workdir),
-    corruptions="motion,rician_noise",
+    config=config,
+    corruptions="ghosting,rician_noise",
     severities="1,5",
     checkpoint="latest",
     output_dir=str(tmp_path / "rob"),
@@ -308,7 +314,7 @@ def test_robustness_severity_zero_is_the_clean_evaluation(run, tmp_path):
     summary["clean_summary"]["per_class"], clean["per_class"]
   )
   assert summary["clean"]["mean_foreground"] == clean["mean_foreground_dice"]
-  for name in ("motion", "rician_noise"):
+  for name in ("ghosting", "rician_noise"):
     entry = summary["corruptions"][name]["mean_foreground"]
     assert entry["dice"]["0"] == clean["mean_foreground_dice"]
   clean_rows = {
@@ -324,7 +330,7 @@ def test_robustness_severity_zero_is_the_clean_evaluation(run, tmp_path):
       assert float(r["dice"]) == pytest.approx(want, abs=1e-12)
   # The summaries recomputed from the per-case rows: mean Dice over cases
   # per severity, then ROOD-MRI's weighting.
-  for name in ("motion", "rician_noise"):
+  for name in ("ghosting", "rician_noise"):
     for class_name in CLASSES:
       means = []
       for corruption, severity in (("clean", "0"), (name, "1"), (name, "5")):
