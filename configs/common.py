@@ -36,6 +36,14 @@ def parse_arg(arg: str | None, **defaults) -> ml_collections.ConfigDict:
   return out
 
 
+# Training with MRI artefacts (docs/robustness.md): half the examples get
+# one graded corruption of medseg_jax.corruptions, drawn uniformly, at a
+# severity uniform in [0, 5]; the label is untouched.
+ARTEFACT_AUGMENT = (
+  dict(op="corruption", p=0.5, names="all", severity=(0.0, 5.0)),
+)
+
+
 def base_config() -> ml_collections.ConfigDict:
   """Fields every supervised experiment has, with neutral defaults."""
   config = ml_collections.ConfigDict()

@@ -35,6 +35,8 @@ AUGMENT = {
   # The U-Net paper's: random displacements on a coarse 3x3 grid, about
   # 10 pixels std, interpolated smoothly.
   "elastic": [dict(op="elastic", p=0.8, magnitude=(0.0, 10.0), grid=3)],
+  # Graded MRI artefacts (docs/robustness.md).
+  "artefacts": list(common.ARTEFACT_AUGMENT),
 }
 
 
@@ -62,6 +64,8 @@ def get_config(arg=None):
   config.optimizer.learning_rate = 1e-3
   if args.runlocal:
     common.shrink_for_local_run(config)
+    # The validation split has 6 slices: "validation[:8]" would not exist.
+    config.eval_split = config.test_split = "validation"
   if args.steps:
     config.num_train_steps = args.steps
   if args.fold >= 0:

@@ -9,14 +9,17 @@ r"""2-D U-Net on the embedded synthetic phantoms (the `make demo` job).
 
 Classes: background, organ, lesion (inside the organ), vessel. Arguments:
 ``percent=25`` trains on the first 25 % of the training split, ``seed=1``
-sets the seed.
+sets the seed, ``augment=artefacts`` adds graded MRI artefacts to the
+augmentations (``common.ARTEFACT_AUGMENT``, docs/robustness.md).
 """
 
 from configs import common
 
 
 def get_config(arg=None):
-  args = common.parse_arg(arg, runlocal=False, steps=0, percent=100, seed=-1)
+  args = common.parse_arg(
+    arg, runlocal=False, steps=0, percent=100, seed=-1, augment="none"
+  )
   config = common.base_config()
   config.dataset = "synthetic_phantoms/2d"
   # Whole 128x128 images: the context beats more, smaller patches here.
@@ -30,5 +33,11 @@ def get_config(arg=None):
     common.shrink_for_local_run(config)
   if args.steps:
     config.num_train_steps = args.steps
+  if args.augment not in ("none", "artefacts"):
+    raise ValueError(
+      f"Unknown augment={args.augment!r}; valid: ['artefacts', 'none']."
+    )
+  if args.augment == "artefacts":
+    config.augment = [*config.augment, *map(dict, common.ARTEFACT_AUGMENT)]
   common.apply_data_args(config, args)
   return config

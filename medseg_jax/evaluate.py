@@ -12,6 +12,10 @@ r"""Evaluates a trained run on a split: reports, overlays, summaries.
   python -m medseg_jax.evaluate --workdir=workdirs/demo \
       --config=configs/unet_synthetic.py
 
+  # robustness: every graded corruption at severities 1-5, plus clean
+  python -m medseg_jax.evaluate --workdir=workdirs/demo --corruptions=all \
+      [--severities=1,2,3,4,5] [--corruption_seed=0]
+
 It scores through the same predictor and report code as the trainer's
 final test report (`evaluation.report`), so the same checkpoint and options
 give the same files.
@@ -26,6 +30,13 @@ sensitivity, specificity, precision, volume similarity (from confusion
 counts on device) and, unless `--config.eval.surface_metrics=False`, HD95,
 HD, ASSD and NSD at `config.eval.nsd_tolerance_mm` (host, with the voxel
 spacing).
+
+With `--corruptions` (`all` or names of `medseg_jax.corruptions`) it scores
+the checkpoint under each corruption at each severity instead, through the
+same path, and writes into `<workdir>/robustness/` (or `--output_dir`) a
+per-case CSV, a summary CSV and JSON with ROOD-MRI's overall and
+degradation figures, and a Dice-against-severity PNG; see
+`medseg_jax.corruptions.robustness` and docs/robustness.md.
 """
 
 from __future__ import annotations
@@ -113,7 +124,21 @@ def _define_flags(argv):
   flags.DEFINE_string(
     "split", "test", "train, validation, test, or a TFDS split string."
   )
-  flags.DEFINE_string("output_dir", None, "Default: <workdir>/eval.")
+  flags.DEFINE_string(
+    "output_dir", None, "Default: <workdir>/eval (<workdir>/robustness)."
+  )
+  flags.DEFINE_string(
+    "corruptions",
+    None,
+    "Robustness evaluation: 'all' or a comma-separated list of "
+    "medseg_jax.corruptions names.",
+  )
+  flags.DEFINE_string(
+    "severities", "1,2,3,4,5", "With --corruptions: severities in 1-5."
+  )
+  flags.DEFINE_integer(
+    "corruption_seed", 0, "With --corruptions: seeds the corruptions."
+  )
   flags.mark_flags_as_required(["workdir"])
 
 
@@ -125,6 +150,20 @@ def main(argv):
 
   # The run's log.txt gets this evaluation's log too.
   console.setup(flags.FLAGS.workdir, process_index=0)
+  if flags.FLAGS.corruptions:
+    from medseg_jax.corruptions import robustness  # noqa: PLC0415
+
+    robustness.evaluate_robustness(
+      flags.FLAGS.workdir,
+      corruptions=flags.FLAGS.corruptions,
+      severities=flags.FLAGS.severities,
+      config=flags.FLAGS.config,
+      checkpoint=flags.FLAGS.checkpoint,
+      split=flags.FLAGS.split,
+      output_dir=flags.FLAGS.output_dir,
+      seed=flags.FLAGS.corruption_seed,
+    )
+    return
   evaluate_run(
     flags.FLAGS.workdir,
     config=flags.FLAGS.config,

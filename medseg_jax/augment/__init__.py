@@ -18,7 +18,9 @@ Geometric ops (flip, rot90, affine, elastic) move image, label and mask
 with one draw: the image is interpolated linearly, label and mask by
 nearest neighbour, and voxels from outside the input become image 0,
 label 0, mask 0. Intensity ops (gamma, brightness, contrast, noise, blur,
-low_resolution) change the image on real voxels only.
+low_resolution, and ``corruption``: the graded MRI artefacts of
+:mod:`medseg_jax.corruptions` at a random severity) change the image on
+real voxels only.
 
 ``config.augment_on`` runs a config's list inside the jitted train step
 (``"device"``) or in the grain input pipeline on the CPU (``"host"``,
@@ -42,6 +44,7 @@ from medseg_jax.augment.registry import OpSpec
 from medseg_jax.augment.registry import Param
 from medseg_jax.augment.registry import Step
 from medseg_jax.augment.registry import build
+from medseg_jax.augment.registry import corruption
 from medseg_jax.augment.sampling import resample
 from medseg_jax.augment.spatial import affine
 from medseg_jax.augment.spatial import elastic
@@ -62,6 +65,7 @@ __all__ = [
   "build",
   "check_augment_on",
   "contrast",
+  "corruption",
   "elastic",
   "flip",
   "gamma",

@@ -208,26 +208,45 @@ def blur(
     The example with a new image.
   """
   image = example["image"]
-  shape = image.shape[:-1]
-  d = len(shape)
+  d = image.ndim - 1
   sigmas = _draw(key, sigma, d if per_axis else 1, jnp.float32)
   sigmas = jnp.broadcast_to(sigmas, (d,))
-  weight = _real(example).astype(image.dtype)
+  radius = int(math.ceil(truncate * sigma[1]))
+  return _with_image(example, smooth(image, _real(example), sigmas, radius))
+
+
+def smooth(
+  image: jax.Array, real: jax.Array, sigmas: jax.Array, radius: int
+) -> jax.Array:
+  """Separable normalised Gaussian convolution ``blur(x * m) / blur(m)``.
+
+  Args:
+    image: ``f[*S, C]``.
+    real: ``bool[*S, 1]``, where the voxel is real data (padding and the
+      space beyond the border do not bleed into real voxels).
+    sigmas: ``f32[d]`` standard deviation per spatial axis, voxels (0: no
+      blur along that axis).
+    radius: static kernel radius in voxels, capped at each axis size - 1.
+
+  Returns:
+    ``f[*S, C]``; voxels with no real voxel in reach keep their value.
+  """
+  shape = image.shape[:-1]
+  weight = real.astype(image.dtype)
   numerator = image * weight
   for a, n in enumerate(shape):
-    radius = min(int(math.ceil(truncate * sigma[1])), n - 1)
-    offsets = jnp.arange(-radius, radius + 1, dtype=jnp.float32)
+    r = min(radius, n - 1)
+    offsets = jnp.arange(-r, r + 1, dtype=jnp.float32)
     std = jnp.maximum(sigmas[a], 1e-6)
     kernel = jnp.exp(-0.5 * (offsets / std) ** 2)
     kernel = (kernel / jnp.sum(kernel)).astype(image.dtype)
     numerator = sampling.convolve_axis(numerator, kernel, a)
     weight = sampling.convolve_axis(weight, kernel, a)
   safe = jnp.where(weight > 0, weight, jnp.ones_like(weight))
-  blurred = jnp.where(weight > 0, numerator / safe, image)
-  return _with_image(example, blurred)
+  return jnp.where(weight > 0, numerator / safe, image)
 
 
-def _low_resolution_axis(
+def low_resolution_axis(
   x: jax.Array, axis: int, factor: jax.Array, order: int
 ) -> jax.Array:
   """Down- then linearly up-samples one axis, keeping its static size.
@@ -287,5 +306,5 @@ def low_resolution(
   interpolation = {"nearest": 0, "linear": 1}[order]
   out = image
   for i, a in enumerate(axes):
-    out = _low_resolution_axis(out, a, factors[i], interpolation)
+    out = low_resolution_axis(out, a, factors[i], interpolation)
   return _with_image(example, out)

@@ -57,7 +57,9 @@ class Param:
       sequence of pairs, e.g. per axis), ``"prob"`` (a number in [0, 1]),
       ``"number"``, ``"bool"``, ``"choice"``, ``"axes"`` (None or distinct
       non-negative ints), ``"planes"`` (None or pairs of distinct axes),
-      ``"ints"`` (an int or a sequence of ints, each >= ``low``).
+      ``"ints"`` (an int or a sequence of ints, each >= ``low``),
+      ``"corruptions"`` (``"all"``, one name of
+      :mod:`medseg_jax.corruptions` or a sequence of them).
     low: smallest allowed value (range entries, numbers, ints).
     high: largest allowed value.
     strict: ``low`` itself is not allowed (``> low``).
@@ -93,6 +95,8 @@ class Param:
       "axes": "None or a sequence of distinct spatial axes",
       "planes": "None or a sequence of (axis, axis) pairs",
       "ints": "an int or one int per axis" + (f", {bound}" if bound else ""),
+      "corruptions": "'all', a corruption name or a sequence of them, "
+      f"from {list(_corruption_names())}",
     }
     return kinds[self.kind]
 
@@ -130,6 +134,40 @@ class OpSpec:
 
 def _range(default, low=None, high=None, strict=False, help="") -> Param:
   return Param(default, "range", low, high, strict, help=help)
+
+
+def _corruption_names() -> tuple[str, ...]:
+  # Imported here: medseg_jax.corruptions builds on this package's helpers.
+  from medseg_jax import corruptions  # noqa: PLC0415
+
+  return corruptions.NAMES
+
+
+def corruption(
+  key: jax.Array,
+  example: Example,
+  names: str | Sequence[str] = "all",
+  severity: tuple[float, float] = (0.0, 3.0),
+) -> Example:
+  """A graded MRI artefact of :mod:`medseg_jax.corruptions`, image only.
+
+  Draws one of ``names`` uniformly and a severity uniformly in
+  ``severity`` (fractional severities interpolate the corruption's
+  strength table), per example; label and mask are untouched, padding
+  keeps its values. See ``medseg_jax.corruptions.random_corruption``.
+
+  Args:
+    key: PRNG key.
+    example: one example (``image: f[*S, C]``, ``mask: f[*S]``).
+    names: ``"all"``, one corruption name, or a sequence of them.
+    severity: ``(low, high)`` within [0, 5].
+
+  Returns:
+    The example with a new image.
+  """
+  from medseg_jax import corruptions  # noqa: PLC0415
+
+  return corruptions.random_corruption(key, example, names, severity)
 
 
 AUGMENTATIONS: dict[str, OpSpec] = {
@@ -252,6 +290,20 @@ AUGMENTATIONS: dict[str, OpSpec] = {
     geometric=False,
     doc="downsample by a random factor, upsample linearly",
   ),
+  "corruption": OpSpec(
+    corruption,
+    {
+      "names": Param(
+        "all", "corruptions", help="corruptions drawn from, one per example"
+      ),
+      "severity": _range(
+        (0.0, 3.0), 0.0, 5.0, help="severity range (0 clean, 1-5 graded)"
+      ),
+    },
+    geometric=False,
+    doc="an MRI artefact (noise, blur, bias, gamma, ghosting, motion, "
+    "spike, anisotropy) at a random severity (medseg_jax.corruptions)",
+  ),
 }
 
 
@@ -333,6 +385,21 @@ def _normalise(param: Param, value: Any) -> Any:
     if not isinstance(value, bool):
       raise _Invalid("expected True or False")
     return value
+  if kind == "corruptions":
+    valid = _corruption_names()
+    names = (value,) if isinstance(value, str) else value
+    if (
+      not _is_sequence(names)
+      or not names
+      or not all(isinstance(n, str) for n in names)
+    ):
+      raise _Invalid("expected 'all', a name or a sequence of names")
+    if tuple(names) == ("all",):
+      return "all"
+    unknown = [n for n in names if n not in valid]
+    if unknown:
+      raise _Invalid(f"unknown corruption(s) {unknown}")
+    return tuple(dict.fromkeys(names))
   if kind == "choice":
     if value not in param.choices:
       raise _Invalid("not a valid choice")

@@ -21,6 +21,7 @@ partial batch can be padded to a fixed shape.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from collections.abc import Iterator
 from typing import Any
 
@@ -165,13 +166,17 @@ def eval_examples(
   pad_multiple: int,
   process_index: int = 0,
   process_count: int = 1,
+  corrupt: Callable[[np.ndarray, int], np.ndarray] | None = None,
 ) -> Iterator[dict[str, Any]]:
   """Yields evaluation examples in order, normalised and padded.
 
   Each example keeps ``case_id`` (str), ``spacing`` and the unpadded
   ``shape`` so predictions can be cropped back. With ``process_count > 1``
   only cases ``process_index, process_index + process_count, ...`` are read
-  (``evaluator.gather`` puts the results back in order).
+  (``evaluator.gather`` puts the results back in order). ``corrupt(image,
+  index)``, if given, replaces each raw image (``f32[*S, C]``, as read,
+  before normalisation, as a scanner would degrade it) of the case at
+  position ``index`` of the split; ``raw_image`` is then the corrupted one.
   """
   source = registry.data_source(
     config.dataset, split, data_dir, manual_dir=config.get("manual_dir")
@@ -181,6 +186,9 @@ def eval_examples(
   pad = transforms_lib.CenterPad(multiple=pad_multiple)
   for index in range(process_index, len(source), process_count):
     raw = source[index]
+    if corrupt is not None:
+      image = corrupt(np.asarray(raw["image"], np.float32), index)
+      raw = {**raw, "image": np.asarray(image, np.float32)}
     example = dict(raw)
     for transform in normalize:
       example = transform.map(example)

@@ -22,6 +22,7 @@ the scalars, and prints the per-class table; `<name>` is
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -49,6 +50,7 @@ def evaluate(
   keep_arrays: bool = False,
   desc: str | None = None,
   leave: bool = True,
+  corrupt: Callable[[np.ndarray, int], np.ndarray] | None = None,
 ) -> evaluator.EvalResult:
   """Predicts and scores every case of `split`, on every process.
 
@@ -63,6 +65,10 @@ def evaluate(
     desc: progress-bar label (default: the split).
     leave: keep the progress bar on screen when done (the trainer's
       validations pass False: silent unless slow).
+    corrupt: ``corrupt(raw_image, index) -> raw_image``, applied to each
+      case's image before normalisation (`pipeline.eval_examples`); the
+      robustness evaluation (`medseg_jax.corruptions.robustness`) passes
+      one corruption at one severity. None: the clean split.
 
   Returns:
     The result over all cases of the split, in order, on every process.
@@ -75,6 +81,7 @@ def evaluate(
     pad_multiple=1,  # The predictor pads (to the patch and the multiple).
     process_index=index,
     process_count=count,
+    corrupt=corrupt,
   )
   cases = evaluator.score_examples(
     console.progress(examples, desc=desc or split, unit="case", leave=leave),

@@ -41,6 +41,7 @@ OPTIONS = {
   "noise": dict(sigma=(0.05, 0.1)),
   "blur": {},
   "low_resolution": dict(factor=(1.5, 2.5)),
+  "corruption": dict(names=("gaussian_noise", "spike"), severity=(1.0, 3.0)),
 }
 GEOMETRIC = [n for n, s in augment.AUGMENTATIONS.items() if s.geometric]
 INTENSITY = [n for n, s in augment.AUGMENTATIONS.items() if not s.geometric]

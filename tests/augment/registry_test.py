@@ -63,6 +63,7 @@ def test_registry_lists_every_op_and_defaults_match_signatures():
     "noise",
     "blur",
     "low_resolution",
+    "corruption",
   }
   for name, spec in augment.AUGMENTATIONS.items():
     signature = inspect.signature(spec.fn)
