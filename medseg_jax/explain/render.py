@@ -2,10 +2,12 @@
 
 The image (first channel, 1st-99th percentile window, grey) with the map on
 top in a perceptual colour map (matplotlib's `inferno`), its opacity
-growing with the map's value so low values leave the image visible. Maps
-are scaled to [0, 1] by their largest absolute value (signed maps by
-`|map|`), never inverted. Volumes show a few axial slices (axis 0 of
-`[D, H, W]`) side by side, chosen where the map is strongest.
+growing with the map's value so low values leave the image visible, beside
+a panel of the image with the explained region tinted. Maps are scaled to
+[0, 1] by the 99.5th percentile of `|map|` (gradient maps are spiky: a few
+voxels would otherwise set the scale) and clipped, never inverted. Volumes
+show a few axial slices (axis 0 of `[D, H, W]`), chosen where the map is
+strongest, one row of panel pairs.
 """
 
 from __future__ import annotations
@@ -19,11 +21,17 @@ from PIL import ImageDraw
 from medseg_jax.evaluation import overlays
 
 
-def normalise(heat: np.ndarray) -> np.ndarray:
-  """`|heat| / max |heat|` in [0, 1] (zeros stay zeros)."""
+def normalise(heat: np.ndarray, percentile: float = 99.5) -> np.ndarray:
+  """`|heat|` divided by its `percentile`-th percentile, clipped to [0, 1]
+  (zeros stay zeros; the maximum if the percentile is 0)."""
   heat = np.abs(np.asarray(heat, np.float64))
-  top = heat.max() if heat.size else 0.0
-  return (heat / top if top > 0 else heat).astype(np.float32)
+  if not heat.size:
+    return heat.astype(np.float32)
+  top = np.percentile(heat, percentile)
+  top = top if top > 0 else heat.max()
+  if top <= 0:
+    return heat.astype(np.float32)
+  return np.clip(heat / top, 0, 1).astype(np.float32)
 
 
 def colour(heat: np.ndarray, cmap: str = "inferno") -> np.ndarray:
@@ -40,24 +48,22 @@ def overlay_2d(
   *,
   alpha: float = 0.6,
   cmap: str = "inferno",
-  contour: np.ndarray | None = None,
 ) -> np.ndarray:
-  """`f32[H, W, C]` image and `f32[H, W]` map -> `u8[H, W, 3]`.
-
-  `heat` is expected in [0, 1] (see `normalise`); `contour` (`bool[H, W]`)
-  outlines the explained region in cyan.
-  """
+  """`f32[H, W, C]` image and `f32[H, W]` map in [0, 1] (see `normalise`)
+  -> `u8[H, W, 3]`."""
   gray = overlays._to_gray(np.asarray(image, np.float32))  # noqa: SLF001
   heat = np.clip(np.asarray(heat, np.float32), 0, 1)
   weight = (alpha * np.sqrt(heat))[..., None]
   out = (1 - weight) * gray + weight * colour(heat, cmap)
-  if contour is not None:
-    region = np.asarray(contour, bool)
-    inner = region.copy()
-    for axis in (0, 1):
-      for shift in (1, -1):
-        inner &= np.roll(region, shift, axis)
-    out[region & ~inner] = (0, 255, 255)
+  return out.astype(np.uint8)
+
+
+def region_panel(image: np.ndarray, region: np.ndarray) -> np.ndarray:
+  """The image with `region: bool[H, W]` tinted cyan, `u8[H, W, 3]`."""
+  gray = overlays._to_gray(np.asarray(image, np.float32))  # noqa: SLF001
+  tint = np.array([0, 200, 255], np.float32)
+  where = np.asarray(region, bool)[..., None]
+  out = np.where(where, 0.55 * gray + 0.45 * tint, gray)
   return out.astype(np.uint8)
 
 
@@ -93,28 +99,30 @@ def render(
     image: `f32[*S, C]`, `S` 2-D or 3-D.
     heat: `f32[*S]`, any scale (normalised here over the whole map).
     title: text drawn above.
-    region: `bool[*S]` explained region, outlined.
+    region: `bool[*S]` explained region, shown in its own panel.
     slices: axial slices for 3-D (default `pick_slices`).
     scale: integer upscaling (nearest) for small inputs.
   """
   image = np.asarray(image, np.float32)
   heat = normalise(heat)
   if heat.ndim == 2:
-    panels = [overlay_2d(image, heat, contour=region)]
-    labels = [""]
+    image, heat = image[None], heat[None]
+    region = None if region is None else np.asarray(region)[None]
+    slices, names = [0], [""]
   else:
     slices = list(slices) if slices is not None else pick_slices(heat)
-    panels = [
-      overlay_2d(
-        image[i], heat[i], contour=None if region is None else region[i]
-      )
-      for i in slices
-    ]
-    labels = [f"z={i}" for i in slices]
+    names = [f"z={i} " for i in slices]
+  panels, labels = [], []
+  for i, name in zip(slices, names, strict=True):
+    if region is not None:
+      panels.append(region_panel(image[i], region[i]))
+      labels.append(f"{name}region")
+    panels.append(overlay_2d(image[i], heat[i]))
+    labels.append(f"{name}map")
   gap = 4
   height, width = panels[0].shape[:2]
   height, width = height * scale, width * scale
-  top = 16 if title or any(labels) else 0
+  top = 30 if title else 16
   canvas = Image.new(
     "RGB", (len(panels) * (width + gap) - gap, height + top), "white"
   )
@@ -125,8 +133,7 @@ def render(
       picture = picture.resize((width, height), Image.NEAREST)
     x = k * (width + gap)
     canvas.paste(picture, (x, top))
-    if label:
-      draw.text((x + 2, 2 if not title else 2), label, fill="black")
+    draw.text((x + 2, top - 14), label, fill="black")
   if title:
     draw.text((2, 2), title, fill="black")
   return canvas
