@@ -6,8 +6,8 @@ the unperturbed image). `heatmap` turns one into a map `f32[B, *S]` for
 display. All are pure functions of `(model, variables, image, target)`,
 jittable with the model and the options static, batched over examples,
 2-D and 3-D. The many network evaluations of SmoothGrad and Integrated
-Gradients run as device batches (`jax.lax.map` with `batch_size`), not one
-by one.
+Gradients run as device batches of `batch_size` copies stacked along the
+batch axis (`batching.map_in_chunks`), not one by one.
 
 References:
 
@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medseg_jax.explain import batching
 from medseg_jax.explain import targets
 
 RULES = ("gauss_legendre", "trapezoid", "riemann_middle")
@@ -41,6 +42,20 @@ def _grad_fn(model: nn.Module, variables: Any, target: targets.Target, region):
     return targets.score_of(model, variables, x, target, region).sum()
 
   return jax.grad(total)
+
+
+def _copies_grad(model, variables, target, region):
+  """`x: f32[k, B, *S, C] -> dS/dx` of all `k * B` copies in one batch
+  (each scored over its example's region; evaluation mode keeps the
+  examples independent)."""
+
+  def grad(copies):
+    k = copies.shape[0]
+    tiled = jnp.broadcast_to(region, (k, *region.shape))
+    g = _grad_fn(model, variables, target, batching.stack_batch(tiled))
+    return batching.unstack_batch(g(batching.stack_batch(copies)), k)
+
+  return grad
 
 
 def saliency(
@@ -110,30 +125,21 @@ def smoothgrad(
   image = jnp.asarray(image, jnp.float32)
   rng = jax.random.key(0) if rng is None else rng
   region = targets.region_of(model, variables, image, target)
-  grad = _grad_fn(model, variables, target, region)
+  grad = _copies_grad(model, variables, target, region)
   axes = tuple(range(1, image.ndim))
   span = image.max(axis=axes, keepdims=True) - image.min(
     axis=axes, keepdims=True
   )
   sigma = noise_level * span
 
-  def one(key):
-    noisy = image + sigma * jax.random.normal(key, image.shape)
-    g = grad(noisy)
+  def chunk(keys):
+    noise = jax.vmap(lambda key: jax.random.normal(key, image.shape))(keys)
+    g = grad(image[None] + sigma[None] * noise)
     return g * g if magnitude else g
 
   keys = jax.random.split(rng, samples)
-  total = jax.lax.map(one, keys, batch_size=_chunk(batch_size, samples))
-  mean = total.mean(axis=0)
+  mean = batching.map_in_chunks(chunk, keys, batch_size).mean(axis=0)
   return jnp.sqrt(mean) if magnitude else mean
-
-
-def _chunk(batch_size: int | None, n: int) -> int | None:
-  if batch_size is None or batch_size >= n:
-    return None if batch_size is None else n
-  if batch_size < 1:
-    raise ValueError(f"batch_size must be >= 1 or None, got {batch_size}.")
-  return batch_size
 
 
 def quadrature(steps: int, rule: str = "gauss_legendre"):
@@ -193,17 +199,19 @@ def integrated_gradients(
   baseline = jnp.broadcast_to(jnp.asarray(baseline, jnp.float32), image.shape)
   nodes, weights = quadrature(steps, rule)
   region = targets.region_of(model, variables, image, target)
-  grad = _grad_fn(model, variables, target, region)
+  grad = _copies_grad(model, variables, target, region)
   delta = image - baseline
+  expand = (slice(None),) + (None,) * image.ndim
 
-  def one(node_weight):
+  def chunk(node_weight):
     node, weight = node_weight
-    return weight * grad(baseline + node * delta)
+    g = grad(baseline[None] + node[expand] * delta[None])
+    return weight[expand] * g
 
-  total = jax.lax.map(
-    one,
+  total = batching.map_in_chunks(
+    chunk,
     (jnp.asarray(nodes, jnp.float32), jnp.asarray(weights, jnp.float32)),
-    batch_size=_chunk(batch_size, steps),
+    batch_size,
   )
   return delta * total.sum(axis=0)
 

@@ -10,10 +10,11 @@ The map at a voxel is the mean drop over the boxes that cover it (positive:
 hiding that part lowers the score; the region is the clean image's). The
 boxes tile every axis, the last one ending at the border. All occluded
 copies are built on the device from the box corners and go through the
-network `batch_size` positions at a time (`jax.lax.map`), in one jitted
-computation; the per-voxel means are one contraction of the drops with the
-boxes' per-axis indicators. MONAI's `OcclusionSensitivity` builds each
-copy in Python and accepts one image at a time.
+network `batch_size` positions at a time, stacked along the batch axis
+(`batching.map_in_chunks`), in one jitted computation; the per-voxel means
+are one contraction of the drops with the boxes' per-axis indicators.
+MONAI's `OcclusionSensitivity` builds each copy in Python and accepts one
+image at a time.
 
 Reference: M. D. Zeiler, R. Fergus. "Visualizing and Understanding
 Convolutional Networks". ECCV 2014. https://arxiv.org/abs/1311.2901
@@ -30,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from medseg_jax.explain import batching
 from medseg_jax.explain import targets
 
 FILLS = ("mean",)
@@ -130,19 +132,30 @@ def occlusion(
     for a, s in enumerate(spatial)
   ]
 
-  def drop(corner):
+  def drops_of(chunk):  # i32[k, d] -> f32[k, B]
     inside = None
     for a, s in enumerate(spatial):
-      index = jnp.arange(s)
-      axis = (index >= corner[a]) & (index < corner[a] + window[a])
-      axis = axis.reshape((1,) * a + (s,) + (1,) * (d - a - 1))
+      index = jnp.arange(s)[None, :]
+      axis = (index >= chunk[:, a : a + 1]) & (
+        index < chunk[:, a : a + 1] + window[a]
+      )
+      axis = axis.reshape((len(chunk),) + (1,) * a + (s,) + (1,) * (d - a - 1))
       inside = axis if inside is None else inside & axis
-    occluded = jnp.where(inside[None, ..., None], fill_value, image)
-    return clean - targets.score_of(model, variables, occluded, target, region)
+    occluded = jnp.where(inside[:, None, ..., None], fill_value, image[None])
+    k = len(chunk)
+    tiled = jnp.broadcast_to(region, (k, *region.shape))
+    scores = targets.score_of(
+      model,
+      variables,
+      batching.stack_batch(occluded),
+      target,
+      batching.stack_batch(tiled),
+    )
+    return clean[None] - batching.unstack_batch(scores, k)
 
-  n = len(corners)
-  chunk = None if batch_size is None else min(int(batch_size), n)
-  drops = jax.lax.map(drop, jnp.asarray(corners), batch_size=chunk)  # [N, B]
+  drops = batching.map_in_chunks(
+    drops_of, jnp.asarray(corners), batch_size
+  )  # [N, B]
   letters = string.ascii_lowercase[:d]
   spec = ",".join(["nz"] + [f"n{c}" for c in letters]) + f"->z{letters}"
   total = jnp.einsum(spec, drops, *indicators)
