@@ -3,10 +3,15 @@
 SmoothGrad, Integrated Gradients and occlusion evaluate the network on many
 perturbed copies of the input. The copies of one chunk are stacked along
 the batch axis, so the network sees an ordinary batch of `chunk * B`
-images (no `vmap` over the model: its batched program would be another,
-much slower to compile), and the chunks run in a `jax.lax.map` loop whose
-body is compiled once. A count that is not a multiple of the chunk is
-padded with copies of the first item, whose results are dropped.
+images (no `vmap` over the model, whose batched program compiled and ran
+much slower). Forward-only chunks (occlusion) run in a `jax.lax.map` loop
+whose body is compiled once. Chunks that take gradients (SmoothGrad,
+Integrated Gradients) are unrolled instead: on XLA:CPU an input gradient
+inside a loop ran about 15x slower than the same chunks unrolled (8
+gradients of a 2-D U-Net 16-128 at 128x128: 23.0 s in `lax.map`, 1.6 s
+unrolled, 1.8 s as one batch of 8), while a forward pass inside the loop
+costs the same as outside it. A count that is not a multiple of the chunk
+is padded with copies of the first item, whose results are dropped.
 """
 
 from __future__ import annotations
@@ -28,7 +33,11 @@ def chunk_size(batch_size: int | None, n: int) -> int:
 
 
 def map_in_chunks(
-  fn: Callable[[Any], Any], items: Any, batch_size: int | None
+  fn: Callable[[Any], Any],
+  items: Any,
+  batch_size: int | None,
+  *,
+  unroll: bool = False,
 ) -> Any:
   """`fn` over the leading axis of `items`, `batch_size` items per call.
 
@@ -37,6 +46,8 @@ def map_in_chunks(
       with leading axis `k`.
     items: a pytree of arrays with leading axis `n`.
     batch_size: items per call of `fn` (`None`: all in one call).
+    unroll: trace `fn` once per chunk (a larger program, compiled longer)
+      instead of looping over one traced body (see the module docstring).
 
   Returns:
     `fn`'s outputs for all `n` items, leading axis `n`.

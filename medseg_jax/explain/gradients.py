@@ -138,7 +138,8 @@ def smoothgrad(
     return g * g if magnitude else g
 
   keys = jax.random.split(rng, samples)
-  mean = batching.map_in_chunks(chunk, keys, batch_size).mean(axis=0)
+  mean = batching.map_in_chunks(chunk, keys, batch_size, unroll=True)
+  mean = mean.mean(axis=0)
   return jnp.sqrt(mean) if magnitude else mean
 
 
@@ -212,6 +213,7 @@ def integrated_gradients(
     chunk,
     (jnp.asarray(nodes, jnp.float32), jnp.asarray(weights, jnp.float32)),
     batch_size,
+    unroll=True,
   )
   return delta * total.sum(axis=0)
 
