@@ -253,7 +253,12 @@ def main() -> None:
         b = np.abs(b)
       corr = float(np.corrcoef(a, b)[0, 1])
     rows.append((method, compile_s, ms, corr))
-    print(f"  {method}: done", flush=True)
+    peer_ms = ms.get("monai")
+    print(
+      f"  {method}: medseg_jax {ms['ours']:.1f} ms"
+      + (f", MONAI {peer_ms:.1f} ms" if peer_ms else ""),
+      flush=True,
+    )
 
   print()
   print(f"median ms per map over {args.repeats} alternating repeats:")
