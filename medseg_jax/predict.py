@@ -92,15 +92,22 @@ class Predictor:
       [s for s in config.data.train_transforms if s["op"] == "normalize"]
     )
 
-  def __call__(self, source: pathlib.Path, output_dir: pathlib.Path):
-    """Segments `source`; returns the path written."""
+  def prepare(self, source: pathlib.Path):
+    """Reads `source` and brings it to what the model saw in training.
+
+    Returns:
+      `(volume, stored, image)`: the input as read (`medical_io.Volume`, on
+      its own grid), the preprocessed volume (on the stored grid, with its
+      affine) and `image: f32[*S, C]`, `stored`'s data after the config's
+      normalisation. `python -m medseg_jax.explain` reads inputs through
+      this too.
+    """
     import dataclasses  # noqa: PLC0415
 
     import numpy as np  # noqa: PLC0415
 
     from medseg_jax.data import checks  # noqa: PLC0415
     from medseg_jax.data import medical_io  # noqa: PLC0415
-    from medseg_jax.data import preprocessing  # noqa: PLC0415
 
     spec = self.trained.spec
     case_id = source.name
@@ -131,7 +138,17 @@ class Predictor:
     }
     for transform in self.normalize:
       example = transform.map(example)
-    label = self.model.predict_label(example["image"])
+    return volume, stored, np.asarray(example["image"], np.float32)
+
+  def __call__(self, source: pathlib.Path, output_dir: pathlib.Path):
+    """Segments `source`; returns the path written."""
+    import numpy as np  # noqa: PLC0415
+
+    from medseg_jax.data import medical_io  # noqa: PLC0415
+    from medseg_jax.data import preprocessing  # noqa: PLC0415
+
+    volume, stored, image = self.prepare(source)
+    label = self.model.predict_label(image)
     label = preprocessing.to_original_grid(
       label, stored.affine, volume.affine, volume.shape
     ).astype(np.uint8)
