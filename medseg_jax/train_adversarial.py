@@ -41,7 +41,6 @@ together, with the data iterator's position, and every reader of the run
 trainer puts them.
 """
 
-
 import functools
 from typing import Any
 
@@ -266,9 +265,12 @@ def train_and_evaluate(
   sample_maps = jnp.zeros((1, *patch, spec.num_classes - 1), jnp.float32)
 
   def init_state(key):
-    segmentor_key, critic_key = jax.random.split(key)
-    variables = run.model.init(segmentor_key, sample, train=False)
-    critic_variables = critic.init(critic_key, sample, sample_maps)
+    # The segmentor's key is the supervised trainer's, so that a run and
+    # its supervised twin (same seed) start from the same weights.
+    variables = run.model.init(key, sample, train=False)
+    critic_variables = critic.init(
+      jax.random.fold_in(key, 1), sample, sample_maps
+    )
     return AdversarialState.create(
       apply_fn=run.model.apply,
       params=variables["params"],
