@@ -56,6 +56,7 @@ from medseg_jax import checkpointing
 from medseg_jax import optimizers
 from medseg_jax import sharding
 from medseg_jax import train
+from medseg_jax.data import registry
 from medseg_jax.losses import adversarial as adversarial_losses
 from medseg_jax.models import critics
 
@@ -238,18 +239,57 @@ def _train_step(
   return new_state, metrics, finite
 
 
+def init_state(
+  key: jax.Array,
+  *,
+  model,
+  critic,
+  tx: optax.GradientTransformation,
+  critic_tx: optax.GradientTransformation,
+  patch: tuple[int, ...],
+  num_channels: int,
+  num_classes: int,
+) -> AdversarialState:
+  """Both networks' initial weights and optimizer states.
+
+  The segmentor's key is the supervised trainer's, so that a run and its
+  supervised twin (same seed) start from the same segmentor weights.
+  """
+  sample = jnp.zeros((1, *patch, num_channels), jnp.float32)
+  sample_maps = jnp.zeros((1, *patch, num_classes - 1), jnp.float32)
+  variables = model.init(key, sample, train=False)
+  critic_variables = critic.init(
+    jax.random.fold_in(key, 1), sample, sample_maps
+  )
+  return AdversarialState.create(
+    apply_fn=model.apply,
+    params=variables["params"],
+    tx=tx,
+    batch_stats=variables.get("batch_stats", {}),
+    critic=train.TrainState.create(
+      apply_fn=critic.apply,
+      params=critic_variables["params"],
+      tx=critic_tx,
+      batch_stats=critic_variables.get("batch_stats", {}),
+    ),
+  )
+
+
 def train_and_evaluate(
   config: ml_collections.ConfigDict, workdir: str
 ) -> dict[str, Any]:
   """Trains segmentor and critic, checkpoints and evaluates the segmentor;
   returns the test-split summary."""
-  # Fail fast on the critic's names, before the data is built.
+  # Fail fast on the critic's names and options, before the data is built.
   check_config(config)
+  spatial_dims = registry.get_dataset_spec(
+    config.dataset, config.get("manual_dir")
+  ).spatial_dims
+  critic = critics.from_config(config.adversarial.critic, spatial_dims)
   # Config, names, mesh and data: the supervised trainer's.
   run = train.prepare(config, workdir)
   config, spec, mesh = run.config, run.spec, run.mesh
   adv = config.adversarial
-  critic = critics.from_config(adv.critic, spec.spatial_dims)
   critic_steps = int(adv.critic_steps)
   critic_tx, _ = optimizers.create(
     adv.optimizer, config.num_train_steps * critic_steps
@@ -260,31 +300,18 @@ def train_and_evaluate(
   # --------------------------------------------------------------------------
   rng = jax.random.key(config.seed)
   init_rng, step_rng = jax.random.split(rng)
-  patch = tuple(config.data.patch_size)
-  sample = jnp.zeros((1, *patch, spec.num_channels), jnp.float32)
-  sample_maps = jnp.zeros((1, *patch, spec.num_classes - 1), jnp.float32)
 
-  def init_state(key):
-    # The segmentor's key is the supervised trainer's, so that a run and
-    # its supervised twin (same seed) start from the same weights.
-    variables = run.model.init(key, sample, train=False)
-    critic_variables = critic.init(
-      jax.random.fold_in(key, 1), sample, sample_maps
-    )
-    return AdversarialState.create(
-      apply_fn=run.model.apply,
-      params=variables["params"],
-      tx=run.tx,
-      batch_stats=variables.get("batch_stats", {}),
-      critic=train.TrainState.create(
-        apply_fn=critic.apply,
-        params=critic_variables["params"],
-        tx=critic_tx,
-        batch_stats=critic_variables.get("batch_stats", {}),
-      ),
-    )
-
-  state, state_sharding = train.init_replicated(init_state, init_rng, mesh)
+  init_fn = functools.partial(
+    init_state,
+    model=run.model,
+    critic=critic,
+    tx=run.tx,
+    critic_tx=critic_tx,
+    patch=tuple(config.data.patch_size),
+    num_channels=spec.num_channels,
+    num_classes=spec.num_classes,
+  )
+  state, state_sharding = train.init_replicated(init_fn, init_rng, mesh)
   logging.info(
     "Segmentor %s: %d parameters; critic %s: %d parameters.",
     config.model.name,

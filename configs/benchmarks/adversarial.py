@@ -10,9 +10,9 @@ the trainer: the supervised row is `python -m medseg_jax.main` with the
 U-Net config, the adversarial row the SegAN config built on it
 (`configs/segan_*.py`, `medseg_jax/train_adversarial.py`), with the same
 seed, so the same initial segmentor weights, batches and augmentations.
-The budget (steps, widths, ISBI patch) is sized for a shared 2-core CPU;
-`benchmarks/adversarial.py` turns the runs into the pooled-Dice table of
-docs/adversarial.md.
+The budget (300 steps of batch 4 on 64x64 crops, narrow U-Nets) is sized
+for a shared 2-core CPU; `benchmarks/adversarial.py` turns the runs into
+the pooled-Dice table of docs/adversarial.md.
 """
 
 SEEDS = (0, 1, 2)
@@ -22,13 +22,11 @@ SYNTHETIC = {
   "eval_every_steps": 300,
   "checkpoint_every_steps": 300,
   "log_every_steps": 50,
+  "batch_size": 4,
+  "data.patch_size": (64, 64),
   "model.features": (8, 16, 32),
 }
-ISBI = {
-  **SYNTHETIC,
-  "model.features": (8, 16, 32, 64),
-  "data.patch_size": (128, 128),
-}
+ISBI = {**SYNTHETIC, "model.features": (8, 16, 32, 64)}
 # SegAN's critic, narrower than the paper's 64-128-256 to fit the budget.
 CRITIC = {"adversarial.critic.features": (16, 32, 64)}
 
