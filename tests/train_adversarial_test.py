@@ -236,6 +236,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(data_dir, tmp_path):
     "log_every_steps": every,
     "adversarial.critic_steps": 2,
     "adversarial.critic.spectral_norm": True,
+    "optimizer.warmup_steps": 0,
   }
   config = _tiny_config("patchgan", data_dir=str(data_dir), **flags)
   config.test_split = "test[:2]"

@@ -20,7 +20,9 @@ segmentor's softmax probabilities ("fake"). Two designs, chosen by name in
   shrinking to nothing.
 
 Normalisation: `"instance"` or `"none"` (a critic sees real and fake maps
-in one batch, so batch statistics would mix them). `spectral_norm=True`
+in one batch, so batch statistics would mix them). A convolution followed
+by a normalisation has no bias: the mean subtraction cancels it, and Adam
+would turn its zero gradient's rounding noise into steps. `spectral_norm=True`
 divides every convolution kernel by its largest singular value (Miyato et
 al. 2018, `flax.linen.SpectralNorm`); the power-iteration vector lives in
 the `batch_stats` collection and is updated when `update_stats=True`.
@@ -40,13 +42,16 @@ from medseg_jax.models import layers
 CRITIC_NORMS = ("instance", "none")
 
 
-def _conv(x, features, strides, *, spatial_dims, spectral, update, name):
+def _conv(
+  x, features, strides, *, spatial_dims, spectral, update, name, bias=True
+):
   conv = layers.Conv(
     features,
     4,
     spatial_dims=spatial_dims,
     strides=strides,
     padding="SAME",
+    use_bias=bias,
     kernel_init=nn.initializers.normal(0.02),  # pix2pix's initialisation.
     name=name,
   )
@@ -103,6 +108,7 @@ class SegANCritic(nn.Module):
         spectral=self.spectral_norm,
         update=update_stats,
         name=f"conv{i}",
+        bias=i == 0 or self.norm == "none",
       )
       if i:
         x = _norm(x, self.norm, f"norm{i}")
@@ -147,7 +153,14 @@ class PatchGAN(nn.Module):
     for i in range(1, self.num_layers + 1):
       strides = 2 if i < self.num_layers else 1
       features = self.ndf * min(2**i, 8)
-      x = _conv(x, features, strides, name=f"conv{i}", **conv)
+      x = _conv(
+        x,
+        features,
+        strides,
+        name=f"conv{i}",
+        bias=self.norm == "none",
+        **conv,
+      )
       x = nn.leaky_relu(_norm(x, self.norm, f"norm{i}"), 0.2)
     return _conv(x, 1, 1, name="logits", **conv)
 
