@@ -287,7 +287,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(data_dir, tmp_path):
     np.testing.assert_allclose(losses_a[step], losses_b[step], rtol=1e-6)
   # A reader of the run needs only the work dir: the segmentor loads.
   trained = case_predictor.load_trained(str(killed_dir), "latest")
-  assert _max_abs_diff(trained.variables["params"], a["params"]) == 0
+  assert _max_abs_diff(trained.variables["params"], b["params"]) == 0
 
 
 @pytest.mark.slow
