@@ -9,7 +9,8 @@ SegAN critic (`medseg_jax/train_adversarial.py`) at the same budget and
 seeds: pooled foreground Dice (true positives, false positives and false
 negatives summed over all test cases, then Dice; the repository's
 `pooled_foreground_dice`) per seed and as mean ± std over seeds, the
-per-case mean foreground Dice and HD95 over the test cases of all seeds,
+per-case mean foreground Dice and HD95 (in the data's spacing unit, mm)
+over the test cases of all seeds,
 and the paired difference (adversarial - supervised, same seed) of the
 pooled Dice. Runs still missing are listed as such.
 """
@@ -40,11 +41,11 @@ def _summary(workdir: pathlib.Path) -> dict | None:
   return json.loads(reports[-1].read_text()) if reports else None
 
 
-def _mean_std(values) -> str:
+def _mean_std(values, fmt: str = ".4f") -> str:
   values = [v for v in values if not math.isnan(v)]
   if not values:
     return "n/a"
-  return f"{np.mean(values):.4f} ± {np.std(values):.4f}"
+  return f"{np.mean(values):{fmt}} ± {np.std(values):{fmt}}"
 
 
 def collect(root: pathlib.Path) -> dict[str, dict]:
@@ -95,7 +96,7 @@ def table(results: dict[str, dict]) -> str:
     )
     lines.append(
       f"| {name} | {per_seed} | {_mean_std(pooled)} | {_mean_std(dice)} | "
-      f"{_mean_std(hd95)} | {delta} |"
+      f"{_mean_std(hd95, '.3g')} | {delta} |"
     )
   return "\n".join(lines)
 
