@@ -202,3 +202,60 @@ def classical_baselines(
     )
     for name, method in methods
   ]
+
+
+def adversarial_config(
+  config: ml_collections.ConfigDict, critic: str = "segan"
+) -> None:
+  """Makes `config` an adversarial run (medseg_jax/train_adversarial.py).
+
+  Sets `config.trainer = "adversarial"` and `config.adversarial`: the
+  critic (`"segan"` or `"patchgan"`, with its options), the GAN loss of a
+  PatchGAN, the adversarial weight, critic steps per segmentor step, SegAN's
+  weight clipping, and the critic's optimizer (Adam, constant rate, as in
+  pix2pix and SegAN).
+  """
+  config.trainer = "adversarial"
+  adv = ml_collections.ConfigDict()
+  if critic == "segan":
+    # Xue et al.: 4x4 stride-2 convolutions of 64, 128, 256 channels and
+    # critic weights clipped to [-0.05, 0.05].
+    adv.critic = ml_collections.ConfigDict(
+      dict(
+        name="segan",
+        features=(64, 128, 256),
+        norm="instance",
+        spectral_norm=False,
+      )
+    )
+    adv.critic_clip = 0.05
+  elif critic == "patchgan":
+    # pix2pix: 3 layers, ndf 64, LeakyReLU 0.2, least-squares loss.
+    adv.critic = ml_collections.ConfigDict(
+      dict(
+        name="patchgan",
+        ndf=64,
+        num_layers=3,
+        norm="instance",
+        spectral_norm=False,
+      )
+    )
+    adv.critic_clip = 0.0
+  else:
+    raise ValueError(
+      f"Unknown critic {critic!r}; valid: ['patchgan', 'segan']."
+    )
+  adv.loss = "least_squares"  # PatchGAN only: least_squares, hinge, bce.
+  adv.weight = 0.1
+  adv.start_step = 0
+  adv.critic_steps = 1
+  adv.optimizer = ml_collections.ConfigDict(
+    dict(
+      name="adam",
+      learning_rate=2e-4,
+      schedule="constant",
+      warmup_steps=0,
+      grad_clip_norm=0.0,
+    )
+  )
+  config.adversarial = adv

@@ -179,6 +179,18 @@ def load_weights(
     directory: a run's work dir, or its ``checkpoints`` folder.
     which: ``"latest"``, ``"best"`` (highest validation Dice) or a step.
   """
+  state, step = load_state(directory, which)
+  if "params" not in state:
+    raise ValueError(f"Checkpoint {directory}/{step} has no 'params'.")
+  return state["params"], state.get("batch_stats") or {}, step
+
+
+def load_state(
+  directory: str | epath.Path, which: str = "latest"
+) -> tuple[dict[str, Any], int]:
+  """Reads the whole saved state of checkpoint ``which`` as a nested dict
+  of host-readable arrays (e.g. an adversarial run's ``critic`` too), and
+  its step; arguments as for ``load_weights``."""
   directory = absolute(directory)
   if (directory / "checkpoints").exists():
     directory = directory / "checkpoints"
@@ -205,6 +217,4 @@ def load_weights(
   state = restored["state"]
   if dataclasses.is_dataclass(state):
     state = dataclasses.asdict(state)
-  if "params" not in state:
-    raise ValueError(f"Checkpoint {directory}/{step} has no 'params'.")
-  return state["params"], state.get("batch_stats") or {}, step
+  return state, step

@@ -1,7 +1,11 @@
-"""Command line entry point: flags only; the work is in train.py.
+"""Command line entry point: flags only; the work is in the trainer.
 
   python -m medseg_jax.main --config=configs/unet_synthetic.py \
       --workdir=/tmp/run [--config.num_train_steps=100 ...]
+
+``config.trainer`` picks the trainer (`TRAINERS`): ``"supervised"`` (the
+default, train.py) or ``"adversarial"`` (train_adversarial.py, e.g.
+``configs/segan_synthetic.py``).
 
 The console shows a progress bar, the validation scores and the final
 table; the full log, third-party INFO included, is ``<workdir>/log.txt``.
@@ -61,6 +65,22 @@ flags.DEFINE_list(
 )
 flags.mark_flags_as_required(["config", "workdir"])
 
+# config.trainer -> the module whose train_and_evaluate(config, workdir) runs.
+TRAINERS = {
+  "supervised": "medseg_jax.train",
+  "adversarial": "medseg_jax.train_adversarial",
+}
+
+
+def trainer_module(config) -> str:
+  """The module of ``config.trainer`` (default ``"supervised"``)."""
+  name = config.get("trainer", "supervised")
+  if name not in TRAINERS:
+    raise ValueError(
+      f"Unknown config.trainer {name!r}; valid: {sorted(TRAINERS)}."
+    )
+  return TRAINERS[name]
+
 
 def initialize_distributed() -> bool:
   """Joins the processes of a multi-process run, if the flags ask for one.
@@ -86,6 +106,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   xla_cpu.configure_for(FLAGS.config)  # Before any JAX computation.
+  module = trainer_module(FLAGS.config)  # A bad name fails before JAX starts.
   initialize_distributed()
   import jax  # pylint: disable=g-import-not-at-top
 
@@ -93,7 +114,9 @@ def main(argv):
 
   # Before the imports below: they load TensorFlow, which console quiets.
   console.setup(FLAGS.workdir)
-  from medseg_jax import train  # pylint: disable=g-import-not-at-top
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  trainer = importlib.import_module(module)
 
   logging.info(
     "JAX process %d of %d; devices: %s",
@@ -101,7 +124,7 @@ def main(argv):
     jax.process_count(),
     jax.devices(),
   )
-  train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+  trainer.train_and_evaluate(FLAGS.config, FLAGS.workdir)
 
 
 if __name__ == "__main__":

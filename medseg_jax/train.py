@@ -16,6 +16,7 @@ Initialisation order (the first that applies wins):
 """
 
 import contextlib
+import dataclasses
 import functools
 import os
 import re
@@ -169,22 +170,7 @@ def _train_step(
     batch = augment(augment_rng, batch)
 
   def objective(params):
-    variables = {"params": params}
-    if state.batch_stats:
-      variables["batch_stats"] = state.batch_stats
-    logits, updates = state.apply_fn(
-      variables,
-      batch["image"],
-      train=True,
-      mutable=["batch_stats", "aux_logits"],
-      rngs={"dropout": rng},
-    )
-    # Mixed precision: whatever the compute dtype, the loss is float32.
-    logits = logits.astype(jnp.float32)
-    loss = jnp.mean(loss_fn(logits, batch["label"], batch["mask"]))
-    aux = jax.tree.leaves(updates.get("aux_logits", {}))
-    if aux:
-      loss = _deep_supervision_loss(loss, aux, batch, loss_fn)
+    loss, updates, _ = supervised_loss(state, params, batch, rng, loss_fn)
     return loss, updates
 
   (loss, updates), grads = jax.value_and_grad(objective, has_aux=True)(
@@ -205,6 +191,34 @@ def _train_step(
     loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step)
   )
   return new_state, metrics, finite
+
+
+def supervised_loss(
+  state: TrainState,
+  params: Any,
+  batch: dict[str, jax.Array],
+  rng: jax.Array,
+  loss_fn,
+) -> tuple[jax.Array, Any, jax.Array]:
+  """The batch-mean segmentation loss of ``params`` (deep supervision
+  included), the model's variable updates and its float32 logits."""
+  variables = {"params": params}
+  if state.batch_stats:
+    variables["batch_stats"] = state.batch_stats
+  logits, updates = state.apply_fn(
+    variables,
+    batch["image"],
+    train=True,
+    mutable=["batch_stats", "aux_logits"],
+    rngs={"dropout": rng},
+  )
+  # Mixed precision: whatever the compute dtype, the loss is float32.
+  logits = logits.astype(jnp.float32)
+  loss = jnp.mean(loss_fn(logits, batch["label"], batch["mask"]))
+  aux = jax.tree.leaves(updates.get("aux_logits", {}))
+  if aux:
+    loss = _deep_supervision_loss(loss, aux, batch, loss_fn)
+  return loss, updates, logits
 
 
 def _deep_supervision_loss(
@@ -246,7 +260,7 @@ def _check_finite(finite: jax.Array, step: int, last_good: int | None) -> None:
     )
 
 
-def _under_mesh(fn, mesh):
+def under_mesh(fn, mesh):
   """``fn`` called (and so traced) inside ``jax.set_mesh(mesh)``."""
 
   @functools.wraps(fn)
@@ -279,10 +293,33 @@ def _plan_patch(config: ml_collections.ConfigDict, data_dir: str) -> None:
   logging.info("Training patch %s: %s.", patch, reason)
 
 
-def train_and_evaluate(
-  config: ml_collections.ConfigDict, workdir: str
-) -> dict[str, Any]:
-  """Trains, checkpoints and evaluates; returns the test-split summary."""
+@dataclasses.dataclass
+class Run:
+  """What a trainer has built before its model: the resolved config, the
+  segmentation model and loss, the optimizer, the mesh, the data iterator
+  and the writer. Shared by this trainer and `train_adversarial`."""
+
+  config: ml_collections.ConfigDict
+  workdir: epath.Path
+  spec: Any
+  model: Any
+  loss_fn: Any
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+  augment: Any
+  augment_on: str
+  writer: Any
+  mesh: jax.sharding.Mesh
+  eval_mesh: jax.sharding.Mesh
+  train_iter: Any
+
+  @property
+  def data_dir(self) -> str:
+    return self.config.data_dir
+
+
+def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Resolves and saves the config, checks names, builds the mesh and data."""
   workdir = checkpointing.absolute(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   # The resolved config, saved in the work dir: every reader of the run
@@ -344,41 +381,44 @@ def train_and_evaluate(
   train_iter = iter(
     pipeline.train_dataset(config, data_dir, local_batch_size=local_batch_size)
   )
+  return Run(
+    config=config,
+    workdir=workdir,
+    spec=spec,
+    model=model,
+    loss_fn=loss_fn,
+    tx=tx,
+    schedule=schedule,
+    augment=augment,
+    augment_on=augment_on,
+    writer=writer,
+    mesh=mesh,
+    eval_mesh=eval_mesh,
+    train_iter=train_iter,
+  )
 
-  # --------------------------------------------------------------------------
-  # Model and optimizer.
-  # --------------------------------------------------------------------------
-  rng = jax.random.key(config.seed)
-  init_rng, step_rng = jax.random.split(rng)
-  patch = tuple(config.data.patch_size)
-  sample = jnp.zeros((1, *patch, spec.num_channels), jnp.float32)
 
-  def init_state(key):
-    variables = model.init(key, sample, train=False)
-    return TrainState.create(
-      apply_fn=model.apply,
-      params=variables["params"],
-      tx=tx,
-      batch_stats=variables.get("batch_stats", {}),
-    )
-
+def init_replicated(init_fn, key: jax.Array, mesh) -> tuple[Any, Any]:
+  """``init_fn(key)`` computed straight into replicated buffers; returns the
+  state and its sharding tree (the jitted step's in and out shardings)."""
   replicated = sharding.replicated(mesh)
   state_sharding = jax.tree.map(
-    lambda _: replicated, jax.eval_shape(init_state, init_rng)
+    lambda _: replicated, jax.eval_shape(init_fn, key)
   )
-  state = jax.jit(init_state, out_shardings=state_sharding)(init_rng)
-  groups = list(config.optimizer.get("param_groups", None) or [])
-  if groups:
-    transfer.check_groups(state.params, groups)
-  num_params = sum(x.size for x in jax.tree.leaves(state.params))
-  logging.info("Model %s: %d parameters.", config.model.name, num_params)
+  state = jax.jit(init_fn, out_shardings=state_sharding)(key)
+  return state, state_sharding
 
-  # --------------------------------------------------------------------------
-  # Restore, in the order of the module docstring.
-  # --------------------------------------------------------------------------
-  manager = checkpointing.create_manager(
-    workdir / "checkpoints", keep=config.get("keep_checkpoints", 3)
-  )
+
+def restore(
+  run: Run, manager, state: TrainState
+) -> tuple[TrainState, int | None]:
+  """Initialises ``state`` in the order of the module docstring; returns it
+  and the step of the checkpoint it resumed from (None: a fresh start).
+
+  ``state`` may be any ``TrainState`` subclass: ``init_from`` replaces only
+  its ``params`` and ``batch_stats``.
+  """
+  config, workdir, mesh = run.config, run.workdir, run.mesh
   latest = manager.latest_step()
   if latest is not None:
     logging.info("Resuming from %s step %d.", manager.directory, latest)
@@ -392,7 +432,7 @@ def train_and_evaluate(
         f"--workdir. Orbax says: {str(e)[:300]}"
       ) from e
     if iter_state:
-      train_iter.set_state(iter_state)
+      run.train_iter.set_state(iter_state)
   elif config.get("resume_from"):
     source = checkpointing.create_manager(
       epath.Path(config.resume_from) / "checkpoints", async_save=False
@@ -401,9 +441,9 @@ def train_and_evaluate(
     logging.info("Resuming from %s step %d.", config.resume_from, step)
     state, iter_state = checkpointing.restore(source, step, state)
     if iter_state:
-      train_iter.set_state(iter_state)
+      run.train_iter.set_state(iter_state)
   elif str(config.get("init_from", "")).endswith(TORCHVISION_SUFFIXES):
-    state = _init_from_torchvision(state, config, spec, mesh, workdir)
+    state = _init_from_torchvision(state, config, run.spec, mesh, workdir)
   elif config.get("init_from"):
     params, batch_stats = checkpointing.load_params(config.init_from)
     options = dict(
@@ -420,50 +460,27 @@ def train_and_evaluate(
     )
     if jax.process_index() == 0:
       (workdir / "init_from_report.txt").write_text(report.summary() + "\n")
-  last_good = latest
+  return state, latest
 
-  # --------------------------------------------------------------------------
-  # Jitted functions: the state is donated so its buffers are reused.
-  # --------------------------------------------------------------------------
-  # With augment_on="host" the input pipeline has already augmented the
-  # batch, with the key this step would use (medseg_jax/augment/host.py).
-  if augment is not None:
-    logging.info("Augmentation on the %s: %s.", augment_on, augment.ops)
-  # The models' sharding constraints name mesh axes, so they are traced
-  # under the mesh (jax.set_mesh).
-  train_step = _under_mesh(
-    jax.jit(
-      functools.partial(
-        _train_step,
-        loss_fn=loss_fn,
-        schedule=schedule,
-        augment=augment if augment_on == "device" else None,
-      ),
-      in_shardings=(
-        state_sharding,
-        sharding.batch_sharding(mesh, spec.spatial_dims),
-        replicated,
-      ),
-      out_shardings=(state_sharding, replicated, replicated),
-      donate_argnums=(0,),
-    ),
-    mesh,
-  )
+
+def make_validate(run: Run):
+  """``validate(state, split, final=False)`` -> a ``report`` result."""
+  config = run.config
   # Validation and the final report use the one predictor of `evaluate` and
   # `predict` (config.eval: padding to the patch, sliding windows, flip TTA,
   # post-processing), compiled once; each process scores its own cases on
   # its own devices, and the results are gathered.
   predictor = case_predictor.CasePredictor.from_config(
-    config, model, mesh=eval_mesh
+    config, run.model, mesh=run.eval_mesh
   )
 
   def validate(current: TrainState, split: str, final: bool = False):
     return report_lib.evaluate(
       config,
       predictor.with_variables(
-        sharding.to_local(variables_of(current), eval_mesh)
+        sharding.to_local(variables_of(current), run.eval_mesh)
       ),
-      data_dir,
+      run.data_dir,
       split,
       # The final report adds surface distances; validation stays cheap.
       surface_metrics=final and config.eval.surface_metrics,
@@ -471,9 +488,26 @@ def train_and_evaluate(
       leave=final,
     )
 
-  # --------------------------------------------------------------------------
-  # Training loop.
-  # --------------------------------------------------------------------------
+  return validate
+
+
+def train_loop(
+  run: Run,
+  state: TrainState,
+  train_step,
+  step_rng: jax.Array,
+  manager,
+  validate,
+  last_good: int | None,
+) -> tuple[TrainState, int]:
+  """Steps, logs, validates and checkpoints until ``num_train_steps`` or a
+  stop request; returns the state and the step reached.
+
+  ``train_step(state, batch, step_rng) -> (state, metrics, finite)`` with
+  ``metrics`` a ``clu`` collection that has a ``loss``.
+  """
+  config, mesh, writer = run.config, run.mesh, run.writer
+  train_iter, spatial_dims = run.train_iter, run.spec.spatial_dims
   step = int(jax.device_get(state.step))
   num_steps = config.num_train_steps
   # One bar on process 0's console (a few plain lines in a file or CI log);
@@ -490,9 +524,7 @@ def train_and_evaluate(
   # the loop stops on an error (e.g. a NaN loss) right after it.
   with _StopSignal() as stop, _finish_saves(manager), bar:
     while step < num_steps:
-      batch = sharding.to_global_batch(
-        next(train_iter), mesh, spec.spatial_dims
-      )
+      batch = sharding.to_global_batch(next(train_iter), mesh, spatial_dims)
       state, metrics, finite = train_step(state, batch, step_rng)
       step += 1
       if pending_finite is not None:
@@ -558,23 +590,110 @@ def train_and_evaluate(
       _check_finite(pending_finite[1], pending_finite[0], last_good)
   manager.wait_until_finished()
   writer.flush()
-  if step < num_steps:
+  return state, step
+
+
+def final_report(
+  run: Run, state: TrainState, manager, validate, step: int
+) -> dict[str, Any]:
+  """Evaluates the held-out split with the best checkpoint and writes the
+  report; returns its summary."""
+  best = checkpointing.resolve_step(manager, "best")
+  if best != step:
+    state, _ = checkpointing.restore(manager, best, state)
+  summary = report_lib.write(
+    run.config,
+    validate(state, run.config.test_split, final=True),
+    run.workdir / "eval",
+    split=run.config.test_split,
+    step=best,
+    checkpoint="best",
+    writer=run.writer,
+  )
+  run.writer.close()
+  return summary
+
+
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str
+) -> dict[str, Any]:
+  """Trains, checkpoints and evaluates; returns the test-split summary."""
+  # Config, names, mesh and data (shared with train_adversarial).
+  run = prepare(config, workdir)
+  config, spec, mesh = run.config, run.spec, run.mesh
+
+  # --------------------------------------------------------------------------
+  # Model and optimizer.
+  # --------------------------------------------------------------------------
+  rng = jax.random.key(config.seed)
+  init_rng, step_rng = jax.random.split(rng)
+  patch = tuple(config.data.patch_size)
+  sample = jnp.zeros((1, *patch, spec.num_channels), jnp.float32)
+
+  def init_state(key):
+    variables = run.model.init(key, sample, train=False)
+    return TrainState.create(
+      apply_fn=run.model.apply,
+      params=variables["params"],
+      tx=run.tx,
+      batch_stats=variables.get("batch_stats", {}),
+    )
+
+  state, state_sharding = init_replicated(init_state, init_rng, mesh)
+  groups = list(config.optimizer.get("param_groups", None) or [])
+  if groups:
+    transfer.check_groups(state.params, groups)
+  num_params = sum(x.size for x in jax.tree.leaves(state.params))
+  logging.info("Model %s: %d parameters.", config.model.name, num_params)
+
+  # --------------------------------------------------------------------------
+  # Restore, in the order of the module docstring.
+  # --------------------------------------------------------------------------
+  manager = checkpointing.create_manager(
+    run.workdir / "checkpoints", keep=config.get("keep_checkpoints", 3)
+  )
+  state, last_good = restore(run, manager, state)
+
+  # --------------------------------------------------------------------------
+  # Jitted functions: the state is donated so its buffers are reused.
+  # --------------------------------------------------------------------------
+  # With augment_on="host" the input pipeline has already augmented the
+  # batch, with the key this step would use (medseg_jax/augment/host.py).
+  if run.augment is not None:
+    logging.info("Augmentation on the %s: %s.", run.augment_on, run.augment.ops)
+  # The models' sharding constraints name mesh axes, so they are traced
+  # under the mesh (jax.set_mesh).
+  replicated = sharding.replicated(mesh)
+  train_step = under_mesh(
+    jax.jit(
+      functools.partial(
+        _train_step,
+        loss_fn=run.loss_fn,
+        schedule=run.schedule,
+        augment=run.augment if run.augment_on == "device" else None,
+      ),
+      in_shardings=(
+        state_sharding,
+        sharding.batch_sharding(mesh, spec.spatial_dims),
+        replicated,
+      ),
+      out_shardings=(state_sharding, replicated, replicated),
+      donate_argnums=(0,),
+    ),
+    mesh,
+  )
+  validate = make_validate(run)
+
+  # --------------------------------------------------------------------------
+  # Training loop.
+  # --------------------------------------------------------------------------
+  state, step = train_loop(
+    run, state, train_step, step_rng, manager, validate, last_good
+  )
+  if step < config.num_train_steps:
     return {"stopped_at_step": step}
 
   # --------------------------------------------------------------------------
   # Final evaluation of the held-out split with the best checkpoint.
   # --------------------------------------------------------------------------
-  best = checkpointing.resolve_step(manager, "best")
-  if best != step:
-    state, _ = checkpointing.restore(manager, best, state)
-  summary = report_lib.write(
-    config,
-    validate(state, config.test_split, final=True),
-    workdir / "eval",
-    split=config.test_split,
-    step=best,
-    checkpoint="best",
-    writer=writer,
-  )
-  writer.close()
-  return summary
+  return final_report(run, state, manager, validate, step)
