@@ -130,7 +130,7 @@ def _percentile_key(q: float) -> str:
   return f"p{q:g}".replace(".", "_")
 
 
-def _fingerprint_cases(
+def fingerprint_examples(
   examples: Iterable[tuple[str, str, dict[str, Any]]],
   *,
   channel_names: Sequence[str],
@@ -187,7 +187,8 @@ def _fingerprint_cases(
   for name, parts in zip(channel_names, samples, strict=True):
     values = np.concatenate(parts).astype(np.float64)
     entry = dict(channel=name)
-    for q, v in zip(PERCENTILES, np.percentile(values, PERCENTILES)):
+    quantiles = np.percentile(values, PERCENTILES)
+    for q, v in zip(PERCENTILES, quantiles, strict=True):
       entry[_percentile_key(q)] = float(v)
     entry.update(
       mean=float(values.mean()),
@@ -280,7 +281,7 @@ def fingerprint_folder(folder: str | os.PathLike[str]) -> dict[str, Any]:
     stored_normalization="none",
   )
   out.update(
-    _fingerprint_cases(
+    fingerprint_examples(
       examples(),
       channel_names=dataset.channel_names,
       class_names=dataset.class_names,
@@ -338,7 +339,7 @@ def fingerprint_dataset(
     stored_normalization=stored,
   )
   out.update(
-    _fingerprint_cases(
+    fingerprint_examples(
       examples(),
       channel_names=out["channel_names"],
       class_names=spec.class_names,
@@ -356,6 +357,8 @@ MIN_BOTTLENECK = 4
 MAX_LEVELS = {2: 7, 3: 6}
 MAX_FEATURES = {2: 512, 3: 320}  # nnU-Net's caps.
 MIN_BATCH = 2
+# Smallest patch axis the memory fit may shrink to (voxels).
+MIN_PATCH = 8
 # A batch covers at most this share of the training voxels (nnU-Net: 5 %).
 MAX_BATCH_SHARE = 0.05
 MAX_BATCH = 64
@@ -787,34 +790,38 @@ def make_plan(
       )
     return measured[key]["total"]
 
+  # No axis below MIN_PATCH voxels (or the median case, if smaller).
+  lowest = [min(MIN_PATCH, max(2, int(m) // 2 * 2)) for m in median]
   patch = _round_patch(patch_f, dims)
-  tries = 0
   while measure(patch, MIN_BATCH) > budget:
-    tries += 1
-    if all(p <= 2 ** (levels_for(patch, dims) - 1) for p in patch) or (
-      tries > 12
-    ):
-      raise ValueError(
-        f"Even patch {patch} with batch {MIN_BATCH} needs "
-        f"{measure(patch, MIN_BATCH) / 2**20:.1f} MiB, over the budget "
-        f"of {budget / 2**20:.1f} MiB; raise --memory_gb or lower "
-        "--base_features."
-      )
     # Memory is about linear in voxels: shrink to the budget's share, the
     # axes largest relative to the median case shape first.
     ratio = budget / measure(patch, MIN_BATCH)
     target = np.prod(patch) * max(min(ratio * 0.9, 0.85), 0.1)
     patch_f = [float(p) for p in patch]
     while np.prod(patch_f) > target:
-      axis = int(np.argmax(np.asarray(patch_f) / np.asarray(median)))
-      patch_f[axis] *= 0.95
+      room = np.asarray(patch_f) / np.asarray(median)
+      room[np.asarray(patch_f) <= np.asarray(lowest)] = -np.inf
+      if not np.isfinite(room.max()):
+        break
+      axis = int(np.argmax(room))
+      patch_f[axis] = max(patch_f[axis] * 0.95, lowest[axis])
     new = _round_patch(patch_f, dims)
     if new == patch:  # Rounding undid the shrink: drop one multiple.
-      axis = int(np.argmax(np.asarray(patch) / np.asarray(median)))
       step = 2 ** (levels_for(patch, dims) - 1)
-      new = list(patch)
-      new[axis] = max(step, patch[axis] - step)
-      new = _round_patch(new, dims)
+      room = np.asarray(patch, float) / np.asarray(median)
+      room[np.asarray(patch) - step < np.asarray(lowest)] = -np.inf
+      if np.isfinite(room.max()):
+        new = list(patch)
+        new[int(np.argmax(room))] -= step
+        new = _round_patch(new, dims)
+    if new == patch:
+      raise ValueError(
+        f"Even patch {patch} with batch {MIN_BATCH} needs "
+        f"{measure(patch, MIN_BATCH) / 2**20:.2f} MiB, over the budget "
+        f"of {budget / 2**20:.2f} MiB; raise --memory_gb or lower "
+        "--base_features."
+      )
     patch = new
 
   # Batch: linear in the batch from two measurements, capped at 5 % of the
