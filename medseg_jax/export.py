@@ -170,7 +170,7 @@ def metadata(
     path = pathlib.Path(config.manual_dir) / "dataset.json"
     if path.is_file():
       channel_names = json.loads(path.read_text()).get("channel_names")
-  return dict(
+  out = dict(
     format=fmt,
     run=str(pathlib.Path(workdir).resolve()),
     step=int(trained.step),
@@ -202,6 +202,7 @@ def metadata(
       **{k: v for k, v in config.model.to_dict().items() if k != "name"},
     ),
   )
+  return json.loads(json.dumps(out))  # Tuples as lists, as on disk.
 
 
 def _input_shape(trained: Any, symbolic: bool, batch: int) -> list[Any]:
