@@ -38,6 +38,7 @@ ONNX spatial sizes are fixed (the patch); the batch may vary.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -258,10 +259,43 @@ def export_saved_model(fn: Callable, shape: list[Any], output: pathlib.Path):
   module.serve = tf.function(
     converted, input_signature=[signature], autograph=False
   )
-  tf.saved_model.save(
-    module, str(output), signatures={"serving_default": module.serve}
-  )
+  with _stablehlo_version_of_tensorflow():
+    tf.saved_model.save(
+      module, str(output), signatures={"serving_default": module.serve}
+    )
   return output
+
+
+@contextlib.contextmanager
+def _stablehlo_version_of_tensorflow():
+  """Serialises StableHLO for the TensorFlow installed beside this jax.
+
+  jax writes its programs for StableHLO readers at most a few weeks older
+  than itself; TensorFlow's `XlaCallModule` may be older than that and then
+  refuses the SavedModel ("failed to deserialize portable artifact"). The
+  portable format can target any version since jax's minimum, so while the
+  SavedModel is traced jax is told to target TensorFlow's own version.
+  """
+  from jax._src.lib.mlir.dialects import hlo  # noqa: PLC0415
+
+  try:
+    from tensorflow.compiler.mlir.stablehlo import stablehlo  # noqa: PLC0415
+
+    theirs = stablehlo.get_current_version()
+  except ImportError:  # An older TensorFlow without the bindings.
+    yield
+    return
+  ours = hlo.get_version_from_compatibility_requirement
+  target = hlo.get_smaller_version(theirs, hlo.get_current_version())
+
+  def oldest(requirement):
+    return hlo.get_smaller_version(target, ours(requirement))
+
+  hlo.get_version_from_compatibility_requirement = oldest
+  try:
+    yield
+  finally:
+    hlo.get_version_from_compatibility_requirement = ours
 
 
 def export_onnx(fn: Callable, shape: list[Any], output: pathlib.Path):
