@@ -33,7 +33,8 @@ Formats, and what runs them without this code:
   onnx         model.onnx, converted by jax2onnx from the same function:
                  onnxruntime.InferenceSession(p).run(None, {"image": x})
 
-ONNX spatial sizes are fixed (the patch); the batch may vary.
+ONNX sizes are fixed: `--batch` and the training patch (larger images go
+through a sliding window on the caller's side).
 """
 
 from __future__ import annotations
@@ -306,26 +307,21 @@ def export_onnx(fn: Callable, shape: list[Any], output: pathlib.Path):
       "--format=onnx needs jax2onnx and onnx (pip install jax2onnx onnx; "
       "onnxruntime runs the result)."
     ) from e
-  if not all(isinstance(s, int) for s in shape[1:]):
-    raise ValueError("ONNX exports have fixed spatial sizes; drop --symbolic.")
-  shape = ["B", *shape[1:]]
-  model = (
-    jax2onnx.to_onnx(
-      fn, [tuple(shape)], model_name="medseg", input_names=[INPUT_NAME]
+  if not all(isinstance(s, int) for s in shape):
+    raise ValueError(
+      "ONNX exports have fixed sizes (--batch and the patch); drop --symbolic."
     )
-    if "input_names" in _params(jax2onnx.to_onnx)
-    else jax2onnx.to_onnx(fn, [tuple(shape)], model_name="medseg")
+  model = jax2onnx.to_onnx(
+    fn,
+    [tuple(shape)],
+    model_name="medseg",
+    input_names=[INPUT_NAME],
+    output_names=["logits"],
   )
   import onnx  # noqa: PLC0415
 
   onnx.save_model(model, str(output / ONNX_FILE))
   return output / ONNX_FILE
-
-
-def _params(fn: Callable) -> set[str]:
-  import inspect  # noqa: PLC0415
-
-  return set(inspect.signature(fn).parameters)
 
 
 EXPORTERS = {
@@ -358,8 +354,6 @@ def export(
   out.mkdir(parents=True, exist_ok=True)
   shape = _input_shape(trained, symbolic, batch)
   EXPORTERS[fmt](inference_fn(trained), shape, out)
-  if fmt == "onnx":
-    shape = ["B", *shape[1:]]
   meta = metadata(trained, fmt, shape, workdir)
   (out / METADATA).write_text(json.dumps(meta, indent=2) + "\n")
   return meta

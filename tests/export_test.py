@@ -162,7 +162,7 @@ def test_saved_model_gives_the_logits_of_model_apply(run, tmp_path):
 )
 def test_onnx_gives_the_logits_of_model_apply(run, tmp_path):
   workdir, image, expected, _ = run
-  export.export(str(workdir), "onnx", str(tmp_path / "x"))
+  export.export(str(workdir), "onnx", str(tmp_path / "x"), batch=2)
   np.save(tmp_path / "image.npy", image)
   out = _run_bare(
     tmp_path,
