@@ -300,6 +300,11 @@ def _stablehlo_version_of_tensorflow():
 
 
 def export_onnx(fn: Callable, shape: list[Any], output: pathlib.Path):
+  import logging  # noqa: PLC0415
+
+  # jax2onnx imports every plugin it ships and warns for those whose
+  # library (dm_pix, equinox...) does not fit this jax: noise here.
+  logging.getLogger("jax2onnx.plugins.plugin_system").setLevel(logging.ERROR)
   try:
     import jax2onnx  # noqa: PLC0415
   except ImportError as e:

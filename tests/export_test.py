@@ -154,6 +154,7 @@ def test_saved_model_gives_the_logits_of_model_apply(run, tmp_path):
   np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
   importlib.util.find_spec("jax2onnx") is None
   or importlib.util.find_spec("onnxruntime") is None,

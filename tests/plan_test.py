@@ -262,9 +262,10 @@ def test_a_budget_too_small_for_any_patch_is_an_error():
 
 @pytest.mark.slow
 def test_compiled_plan_fits_and_configs_auto_reproduces_it(tmp_path):
-  # A real fit: every candidate's train step is compiled and measured.
-  folder = dummy_data.make_small_volumes(tmp_path, num_cases=5)
-  budget = 6 * 2**20
+  # A real fit: every candidate's train step is compiled and measured. 2-D
+  # PNG cases of 12 x 10 pixels and a tiny network keep the compiles short.
+  folder = dummy_data.make_dummy_data(tmp_path, fmt="png", num_cases=4)
+  budget = 2**20
   fp = plan.fingerprint_folder(folder)
   result = plan.write_plan(
     folder / plan.DEFAULT_OUTPUT,
@@ -273,10 +274,10 @@ def test_compiled_plan_fits_and_configs_auto_reproduces_it(tmp_path):
     base_features=4,
     num_folds=3,
   )
-  # Pool: 3 train + 1 validation cases; fold 1 holds out block [1, 3).
+  # Pool: the 3 train cases; fold 1 holds out the middle one.
   config = auto.get_config(f"folder={folder},fold=1")
-  assert config.train_split == "train[0:1]+validation"
-  assert config.test_split == "train[1:3]"
+  assert config.train_split == "train[0:1]+train[2:3]"
+  assert config.test_split == "train[1:2]"
   spec = registry.get_dataset_spec(config.dataset, config.manual_dir)
   measured = plan.train_step_memory(config, spec)["total"]
   assert measured <= budget
