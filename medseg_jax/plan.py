@@ -1357,6 +1357,7 @@ def summary(plan: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str]) -> None:
+  from absl import app  # noqa: PLC0415
   from absl import flags  # noqa: PLC0415
 
   from medseg_jax import console  # noqa: PLC0415
@@ -1364,9 +1365,9 @@ def main(argv: Sequence[str]) -> None:
   del argv
   f = flags.FLAGS
   if bool(f.folder) == bool(f.dataset):
-    raise flags.ValidationError("Give exactly one of --folder or --dataset.")
+    raise app.UsageError("Give exactly one of --folder or --dataset.")
   if f.dataset and not f.output:
-    raise flags.ValidationError("--dataset needs --output=DIR.")
+    raise app.UsageError("--dataset needs --output=DIR.")
   output = pathlib.Path(
     f.output or pathlib.Path(f.folder) / DEFAULT_OUTPUT
   ).expanduser()

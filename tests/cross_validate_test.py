@@ -31,6 +31,11 @@ def folds_dir(tmp_path_factory):
     # The memory fit has its own tests (tests/plan_test.py).
     measure_fn=lambda config, spec: dict(total=0),
   )
+  # An edited plan trains as it stands: no augmentation (faster compiles).
+  path = folder / plan.DEFAULT_OUTPUT / plan.PLAN_FILE
+  edited = json.loads(path.read_text())
+  edited["decisions"]["augment"]["value"] = []
+  path.write_text(json.dumps(edited))
   spec = f"configs/auto.py:folder={folder},runlocal,steps=3"
   workdir = root / "folds"
   summary = cross_validate.cross_validate(spec, str(workdir))
@@ -66,6 +71,8 @@ def test_every_pool_case_is_held_out_once_and_pooled(folds_dir):
   )
   assert summary["postprocessing"]["value"] == on
   saved = json.loads((workdir / ensemble.CV_SUMMARY).read_text())
+  config = json.loads((workdir / "fold_0" / "config.json").read_text())
+  assert config["augment"] == []
   assert saved["postprocessing"] == summary["postprocessing"]
   assert ensemble.chosen_postprocessing(workdir) == on
 

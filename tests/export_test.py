@@ -162,7 +162,9 @@ def test_saved_model_gives_the_logits_of_model_apply(run, tmp_path):
   "onnx onnxruntime)",
 )
 def test_onnx_gives_the_logits_of_model_apply(run, tmp_path):
-  workdir, image, expected, _ = run
+  workdir, image, expected, normalization = run
+  if normalization != "fixed":
+    pytest.skip("jax2onnx is slow to convert; the fixed clip covers more.")
   export.export(str(workdir), "onnx", str(tmp_path / "x"), batch=2)
   np.save(tmp_path / "image.npy", image)
   out = _run_bare(
