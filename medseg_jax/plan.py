@@ -793,6 +793,7 @@ def make_plan(
   # No axis below MIN_PATCH voxels (or the median case, if smaller).
   lowest = [min(MIN_PATCH, max(2, int(m) // 2 * 2)) for m in median]
   patch = _round_patch(patch_f, dims)
+  first_patch = list(patch)
   while measure(patch, MIN_BATCH) > budget:
     # Memory is about linear in voxels: shrink to the budget's share, the
     # axes largest relative to the median case shape first.
@@ -844,10 +845,16 @@ def make_plan(
     value=list(patch),
     reason=(
       f"the median case shape at the target spacing, {_fmt(median)}, "
-      f"capped at {max_voxels} voxels, then shrunk (largest axes relative "
-      "to the median first) until the train step with batch "
-      f"{MIN_BATCH} fits the memory budget; each axis a multiple of "
-      f"{2 ** (levels - 1)} (the network's pooling)"
+      f"capped at {max_voxels} voxels"
+      + (
+        f", shrunk from {first_patch} (largest axes relative to the median "
+        f"first) until the train step with batch {MIN_BATCH} fits the "
+        "memory budget"
+        if list(patch) != first_patch
+        else f"; with batch {MIN_BATCH} it fits the memory budget as it is"
+      )
+      + f"; each axis a multiple of {2 ** (levels - 1)} (the network's "
+      "pooling)"
     ),
   )
   decisions["features"] = dict(
