@@ -866,7 +866,15 @@ def make_plan(
       f"capped at {MAX_FEATURES[dims]} (nnU-Net's layout)"
     ),
   )
-  decisions["deep_supervision"]["value"] = levels >= 3
+  decisions["deep_supervision"] = dict(
+    value=levels >= 3,
+    reason=(
+      "nnU-Net's deep supervision: a loss at every decoder level but the "
+      "coarsest, with halving weights"
+      if levels >= 3
+      else f"off: {levels} levels leave no decoder level to supervise"
+    ),
+  )
   decisions["batch_size"] = dict(
     value=batch,
     reason=(
