@@ -36,7 +36,7 @@ def folds_dir(tmp_path_factory):
   edited = json.loads(path.read_text())
   edited["decisions"]["augment"]["value"] = []
   path.write_text(json.dumps(edited))
-  spec = f"configs/auto.py:folder={folder},runlocal,steps=3"
+  spec = f"configs/auto.py:folder={folder},runlocal"
   workdir = root / "folds"
   summary = cross_validate.cross_validate(spec, str(workdir))
   return folder, workdir, summary
