@@ -11,6 +11,14 @@ The run's saved config (`WORKDIR/config.json`) gives the model, the
 dataset's preprocessing and `config.eval`; `--config.FIELD=VALUE`
 overrides a field, `--config=FILE` replaces it (same model and dataset).
 
+A folds directory of `python -m medseg_jax.cross_validate` (`fold_<k>/`
+runs) predicts with the ensemble of its folds: their softmax outputs are
+averaged, and the largest-component post-processing chosen on the
+cross-validation is applied (`--postprocess=on|off` overrides it);
+`--config.FIELD=VALUE` then overrides `eval` fields of every fold
+(default: fold 0's config). `--tta` adds flip test-time augmentation over
+every spatial axis, for one run or each fold.
+
 Inputs and outputs:
 
   NIfTI (.nii, .nii.gz)        -> <name>_seg.nii.gz, with the input's shape,
@@ -73,16 +81,51 @@ def output_path(source: pathlib.Path, output_dir: pathlib.Path) -> pathlib.Path:
 class Predictor:
   """Reads, preprocesses, predicts and writes one input at a time."""
 
-  def __init__(self, workdir: str, checkpoint: str = "best", config=None):
+  def __init__(
+    self,
+    workdir: str,
+    checkpoint: str = "best",
+    config=None,
+    *,
+    tta: bool = False,
+    postprocess: str = "auto",
+  ):
     from medseg_jax.data import registry  # noqa: PLC0415
     from medseg_jax.data import transforms  # noqa: PLC0415
     from medseg_jax.evaluation import case_predictor  # noqa: PLC0415
+    from medseg_jax.evaluation import ensemble  # noqa: PLC0415
 
-    self.trained = case_predictor.load_trained(workdir, checkpoint, config)
-    self.config = config = self.trained.config
-    self.model = case_predictor.CasePredictor.from_config(
-      config, self.trained.model, self.trained.variables
-    )
+    if postprocess not in POSTPROCESS:
+      raise ValueError(
+        f"Unknown postprocess={postprocess!r}; valid: {POSTPROCESS}."
+      )
+    largest = {"auto": None, "on": True, "off": False}[postprocess]
+    if ensemble.is_folds_dir(workdir):
+
+      def overrides(member):
+        if config is not None:
+          member.eval = config.eval
+          member.data_dir = config.data_dir
+        return member
+
+      self.model, self.trained = ensemble.load_ensemble(
+        workdir,
+        checkpoint,
+        largest_component=largest,
+        tta_flip_axes="all" if tta else None,
+        config_overrides=overrides,
+      )
+      self.config = config = self.trained.config
+    else:
+      self.trained = case_predictor.load_trained(workdir, checkpoint, config)
+      self.config = config = self.trained.config
+      if tta:
+        config.eval.tta_flip_axes = self._all_axes()
+      if largest is not None:
+        config.eval.largest_component = largest
+      self.model = case_predictor.CasePredictor.from_config(
+        config, self.trained.model, self.trained.variables
+      )
     self.preprocess = registry.input_preprocessing(
       config.dataset,
       os.path.expanduser(config.data_dir),
@@ -166,8 +209,14 @@ class Predictor:
     tmp.replace(target)  # Never a half-written mask under the final name.
     return target
 
+  def _all_axes(self) -> tuple[int, ...]:
+    return tuple(range(self.trained.spec.spatial_dims))
+
   def _channel_names(self):
     return [str(i) for i in range(self.trained.spec.num_channels)]
+
+
+POSTPROCESS = ("auto", "on", "off")
 
 
 def predict_all(
@@ -176,17 +225,22 @@ def predict_all(
   output: str,
   checkpoint: str = "best",
   config=None,
+  *,
+  tta: bool = False,
+  postprocess: str = "auto",
 ) -> tuple[list[pathlib.Path], list[tuple[str, str]]]:
   """Segments every input; returns (written paths, [(input, error)]).
 
   `config` (default: the run's `config.json`) may override anything but
-  the model and dataset.
+  the model and dataset. `workdir` may be a folds directory (an ensemble).
   """
   from medseg_jax import console  # noqa: PLC0415
 
   output_dir = pathlib.Path(output)
   output_dir.mkdir(parents=True, exist_ok=True)
-  predictor = Predictor(workdir, checkpoint, config)
+  predictor = Predictor(
+    workdir, checkpoint, config, tta=tta, postprocess=postprocess
+  )
   written, failed = [], []
   for item in console.progress(inputs, desc="predict", unit="case"):
     source = pathlib.Path(item)
@@ -202,14 +256,37 @@ def predict_all(
 def _define_flags(argv):
   """Flags exist only when run as a program, so tests can import this."""
   from medseg_jax import run_config  # noqa: PLC0415
+  from medseg_jax.evaluation import ensemble  # noqa: PLC0415
 
-  run_config.define_config_flag(argv)
+  workdir = run_config._flag_value(argv, "workdir")  # noqa: SLF001
+  folds = ensemble.fold_dirs(workdir) if workdir else []
+  if folds and run_config._flag_value(argv, "config") is None:  # noqa: SLF001
+    from ml_collections import config_flags  # noqa: PLC0415
+
+    config_flags.DEFINE_config_dict(
+      "config",
+      run_config.load(folds[0]),
+      "Fold 0's config.json; --config.eval.FIELD=VALUE overrides the "
+      "evaluation options of every fold.",
+    )
+  else:
+    run_config.define_config_flag(argv)
   flags.DEFINE_string("workdir", None, "The trained run.")
   flags.DEFINE_string("checkpoint", "best", "best, latest, or a step number.")
   flags.DEFINE_multi_string(
     "input", [], "Input file or DICOM directory; repeat for several."
   )
   flags.DEFINE_string("output", None, "Output directory.")
+  flags.DEFINE_bool(
+    "tta", False, "Flip test-time augmentation over every spatial axis."
+  )
+  flags.DEFINE_enum(
+    "postprocess",
+    "auto",
+    list(POSTPROCESS),
+    "Largest component per class: auto (the cross-validation's choice for "
+    "a folds directory, config.eval for a run), on or off.",
+  )
   flags.mark_flags_as_required(["workdir", "output"])
 
 
@@ -228,6 +305,8 @@ def main(argv):
     flags.FLAGS.output,
     flags.FLAGS.checkpoint,
     config=flags.FLAGS.config,
+    tta=flags.FLAGS.tta,
+    postprocess=flags.FLAGS.postprocess,
   )
   print(
     f"{len(written)} mask(s) written to {flags.FLAGS.output}; {len(failed)} failed."

@@ -99,6 +99,20 @@ def _resolve(spec: str, tmp_path: pathlib.Path) -> ml_collections.ConfigDict:
 
     folder = dummy_data.make_dummy_data(tmp_path, fmt="png")
     arg = ",".join(filter(None, [f"folder={folder}", arg]))
+  if path == "configs/auto.py":  # Needs a folder with a plan.
+    from medseg_jax import plan  # noqa: PLC0415
+    from medseg_jax.data.from_folder import dummy_data  # noqa: PLC0415
+
+    folder = dummy_data.make_dummy_data(tmp_path, fmt="png")
+    plan.write_plan(
+      folder / plan.DEFAULT_OUTPUT,
+      plan.fingerprint_folder(folder),
+      memory_budget_bytes=2**20,
+      base_features=4,
+      # Resolving the config needs a plan, not a measured one.
+      measure_fn=lambda config, spec: dict(total=0),
+    )
+    arg = ",".join(filter(None, [f"folder={folder}", arg]))
   return _module(path).get_config(arg or None)
 
 

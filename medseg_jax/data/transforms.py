@@ -27,7 +27,7 @@ from medseg_jax.augment import registry as augment_registry
 
 Example = dict[str, Any]
 
-NORMALIZE_MODES = ("zscore", "minmax", "none")
+NORMALIZE_MODES = ("zscore", "minmax", "fixed", "none")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,23 +36,42 @@ class Normalize(grain.transforms.Map):
 
   ``zscore``: ``(x - mean) / std`` over the example's voxels (optionally only
   voxels where ``x > 0`` in any channel, as for skull-stripped MRI);
-  ``minmax``: rescale to ``[0, 1]``; ``none``: unchanged.
+  ``minmax``: rescale to ``[0, 1]``; ``fixed``: dataset-wide constants per
+  channel, ``(clip(x, low, high) - mean) / std`` (nnU-Net's CT scheme; a
+  ``None`` bound does not clip); ``none``: unchanged.
   """
 
   mode: str = "zscore"
   nonzero: bool = False
   eps: float = 1e-6
+  # mode="fixed": one entry per channel.
+  low: tuple[float | None, ...] = ()
+  high: tuple[float | None, ...] = ()
+  mean: tuple[float, ...] = ()
+  std: tuple[float, ...] = ()
 
   def __post_init__(self):
     if self.mode not in NORMALIZE_MODES:
       raise ValueError(
         f"Unknown normalize mode {self.mode!r}; valid: {NORMALIZE_MODES}."
       )
+    if self.mode == "fixed":
+      sizes = {len(self.low), len(self.high), len(self.mean), len(self.std)}
+      if len(sizes) != 1 or not self.mean:
+        raise ValueError(
+          "normalize mode 'fixed' needs low, high, mean and std with one "
+          f"entry per channel each; got low={self.low}, high={self.high}, "
+          f"mean={self.mean}, std={self.std}."
+        )
+      if any(s is None or s <= 0 for s in self.std):
+        raise ValueError(f"normalize std must be positive; got {self.std}.")
 
   def map(self, example: Example) -> Example:
     image = np.asarray(example["image"], np.float32)
     if self.mode == "none":
       return {**example, "image": image}
+    if self.mode == "fixed":
+      return {**example, "image": self._fixed(image)}
     spatial_axes = tuple(range(image.ndim - 1))
     if self.nonzero:
       select = np.any(image > 0, axis=-1)
@@ -70,6 +89,20 @@ class Normalize(grain.transforms.Map):
       low, high = values.min(axis=axes), values.max(axis=axes)
       image = (image - low) / np.maximum(high - low, self.eps)
     return {**example, "image": image.astype(np.float32)}
+
+  def _fixed(self, image: np.ndarray) -> np.ndarray:
+    if image.shape[-1] != len(self.mean):
+      raise ValueError(
+        f"normalize mode 'fixed' has statistics for {len(self.mean)} "
+        f"channel(s); the image has {image.shape[-1]}."
+      )
+    low = np.array([-np.inf if v is None else v for v in self.low], np.float32)
+    high = np.array([np.inf if v is None else v for v in self.high], np.float32)
+    image = np.clip(image, low, high)
+    mean = np.asarray(self.mean, np.float32)
+    return ((image - mean) / np.asarray(self.std, np.float32)).astype(
+      np.float32
+    )
 
 
 def _pad_to(
@@ -245,7 +278,8 @@ def build(specs: Sequence[dict[str, Any]]) -> list[grain.transforms.Map]:
     op = spec.pop("op", None)
     if op not in TRANSFORMS:
       raise ValueError(_unknown_op(op))
-    if "size" in spec:
-      spec["size"] = tuple(spec["size"])
+    for key in ("size", "low", "high", "mean", "std"):
+      if key in spec:
+        spec[key] = tuple(spec[key])
     out.append(TRANSFORMS[op](**spec))
   return out

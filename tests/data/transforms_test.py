@@ -171,3 +171,34 @@ def test_foreground_share_without_foreground_falls_back_to_uniform():
 def test_foreground_share_out_of_range_is_an_error():
   with pytest.raises(ValueError, match="foreground_share"):
     transforms.RandomCropOrPad(size=(4, 4), foreground_share=1.5)
+
+
+def test_fixed_normalize_clips_then_applies_dataset_statistics():
+  # Channel 0: clipped to [0, 1], then (x - 0.5) / 0.25; channel 1: no
+  # bounds, (x - 10) / 2.
+  normalize = transforms.build(
+    [
+      dict(
+        op="normalize",
+        mode="fixed",
+        low=[0.0, None],
+        high=[1.0, None],
+        mean=[0.5, 10.0],
+        std=[0.25, 2.0],
+      )
+    ]
+  )[0]
+  image = np.array([[[-5.0, 6.0], [0.5, 10.0], [5.0, 30.0]]], np.float32)
+  out = normalize.map({"image": image})["image"]
+  np.testing.assert_allclose(out[0, :, 0], [-2.0, 0.0, 2.0])
+  np.testing.assert_allclose(out[0, :, 1], [-2.0, 0.0, 10.0])
+
+
+def test_fixed_normalize_needs_one_statistic_per_channel():
+  with pytest.raises(ValueError, match="one entry per channel"):
+    transforms.Normalize(mode="fixed", low=(0.0,), high=(1.0,), mean=(0.0,))
+  normalize = transforms.Normalize(
+    mode="fixed", low=(None,), high=(None,), mean=(0.0,), std=(1.0,)
+  )
+  with pytest.raises(ValueError, match="1 channel"):
+    normalize.map({"image": np.zeros((2, 2, 3), np.float32)})
