@@ -62,6 +62,9 @@ def get_config(arg=None):
   config.optimizer.learning_rate = 1e-3
   if args.runlocal:
     common.shrink_for_local_run(config)
+    # The 6 held-out slices are fewer than runlocal's 8-case cap, which
+    # TFDS would refuse as a split ("validation[:8]").
+    config.eval_split = config.test_split = "validation"
   if args.steps:
     config.num_train_steps = args.steps
   if args.fold >= 0:
