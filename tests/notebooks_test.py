@@ -16,9 +16,10 @@ import pytest
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 NOTEBOOKS = REPO_ROOT / "notebooks"
-# Seconds one cell may take before the test fails (FAST cells take well
-# under a minute on 2 CPU cores).
-CELL_TIMEOUT = 600
+# Seconds one cell may take before the test fails: FAST cells take at most
+# a few minutes on 2 CPU cores (03's four training runs), more when the
+# cores are shared.
+CELL_TIMEOUT = 900
 
 
 def _colab_module():
@@ -32,6 +33,12 @@ def _colab_module():
 
 colab = _colab_module()
 NAMES = [path.name for path in colab.notebooks()]
+# Notebooks that need a subpackage which may not be in this checkout yet
+# (it is built on another branch); they skip, naming it, until it is.
+NEEDS = {
+  "04_explainability.ipynb": "medseg_jax.explain",
+  "07_robustness.ipynb": "medseg_jax.corruptions",
+}
 
 
 def execute(path: pathlib.Path, workdir: pathlib.Path) -> None:
@@ -74,8 +81,10 @@ def test_the_notebook_set():
     "01_quickstart.ipynb",
     "02_isbi2012_unet.ipynb",
     "03_compare_models.ipynb",
+    "04_explainability.ipynb",
     "05_volumes_3d.ipynb",
     "06_your_own_data.ipynb",
+    "07_robustness.ipynb",
   ]
 
 
@@ -168,4 +177,7 @@ def test_a_failing_cell_fails_the_run(tmp_path):
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", NAMES)
 def test_notebook_runs(name, tmp_path):
+  needs = NEEDS.get(name)
+  if needs and importlib.util.find_spec(needs) is None:
+    pytest.skip(f"{name} needs {needs}, which this checkout lacks")
   execute(NOTEBOOKS / name, tmp_path)
