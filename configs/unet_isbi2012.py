@@ -62,8 +62,7 @@ def get_config(arg=None):
   config.optimizer.learning_rate = 1e-3
   if args.runlocal:
     common.shrink_for_local_run(config)
-    # The 6 held-out slices are fewer than runlocal's 8-case cap, which
-    # TFDS would refuse as a split ("validation[:8]").
+    # The validation split has 6 slices: "validation[:8]" would not exist.
     config.eval_split = config.test_split = "validation"
   if args.steps:
     config.num_train_steps = args.steps
