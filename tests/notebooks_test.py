@@ -19,7 +19,7 @@ NOTEBOOKS = REPO_ROOT / "notebooks"
 # Seconds one cell may take before the test fails: FAST cells take at most
 # a few minutes on 2 CPU cores (03's four training runs), more when the
 # cores are shared.
-CELL_TIMEOUT = 900
+CELL_TIMEOUT = 1200
 
 
 def _colab_module():
