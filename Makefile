@@ -1,7 +1,8 @@
 # Two commands on a fresh machine:
 #   make demo   set up .venv, build the synthetic dataset, train, evaluate
 #   make test   set up .venv, run the test suite
-#   (make test-fast skips the end-to-end and subprocess tests, marked slow)
+#   (make test-fast skips the end-to-end and subprocess tests, marked slow;
+#   make test-notebooks runs every notebook in notebooks/, marked notebook)
 # Python 3.12 (jax 0.12 needs it). Each candidate is run, not only looked
 # up: a pyenv shim named python3.12 may exist and fail.
 PYTHON ?= $(shell for p in python3.12 $$HOME/.pyenv/versions/3.12*/bin/python3.12 \
@@ -13,7 +14,7 @@ PY := $(VENV)/bin/python
 DEMO_WORKDIR ?= workdirs/demo
 export MEDSEG_DATA_DIR ?= $(CURDIR)/data_cache/tensorflow_datasets
 
-.PHONY: demo test test-fast lint format clean-demo bench-deps onednn
+.PHONY: demo test test-fast test-notebooks lint format clean-demo bench-deps onednn
 
 # pip -qq: errors only (a failed install still stops make with pip's error).
 $(VENV)/.installed: requirements.txt
@@ -29,10 +30,15 @@ demo: $(VENV)/.installed
 	  --workdir=$(DEMO_WORKDIR)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest tests
+	$(PY) -m pytest tests -m "not notebook"
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest tests -m "not slow"
+	$(PY) -m pytest tests -m "not slow and not notebook"
+
+# Every notebook top to bottom in FAST mode (minutes; CI runs it after
+# make test).
+test-notebooks: $(VENV)/.installed
+	$(PY) -m pytest tests/notebooks_test.py -m notebook
 
 # torch and monai, for the benchmarks' peer columns only, from the default
 # index (see requirements-bench.txt for which torch build that gives).
