@@ -208,7 +208,9 @@ def conv_impl_for(
   kernel larger than 1 and 'SAME' padding (the string, or the equal
   symmetric padding `(k // 2 * dilation,) * 2` on every axis); anything
   else falls back to `"xla"`. `"auto"` takes `choose().conv3d` where the
-  stacked form applies.
+  stacked form applies, except that with oneDNN convolutions
+  (`choose().conv_library == "onednn"`) kernels up to 3 wide stay 3-D
+  (`"xla"`, which `conv_general` hands to oneDNN).
 
   Args:
     impl: one of `CONV_IMPLS`.
@@ -239,7 +241,13 @@ def conv_impl_for(
   if not stackable or impl == "xla":
     return "xla"
   if impl == "auto":
-    return choose().conv3d
+    chosen = choose()
+    # oneDNN's own 3-D convolution beats the stacked 2-D one (1677 against
+    # 1930 ms per 3-D U-Net step, docs/cpu_performance.md), except for the
+    # wide kernels `onednn.supports` leaves to XLA.
+    if chosen.conv_library == "onednn" and kernel_size <= 3:
+      return "xla"
+    return chosen.conv3d
   return "depth_stacked"
 
 

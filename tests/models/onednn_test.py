@@ -211,3 +211,18 @@ def test_only_where_the_process_has_one_device():
   # 8 fake CPUs) the convolutions stay XLA's unless forced.
   assert jax.device_count() > 1
   assert lowering.choose("cpu").conv_library == "xla"
+
+
+def test_with_onednn_3d_convolutions_stay_3d_up_to_width_3():
+  # oneDNN's 3-D convolution beats the depth-stacked one; wider kernels,
+  # which oneDNN does not take, stay depth-stacked.
+  args = dict(spatial_dims=3, strides=1, padding="SAME")
+  with lowering.override(conv_library="onednn"):
+    assert lowering.conv_impl_for("auto", kernel_size=3, **args) == "xla"
+    assert lowering.conv_impl_for("auto", kernel_size=5, **args) == (
+      "depth_stacked"
+    )
+  with lowering.override(conv_library="xla"):
+    assert lowering.conv_impl_for("auto", kernel_size=3, **args) == (
+      "depth_stacked"
+    )
