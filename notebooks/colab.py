@@ -10,8 +10,9 @@ badge opens `notebooks/NAME.ipynb` of that repository's `BRANCH` in Colab,
 and a fresh Colab runtime clones it from there). After changing them, run
 this script; `tests/notebooks_test.py` fails while a notebook disagrees.
 
-The script also strips outputs, execution counts and per-cell metadata, so
-that committed notebooks stay small and diff cleanly.
+The script also strips outputs, execution counts and per-cell metadata and
+numbers the cell ids, so that committed notebooks stay small and diff
+cleanly.
 """
 
 from __future__ import annotations
@@ -106,7 +107,8 @@ def tidy(notebook: nbformat.NotebookNode, name: str) -> nbformat.NotebookNode:
     lines = lines[1:]
   cells[0].source = "\n".join([badge(name), *lines])
   cells[1].source = setup_source()
-  for cell in cells:
+  for index, cell in enumerate(cells):
+    cell.id = f"cell-{index:02d}"  # Stable ids: rewrites give small diffs.
     cell.metadata = {}
     if cell.cell_type == "code":
       cell.outputs = []

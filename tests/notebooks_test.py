@@ -41,12 +41,14 @@ NEEDS = {
 }
 
 
-def execute(path: pathlib.Path, workdir: pathlib.Path) -> None:
+def execute(
+  path: pathlib.Path, workdir: pathlib.Path, data_dir: pathlib.Path
+) -> None:
   """Runs a notebook top to bottom in FAST mode; raises on a cell error.
 
   The kernel is this interpreter's ipykernel, started in the repository
   root; its outputs go under `workdir`. The datasets go to
-  `MEDSEG_DATA_DIR` if set (`make` sets it), else under `workdir`.
+  `MEDSEG_DATA_DIR` if set (`make` sets it), else to `data_dir`.
   """
   from nbclient import NotebookClient  # noqa: PLC0415
 
@@ -54,9 +56,7 @@ def execute(path: pathlib.Path, workdir: pathlib.Path) -> None:
   env = {
     "MEDSEG_NOTEBOOK_FAST": "1",
     "MEDSEG_NOTEBOOK_WORKDIR": str(workdir),
-    "MEDSEG_DATA_DIR": os.environ.get(
-      "MEDSEG_DATA_DIR", str(workdir / "tensorflow_datasets")
-    ),
+    "MEDSEG_DATA_DIR": os.environ.get("MEDSEG_DATA_DIR", str(data_dir)),
   }
   saved = {key: os.environ.get(key) for key in env}
   os.environ.update(env)  # The kernel inherits this process's environment.
@@ -74,6 +74,12 @@ def execute(path: pathlib.Path, workdir: pathlib.Path) -> None:
         os.environ.pop(key, None)
       else:
         os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def notebook_data_dir(tmp_path_factory) -> pathlib.Path:
+  """One dataset directory for all notebooks (each dataset built once)."""
+  return tmp_path_factory.mktemp("tensorflow_datasets")
 
 
 def test_the_notebook_set():
@@ -171,13 +177,13 @@ def test_a_failing_cell_fails_the_run(tmp_path):
   path = tmp_path / "broken.ipynb"
   nbformat.write(notebook, path)
   with pytest.raises(CellExecutionError, match="broken cell"):
-    execute(path, tmp_path / "run")
+    execute(path, tmp_path / "run", tmp_path / "tfds")
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("name", NAMES)
-def test_notebook_runs(name, tmp_path):
+def test_notebook_runs(name, tmp_path, notebook_data_dir):
   needs = NEEDS.get(name)
   if needs and importlib.util.find_spec(needs) is None:
     pytest.skip(f"{name} needs {needs}, which this checkout lacks")
-  execute(NOTEBOOKS / name, tmp_path)
+  execute(NOTEBOOKS / name, tmp_path, notebook_data_dir)
