@@ -316,13 +316,17 @@ def export_onnx(fn: Callable, shape: list[Any], output: pathlib.Path):
     raise ValueError(
       "ONNX exports have fixed sizes (--batch and the patch); drop --symbolic."
     )
-  model = jax2onnx.to_onnx(
-    fn,
-    [tuple(shape)],
-    model_name="medseg",
-    input_names=[INPUT_NAME],
-    output_names=["logits"],
-  )
+  import io  # noqa: PLC0415
+
+  # jax2onnx 0.13 prints debugging lines while it converts.
+  with contextlib.redirect_stdout(io.StringIO()):
+    model = jax2onnx.to_onnx(
+      fn,
+      [tuple(shape)],
+      model_name="medseg",
+      input_names=[INPUT_NAME],
+      output_names=["logits"],
+    )
   import onnx  # noqa: PLC0415
 
   onnx.save_model(model, str(output / ONNX_FILE))

@@ -1400,7 +1400,7 @@ def main(argv: Sequence[str]) -> None:
     f"Fingerprint: {fingerprint['num_cases']} cases, median shape "
     f"{_fmt(fingerprint['median_shape'])}, spacing "
     f"{_fmt(fingerprint['median_spacing'])}. Fitting the patch to "
-    f"{budget / 2**30:.2f} GiB:"
+    f"{budget / 2**20:.1f} MiB:"
   )
   plan = write_plan(
     output,
