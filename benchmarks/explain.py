@@ -131,7 +131,15 @@ def monai_method(method: str, wrapped, args):
       overlap=1.0 - args.stride / args.window,
       activate=False,
     )
-    return lambda x: -occ(x)[0][0, 0, ..., CLASS]
+
+    def occlusion_map(x):
+      # MONAI 1.6 returns [1, K, H, W] for a [1, K] output (its docstring
+      # says B1HWN); take class CLASS either way.
+      out = occ(x)[0][0]
+      out = out[..., CLASS] if out.shape[-1] == NUM_CLASSES else out[CLASS]
+      return -out.reshape(out.shape[-2:])
+
+    return occlusion_map
   return None
 
 
@@ -251,7 +259,7 @@ def main() -> None:
       if method in ("saliency", "smoothgrad"):
         a = np.abs(a)  # Ours through heatmap: |grad|; MONAI: signed/RMS.
         b = np.abs(b)
-      corr = float(np.corrcoef(a, b)[0, 1])
+      corr = float(np.corrcoef(a, b)[0, 1]) if a.size == b.size else np.nan
     rows.append((method, compile_s, ms, corr))
     peer_ms = ms.get("monai")
     print(
