@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 DEMO_WORKDIR ?= workdirs/demo
 export MEDSEG_DATA_DIR ?= $(CURDIR)/data_cache/tensorflow_datasets
 
-.PHONY: demo test test-fast test-notebooks lint format clean-demo bench-deps onednn
+.PHONY: demo test test-fast test-long test-notebooks lint format clean-demo bench-deps onednn
 
 # pip -qq: errors only (a failed install still stops make with pip's error).
 $(VENV)/.installed: requirements.txt
@@ -30,10 +30,15 @@ demo: $(VENV)/.installed
 	  --workdir=$(DEMO_WORKDIR)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest tests -m "not notebook"
+	$(PY) -m pytest tests -m "not notebook and not long"
 
 test-fast: $(VENV)/.installed
-	$(PY) -m pytest tests -m "not slow and not notebook"
+	$(PY) -m pytest tests -m "not slow and not notebook and not long"
+
+# The end-to-end tests of a minute or more each (k-fold training, SavedModel
+# and ONNX exports, adversarial kill/resume); CI runs them after make test.
+test-long: $(VENV)/.installed
+	$(PY) -m pytest tests -m long
 
 # Every notebook top to bottom in FAST mode (minutes; CI runs it after
 # make test).

@@ -43,6 +43,7 @@ def folds_dir(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_every_pool_case_is_held_out_once_and_pooled(folds_dir):
   _, workdir, summary = folds_dir
   assert summary["num_folds"] == 2
@@ -86,6 +87,7 @@ def _test_image(folder, workdir):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_ensemble_of_identical_folds_equals_one_fold(folds_dir):
   folder, workdir, _ = folds_dir
   image = _test_image(folder, workdir)
@@ -111,6 +113,7 @@ def test_ensemble_of_identical_folds_equals_one_fold(folds_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_predict_with_a_folds_dir_writes_the_ensemble_mask(folds_dir, tmp_path):
   folder, workdir, _ = folds_dir
   source = folder / "images" / "case003.png"

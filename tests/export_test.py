@@ -133,6 +133,7 @@ def test_symbolic_stablehlo_takes_other_sizes(run, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_saved_model_gives_the_logits_of_model_apply(run, tmp_path):
   workdir, image, expected, normalization = run
   if normalization != "fixed":
@@ -155,6 +156,7 @@ def test_saved_model_gives_the_logits_of_model_apply(run, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.skipif(
   importlib.util.find_spec("jax2onnx") is None
   or importlib.util.find_spec("onnxruntime") is None,

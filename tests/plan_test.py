@@ -261,6 +261,7 @@ def test_a_budget_too_small_for_any_patch_is_an_error():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_compiled_plan_fits_and_configs_auto_reproduces_it(tmp_path):
   # A real fit: every candidate's train step is compiled and measured. 2-D
   # PNG cases of 12 x 10 pixels and a tiny network keep the compiles short.

@@ -222,6 +222,7 @@ def _adversarial_losses(workdir):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_sigkill_then_resume_matches_uninterrupted_run(data_dir, tmp_path):
   # As tests/train_test.py: MEDSEG_FAULT_AT_STEP=4 SIGKILLs the trainer right
   # after its step-4 save has started; the step-2 checkpoint is complete.
@@ -290,6 +291,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_eight_devices_match_one_device(data_dir, tmp_path, mesh_devices):
   config = _tiny_config(
     "segan",

@@ -104,11 +104,12 @@ def available() -> bool:
   off, no CPU engine).
   """
   if os.environ.get(ENV_SWITCH, "1") == "0":
-    logging.info("oneDNN weight gradients off (%s=0).", ENV_SWITCH)
+    logging.info("oneDNN convolutions off (%s=0).", ENV_SWITCH)
     return False
   if not LIBRARY.exists():
-    logging.info(
-      "oneDNN weight gradients not built (%s); `make onednn` builds them.",
+    # Not asked for: the log file, not the console.
+    logging.debug(
+      "oneDNN convolutions not built (%s); `make onednn` builds them.",
       LIBRARY,
     )
     return False
@@ -120,10 +121,10 @@ def available() -> bool:
   try:
     library = ctypes.CDLL(str(LIBRARY))
   except OSError as error:
-    logging.info("oneDNN weight gradients unavailable: %s", error)
+    logging.warning("oneDNN convolutions unavailable: %s", error)
     return False
   if library.medseg_onednn_probe() != 0:
-    logging.info("oneDNN weight gradients unavailable: no oneDNN CPU engine.")
+    logging.warning("oneDNN convolutions unavailable: no oneDNN CPU engine.")
     return False
   for target, symbol in TARGETS.items():
     jax.ffi.register_ffi_target(

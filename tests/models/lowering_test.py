@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 
 from medseg_jax.models import layers
 from medseg_jax.models import lowering
@@ -15,8 +16,16 @@ from medseg_jax.models import onednn
 
 @pytest.fixture(name="fresh_log")
 def _fresh_log(monkeypatch):
-  """Forgets which lowerings were logged, for tests that count the lines."""
+  """Forgets which lowerings were logged, for tests that count the lines.
+
+  Also lets absl's INFO lines through, whatever verbosity an earlier test
+  (e.g. one running an entry point's console set-up) left behind.
+  """
   monkeypatch.setattr(lowering, "_LOGGED", set())
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.INFO)
+  yield
+  absl_logging.set_verbosity(verbosity)
 
 
 def test_choose_per_backend_and_mesh(fresh_log):

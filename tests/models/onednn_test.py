@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from absl import logging as absl_logging
 
 from medseg_jax import models
 from medseg_jax.models import lowering
@@ -197,12 +198,15 @@ def test_unbuilt_library_falls_back_to_xla(monkeypatch, tmp_path, caplog):
   monkeypatch.setattr(onednn, "LIBRARY", tmp_path / "missing.so")
   monkeypatch.setattr(lowering, "_LOGGED", set())
   onednn.available.cache_clear()
+  verbosity = absl_logging.get_verbosity()
+  absl_logging.set_verbosity(absl_logging.DEBUG)
   try:
-    with caplog.at_level("INFO"):
+    with caplog.at_level("DEBUG"):
       assert not onednn.available()
       assert lowering.choose("cpu").conv_library == "xla"
     assert "make onednn" in caplog.text
   finally:
+    absl_logging.set_verbosity(verbosity)
     onednn.available.cache_clear()
 
 
