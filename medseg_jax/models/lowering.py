@@ -283,7 +283,7 @@ def conv_general(
     pads = onednn.explicit_padding(
       x.shape, kernel.shape, strides, padding, dilation
     )
-    if onednn.supports(x, kernel, pads, strides):
+    if onednn.supports(x, kernel, pads):
       return onednn.conv(x, kernel, strides, pads, dilation)
   spec = "NDHWC" if d == 3 else "NHWC"
   return jax.lax.conv_general_dilated(

@@ -313,7 +313,6 @@ def supports(
   x: jax.Array,
   kernel: jax.Array,
   padding: Sequence[tuple[int, int]] = (),
-  strides: Sequence[int] = (),
 ) -> bool:
   """Whether `conv` takes these operands (dtype, rank and padding).
 
@@ -324,7 +323,6 @@ def supports(
   stride 2 in float32, at stride 1 in bfloat16), which the tests catch.
   (The models' wide 3-D convolutions are depth-stacked 2-D ones anyway.)
   """
-  del strides  # Kept for the call sites; no stride is refused today.
   wide_3d = kernel.ndim == 5 and max(kernel.shape[:3]) > 3
   return (
     x.dtype == kernel.dtype
