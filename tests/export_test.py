@@ -95,6 +95,7 @@ def _run_bare(tmp_path, code: str) -> np.ndarray:
   return np.load(tmp_path / "out.npy")
 
 
+@pytest.mark.slow
 def test_stablehlo_gives_the_logits_of_model_apply(run, tmp_path):
   workdir, image, expected, _ = run
   meta = export.export(str(workdir), "stablehlo", str(tmp_path / "x"), batch=2)
@@ -118,6 +119,7 @@ def test_stablehlo_gives_the_logits_of_model_apply(run, tmp_path):
   assert on_disk["normalization"] == meta["normalization"]
 
 
+@pytest.mark.slow
 def test_symbolic_stablehlo_takes_other_sizes(run, tmp_path):
   workdir, image, _, _ = run
   meta = export.export(

@@ -49,6 +49,7 @@ def _assert_same(a, b):
     np.testing.assert_array_equal(a[name], b[name], name)
 
 
+@pytest.mark.slow
 def test_augment_on_is_validated(synthetic_2d_dir):
   assert augment.check_augment_on("host") == "host"
   assert augment.check_augment_on("device") == "device"
@@ -87,6 +88,7 @@ def test_host_batches_are_the_device_augmentation_of_the_plain_batches(
   assert changed == 3  # 4 examples, 6 ops: some op fires in every batch.
 
 
+@pytest.mark.slow
 def test_same_seed_and_position_same_batch_other_seed_other_batch(
   synthetic_2d_dir,
 ):

@@ -139,6 +139,7 @@ def test_no_patient_folders_explains_layout(tmp_path):
     )
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(
   not REAL_DATA.is_dir(),
   reason=f"real Lesjak MS subset not found at {REAL_DATA}",

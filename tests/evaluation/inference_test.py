@@ -150,6 +150,7 @@ def test_whole_volume_window_equals_single_prediction(tiny_unet, accumulate):
   np.testing.assert_allclose(np.asarray(out), expected, atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 def test_real_model_overlapping_windows_device_equals_host(tiny_unet):
   model, variables = tiny_unet
   image = jax.random.normal(jax.random.key(2), (11, 9, 13, 1))

@@ -152,6 +152,7 @@ def test_gradcam_at_the_head_has_a_closed_form(method):
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gradcam", "gradcam_pp"])
 def test_gradcam_is_non_negative_with_the_input_shape(method):
   model, variables, x = _unet(features=(4, 8, 16))
@@ -262,6 +263,7 @@ OPTIONS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("method", list(explain.METHODS))
 def test_every_method_runs_under_jit(method, dims):
@@ -313,6 +315,7 @@ def test_sliding_window_explain_reproduces_a_pointwise_map():
 # ---- names ----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_unknown_names_list_the_valid_ones():
   model, variables, x = _unet()
   target = explain.Target(class_index=1)
@@ -336,6 +339,7 @@ def test_unknown_names_list_the_valid_ones():
     explain.make_explainer(model, "saliency", explain.Target(5))(variables, x)
 
 
+@pytest.mark.slow
 def test_layer_names_are_the_models_modules():
   model, variables, x = _unet()
   names = cam.layer_names(model, variables, x)

@@ -48,6 +48,7 @@ def run(tmp_path_factory):
   return workdir, path, root
 
 
+@pytest.mark.slow
 def test_cli_writes_maps_on_the_inputs_grid(run):
   workdir, path, root = run
   out = root / "maps"

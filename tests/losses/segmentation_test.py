@@ -32,6 +32,7 @@ def _random_inputs(spatial_dims, seed=0):
   return logits, labels, mask
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LOSS_FNS)
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_shape_dtype_and_bounds(name, spatial_dims):
@@ -129,6 +130,7 @@ def test_dice_matches_optax(include_background, smooth):
   np.testing.assert_allclose(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LOSS_FNS)
 def test_mask_excludes_voxels(name):
   logits, labels, mask = _random_inputs(2)

@@ -108,6 +108,7 @@ def test_attention_maps(spatial_dims):
     assert float(jnp.max(jnp.abs(maps[name] - other[name]))) > 1e-3
 
 
+@pytest.mark.slow
 def test_gradients_finite_and_reach_the_gates():
   # Two levels, one gate: the backward pass dominates compile time.
   model = AttentionUNet(num_classes=3, features=(4, 8), norm="batch")

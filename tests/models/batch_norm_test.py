@@ -78,6 +78,7 @@ def test_train_mode_matches_flax(impl, shape):
     np.testing.assert_allclose(a, b, atol=2e-5 * scale)
 
 
+@pytest.mark.slow
 def test_gradient_through_returned_statistics():
   # Not used by the models (they stop the gradient into the running
   # averages), but the custom VJP must still be right for them.

@@ -14,6 +14,7 @@ def _build(**options):
   return critics.from_config(ml_collections.ConfigDict(options), spatial_dims)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_output_shapes(spatial_dims):
   shape = (2,) + (16,) * spatial_dims
@@ -35,6 +36,7 @@ def test_output_shapes(spatial_dims):
   assert logits.shape == (2,) + (4,) * spatial_dims + (1,)
 
 
+@pytest.mark.slow
 def test_patchgan_sees_70_pixel_patches():
   # pix2pix's 3-layer PatchGAN: each logit depends on a 70x70 input patch
   # (Isola et al. 2017). Measured as the support of one logit's gradient.
@@ -58,6 +60,7 @@ def _scaled_kernels(params, factor):
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["segan", "patchgan"])
 def test_spectral_norm_makes_the_critic_invariant_to_kernel_scale(name):
   # W / sigma(W) does not change when W is scaled, and the power iteration's

@@ -105,6 +105,7 @@ def test_paper_parameter_count(variant, upsample, num_classes, expected):
   assert model_testing.num_params(variables["params"]) == expected
 
 
+@pytest.mark.slow
 def test_learned_upsample_is_a_transposed_convolution():
   # Definition of a transposed convolution with stride f and kernel k:
   # dilate the input by f, pad by k - 1 and correlate with the flipped
@@ -144,6 +145,7 @@ def test_bilinear_initialisation_equals_linear_resize(factor):
   np.testing.assert_allclose(y[inner], resized[inner], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_zero_initialised_scores():
   x = jnp.ones((1, 33, 45, 1))
   model = fcn.FCN(num_classes=2, width=WIDTH, backbone="vgg11")
@@ -178,6 +180,7 @@ def test_gradients_finite():
   model_testing.assert_finite(grads, nonzero=True)
 
 
+@pytest.mark.slow
 def test_padding_is_cropped():
   model = fcn.FCN(num_classes=2, backbone="resnet18", width=WIDTH)
   variables, x = model_testing.init(

@@ -172,6 +172,7 @@ def test_conv_equals_flax_conv(
     np.testing.assert_allclose(a, b, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("padding", ["VALID", "SAME"])
 @pytest.mark.parametrize("shape", [(2, 8, 6, 3), (2, 7, 5, 3), (1, 5, 4, 7, 2)])
 def test_max_pool_matches_window_max_pool(padding, shape):
@@ -195,6 +196,7 @@ def test_max_pool_matches_window_max_pool(padding, shape):
   )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("shape", [(2, 8, 8, 3), (1, 4, 6, 4, 2)])
 def test_max_pool_ties_get_the_window_gradient(shape):
   # Small integers: most blocks hold tied maxima (also all-equal blocks).

@@ -161,6 +161,7 @@ def test_weight_gradient_matches_a_brute_force_sum():
   np.testing.assert_allclose(np.asarray(got), want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 @needs_library
 def test_unet_gradients_equal_with_and_without_onednn():
   model = models.get_model(

@@ -37,6 +37,7 @@ def test_stage_shapes_3d():
   assert variables["params"]["conv1"]["kernel"].shape == (7, 7, 7, 1, 4)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("output_stride, size", [(32, 2), (16, 4), (8, 8)])
 def test_dilation_sets_output_stride_without_new_parameters(
   output_stride, size
@@ -87,6 +88,7 @@ TORCHVISION_PARAMS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth", sorted(TORCHVISION_PARAMS))
 def test_torchvision_parameter_count(depth):
   # Hand check for ResNet-50 (conv weights without bias, BN scale + bias):
@@ -100,6 +102,7 @@ def test_torchvision_parameter_count(depth):
   assert set(variables) == {"params", "batch_stats"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "block, out_channels, names",
   [

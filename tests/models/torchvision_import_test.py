@@ -219,6 +219,7 @@ def test_torchvision_key():
   )
 
 
+@pytest.mark.slow
 def test_graft_into_deeplab():
   width = 1 / 16
   model = deeplab.DeepLabV3(
@@ -279,6 +280,7 @@ def test_load_without_torch_explains(monkeypatch, tmp_path):
 TESTDATA = pathlib.Path(__file__).resolve().parent / "testdata"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
   "name, depth, dilation",
   [

@@ -119,6 +119,7 @@ def test_upsample_modes(spatial_dims):
   assert counts["transpose"] - counts["resize"] == (2**d - 1) * 8 * 4
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", ["batch", "instance"])
 def test_gradients_finite(norm):
   model = UNet(num_classes=3, features=FEATURES, norm=norm)
@@ -127,6 +128,7 @@ def test_gradients_finite(norm):
   model_testing.assert_finite(grads, nonzero=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("upsample", layers.UPSAMPLE_MODES)
 def test_jit_equals_eager(upsample):
   model = UNet(num_classes=2, features=FEATURES, upsample=upsample)
@@ -138,6 +140,7 @@ def test_jit_equals_eager(upsample):
   np.testing.assert_allclose(jitted, eager, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_batch_stats_updated_only_in_training():
   model = UNet(num_classes=2, features=FEATURES, norm="batch")
   variables, x = model_testing.init(model, SHAPES[2])
@@ -369,6 +372,7 @@ def test_deep_supervision_heads_skipped_unless_collected():
   assert num_convs(["aux_logits"]) == num_convs(False) + 1
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", layers.NORMS)
 def test_options_with_each_norm(norm):
   # Every option at once, run for real in training mode.
@@ -395,6 +399,7 @@ def test_options_with_each_norm(norm):
   assert ("batch_stats" in state) == (norm == "batch")
 
 
+@pytest.mark.slow
 def test_residual_and_deep_supervision_gradients():
   # norm="none" keeps the backward pass small; norms are covered above.
   model = UNet(

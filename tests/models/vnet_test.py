@@ -121,6 +121,7 @@ def test_residual_stage_adds_its_input(in_channels, projected):
   np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_gradients_finite():
   model = VNet(num_classes=3, spatial_dims=2, norm="batch", **TINY2)
   variables, x = model_testing.init(model, SHAPES[2])
@@ -128,6 +129,7 @@ def test_gradients_finite():
   model_testing.assert_finite(grads, nonzero=True)
 
 
+@pytest.mark.slow
 def test_jit_equals_eager():
   model = VNet(num_classes=2, spatial_dims=2, norm="instance", **TINY2)
   variables, x = model_testing.init(model, SHAPES[2])
@@ -148,6 +150,7 @@ def test_3d_forward_finite():
   assert bool(jnp.all(jnp.isfinite(logits)))
 
 
+@pytest.mark.slow
 def test_input_errors_and_padding():
   model = VNet(num_classes=2, in_channels=1, **TINY)  # 3-D by default.
   model_testing.assert_rejects(
