@@ -186,6 +186,7 @@ def test_onnx_gives_the_logits_of_model_apply(run, tmp_path):
   np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_unknown_format_lists_the_valid_ones(run, tmp_path):
   workdir, _, _, _ = run
   with pytest.raises(ValueError, match="stablehlo, saved_model, onnx"):

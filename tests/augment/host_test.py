@@ -102,6 +102,7 @@ def test_same_seed_and_position_same_batch_other_seed_other_batch(
   assert not np.array_equal(other[0]["image"], first[0]["image"])
 
 
+@pytest.mark.slow
 def test_p_zero_is_the_identity(synthetic_2d_dir):
   plain, _ = _batches(_config(synthetic_2d_dir, augment_on="device"), 2)
   zero = [{**spec, "p": 0.0} for spec in OPS]
@@ -110,6 +111,7 @@ def test_p_zero_is_the_identity(synthetic_2d_dir):
     _assert_same(a, b)
 
 
+@pytest.mark.slow
 def test_restored_iterator_replays_the_same_augmented_batches(
   synthetic_2d_dir,
 ):

@@ -146,6 +146,7 @@ def test_intensity_ops_touch_only_real_voxels(op, dims):
   np.testing.assert_array_equal(out["image"][padding], batch["image"][padding])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dims", [2, 3])
 def test_degenerate_options_are_the_identity(dims):
   ex = jax.tree.map(jnp.asarray, _example(dims))
@@ -206,6 +207,7 @@ def test_affine_out_of_bounds_is_zero_everywhere():
   np.testing.assert_array_equal(out["image"][8:], ex["image"][:8])
 
 
+@pytest.mark.slow
 def test_affine_quarter_turn_matches_rot90_landmarks():
   ex = jax.tree.map(jnp.asarray, _example(2))
   ex["label"] = ex["label"].at[2, 5].set(9)  # an asymmetric landmark

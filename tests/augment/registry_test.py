@@ -160,6 +160,7 @@ def _flips_of(example, out) -> tuple[int, ...]:
   raise AssertionError("not a flip of the input")
 
 
+@pytest.mark.slow
 def test_legacy_uint32_keys_work():
   batch = _batch(2, size=16)
   pipeline = augment.build([dict(op="flip", p=1.0, axis_p=0.5)])
@@ -348,6 +349,7 @@ def test_one_resampling_matches_resampling_after_every_op(dims):
   assert np.median(diff[inside]) < 0.01
 
 
+@pytest.mark.slow
 def test_elastic_closes_a_run_so_a_later_affine_resamples_again():
   ops = [
     dict(op="elastic", p=1.0, magnitude=(1, 2), grid=4),

@@ -65,6 +65,7 @@ def _mse(a, b) -> float:
   return float(np.mean((np.asarray(a, np.float64) - b) ** 2))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("name", NAMES)
 def test_severity_zero_is_the_identity(name, dims):

@@ -100,6 +100,7 @@ def test_smoothgrad_of_a_linear_model_is_its_weights():
   np.testing.assert_allclose(rms[1], np.abs(want), rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("baseline", [0.0, 0.5])
 def test_integrated_gradients_are_complete(baseline):
   model, variables, x = _unet()
@@ -168,6 +169,7 @@ def test_gradcam_is_non_negative_with_the_input_shape(method):
 # ---- occlusion ------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_occlusion_with_one_box_over_the_image_is_the_score_drop():
   model, variables, x = _unet()
   target = explain.Target(class_index=1, region="all")
@@ -183,6 +185,7 @@ def test_occlusion_with_one_box_over_the_image_is_the_score_drop():
   np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_occlusion_equals_brute_force():
   model, variables, x = _unet(size=8)
   target = explain.Target(class_index=0, region="predicted")
@@ -211,6 +214,7 @@ def test_occlusion_equals_brute_force():
 # ---- attention gates ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_attention_maps_lie_in_unit_interval():
   model, variables, x = _unet(name="attention_unet")
   names = explain.gate_names(model)
