@@ -103,6 +103,13 @@ def base_config() -> ml_collections.ConfigDict:
   # -1: the remaining devices. The default is plain data parallelism.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, spatial=1))
 
+  # One loss of medseg_jax.losses.LOSSES with its options (e.g.
+  # config.loss.dice_weight = 0.5), or a weighted sum set by loss_terms():
+  # config.loss = ConfigDict(dict(terms=[dict(name="cross_entropy",
+  # weight=1.0), dict(name="cldice", weight=0.5, iterations=3)])). Names,
+  # options and values are checked at start-up; see docs/losses.md. A
+  # "boundary" term makes the pipeline add signed distance maps (needs
+  # augment_on="host" with geometric augmentations).
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "ce_dice"
 
@@ -141,6 +148,22 @@ def base_config() -> ml_collections.ConfigDict:
   config.init_exclude = []  # e.g. ["^head/"] to re-learn the classifier.
   config.init_rename = []  # [(pattern, replacement)] target -> source name.
   return config
+
+
+def loss_terms(config: ml_collections.ConfigDict, *terms: dict) -> None:
+  """Sets ``config.loss`` to the weighted sum of ``terms``, in place.
+
+  Each term is ``dict(name=NAME, weight=W, **options)`` with ``NAME`` in
+  ``medseg_jax.losses.LOSSES`` (``weight`` defaults to 1), e.g.
+  ``loss_terms(config, dict(name="cross_entropy"), dict(name="cldice",
+  weight=0.5, iterations=3))``. Replaces ``config.loss.name`` and its
+  options, which cannot be combined with terms.
+  """
+  if not terms:
+    raise ValueError("loss_terms needs at least one term.")
+  config.loss = ml_collections.ConfigDict(
+    dict(terms=[dict(term) for term in terms])
+  )
 
 
 def shrink_for_local_run(config: ml_collections.ConfigDict) -> None:
