@@ -1,5 +1,5 @@
 """Signed distance maps of the labels, computed on the host for the
-boundary loss (:func:`medseg_jax.losses.boundary.boundary`).
+boundary loss (:func:`medseg_jax.losses.boundary_loss.boundary`).
 
 A distance map depends on the label alone, so it is computed once per
 training patch in the grain pipeline with scipy's exact Euclidean distance

@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from medseg_jax.losses.boundary import boundary
+from medseg_jax.losses.boundary_loss import boundary
 from medseg_jax.losses.segmentation import ce_dice
 from medseg_jax.losses.segmentation import cross_entropy
 from medseg_jax.losses.segmentation import focal
