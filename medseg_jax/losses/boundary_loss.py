@@ -43,10 +43,13 @@ def boundary(
 
   Example:
 
-    >>> labels = jnp.array([[[0, 0, 1, 1]]])            # [B=1, H=1, W=4]
-    >>> distance = jnp.stack([-labels + 0.0, labels - 1.0], -1)  # toy map
-    >>> boundary(jnp.zeros((1, 1, 4, 2)), labels, distance=distance).shape
-    (1,)
+    >>> from medseg_jax.data.distance import signed_distance
+    >>> labels = np.array([[[0, 0, 1, 1]]])            # [B=1, H=1, W=4]
+    >>> distance = signed_distance(labels[0], 2)[None]  # [1, 1, 4, 2]
+    >>> distance[0, 0, :, 1]
+    array([ 2.,  1.,  0., -1.], dtype=float32)
+    >>> boundary(20.0 * jax.nn.one_hot(labels, 2), labels, distance=distance)
+    Array([-0.25], dtype=float32)
 
   Reference: H. Kervadec, J. Bouchtiba, C. Desrosiers, E. Granger, J.
   Dolz, I. Ben Ayed. "Boundary loss for highly unbalanced segmentation".
