@@ -83,9 +83,4 @@ def boundary(
   if not include_background:
     per_voxel = per_voxel[..., 1:]
   per_voxel = jnp.mean(per_voxel, axis=-1)
-  axes = tuple(range(1, labels.ndim))
-  if mask is None:
-    return jnp.mean(per_voxel, axis=axes)
-  total = jnp.sum(jnp.where(mask, per_voxel, 0.0), axis=axes)
-  count = jnp.sum(mask, axis=axes, dtype=total.dtype)
-  return total / jnp.maximum(count, 1.0)
+  return segmentation._voxel_mean(per_voxel, mask)

@@ -99,6 +99,18 @@ def _select(per_class: jax.Array, include_background: bool) -> jax.Array:
   return per_class if include_background else per_class[:, 1:]
 
 
+def _voxel_mean(per_voxel: jax.Array, mask: jax.Array | None) -> jax.Array:
+  """`f32[B, *S]` -> `f32[B]`: the mean over each example's valid voxels
+  (0 for an example without any). Masked values, even NaN, are ignored:
+  `where` also blocks their gradient, where multiplying would not."""
+  axes = tuple(range(1, per_voxel.ndim))
+  if mask is None:
+    return jnp.mean(per_voxel, axis=axes)
+  total = jnp.sum(jnp.where(mask, per_voxel, 0.0), axis=axes)
+  count = jnp.sum(mask, axis=axes, dtype=total.dtype)
+  return total / jnp.maximum(count, 1.0)
+
+
 def cross_entropy(
   logits: jax.typing.ArrayLike,
   labels: jax.typing.ArrayLike,
@@ -131,22 +143,13 @@ def cross_entropy(
     `f32[B]` per-example loss.
   """
   logits, labels, mask = _prepare(logits, labels, mask, "cross_entropy")
-  axes = tuple(range(1, labels.ndim))
-  if mask is None:
-    per_voxel = optax.losses.softmax_cross_entropy_with_integer_labels(
-      logits, labels
-    )
-    return jnp.mean(per_voxel, axis=axes)
-  # Replace masked labels by a valid id so that ignore values (e.g. 255)
-  # cannot produce NaN, then zero out their contribution with `where`
-  # (multiplying would propagate a NaN; `where` also blocks its gradient).
-  safe_labels = jnp.where(mask, labels, 0)
+  # Masked labels are replaced by a valid id so that ignore values (e.g.
+  # 255) cannot produce NaN; `_voxel_mean` then drops them.
+  safe_labels = labels if mask is None else jnp.where(mask, labels, 0)
   per_voxel = optax.losses.softmax_cross_entropy_with_integer_labels(
     logits, safe_labels
   )
-  total = jnp.sum(jnp.where(mask, per_voxel, 0.0), axis=axes)
-  count = jnp.sum(mask, axis=axes, dtype=total.dtype)
-  return total / jnp.maximum(count, 1.0)
+  return _voxel_mean(per_voxel, mask)
 
 
 def soft_dice(
@@ -350,12 +353,7 @@ def focal(
           f"non-negative class weights, got {alpha}."
         )
     per_voxel = jnp.asarray(weights, per_voxel.dtype)[safe_labels] * per_voxel
-  axes = tuple(range(1, labels.ndim))
-  if mask is None:
-    return jnp.mean(per_voxel, axis=axes)
-  total = jnp.sum(jnp.where(mask, per_voxel, 0.0), axis=axes)
-  count = jnp.sum(mask, axis=axes, dtype=total.dtype)
-  return total / jnp.maximum(count, 1.0)
+  return _voxel_mean(per_voxel, mask)
 
 
 def _tversky_index(
