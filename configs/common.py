@@ -166,6 +166,48 @@ def loss_terms(config: ml_collections.ConfigDict, *terms: dict) -> None:
   )
 
 
+# Named losses for a config's ``loss=NAME`` argument (the loss benchmark,
+# configs/benchmarks/losses.py): each a list of terms for loss_terms, or
+# None for the base config's ce_dice. Pairings and weights follow the
+# papers: clDice beside soft Dice with alpha = 0.5 (Shit et al.), the
+# boundary loss beside generalised Dice at 0.01 (Kervadec et al.'s
+# starting weight, kept fixed here).
+LOSS_PRESETS = {
+  "ce_dice": None,
+  "cross_entropy": [dict(name="cross_entropy")],
+  "dice": [dict(name="dice")],
+  "focal": [dict(name="focal", gamma=2.0)],
+  "tversky": [dict(name="tversky", alpha=0.3, beta=0.7)],
+  "focal_tversky": [dict(name="focal_tversky", gamma=4 / 3)],
+  "generalized_dice": [dict(name="generalized_dice")],
+  "cldice": [
+    dict(name="dice", weight=0.5),
+    dict(name="cldice", weight=0.5, iterations=3),
+  ],
+  "boundary": [
+    dict(name="generalized_dice", weight=1.0),
+    dict(name="boundary", weight=0.01),
+  ],
+}
+
+
+def apply_loss_arg(config: ml_collections.ConfigDict, name: str) -> None:
+  """Sets the loss named ``name`` in :data:`LOSS_PRESETS`, in place.
+
+  A preset with a boundary term also moves ``config.augment`` to the host
+  (``augment_on="host"``), since its distance maps are computed there
+  after the augmentation (docs/losses.md).
+  """
+  if name not in LOSS_PRESETS:
+    raise ValueError(f"Unknown loss={name!r}; valid: {sorted(LOSS_PRESETS)}.")
+  terms = LOSS_PRESETS[name]
+  if terms is None:
+    return
+  loss_terms(config, *terms)
+  if any(t["name"] == "boundary" for t in terms) and config.augment:
+    config.augment_on = "host"
+
+
 def shrink_for_local_run(config: ml_collections.ConfigDict) -> None:
   """Makes a config finish in seconds on a laptop CPU (``runlocal``)."""
   config.num_train_steps = 20
