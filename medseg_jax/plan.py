@@ -598,8 +598,8 @@ def train_step_memory(config: Any, spec: Any) -> dict[str, int]:
     label=jax.ShapeDtypeStruct((batch, *patch), jnp.int32),
     mask=jax.ShapeDtypeStruct((batch, *patch), jnp.float32),
   )
-  for key in loss_fn.inputs:  # e.g. the boundary loss's distance maps.
-    shapes[key] = jax.ShapeDtypeStruct(
+  for name in loss_fn.inputs:  # e.g. the boundary loss's distance maps.
+    shapes[name] = jax.ShapeDtypeStruct(
       (batch, *patch, spec.num_classes), jnp.float32
     )
   with jax.set_mesh(mesh):
