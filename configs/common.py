@@ -174,12 +174,6 @@ def loss_terms(config: ml_collections.ConfigDict, *terms: dict) -> None:
 # starting weight, kept fixed here).
 LOSS_PRESETS = {
   "ce_dice": None,
-  "cross_entropy": [dict(name="cross_entropy")],
-  "dice": [dict(name="dice")],
-  "focal": [dict(name="focal", gamma=2.0)],
-  "tversky": [dict(name="tversky", alpha=0.3, beta=0.7)],
-  "focal_tversky": [dict(name="focal_tversky", gamma=4 / 3)],
-  "generalized_dice": [dict(name="generalized_dice")],
   "cldice": [
     dict(name="dice", weight=0.5),
     dict(name="cldice", weight=0.5, iterations=3),
@@ -188,6 +182,12 @@ LOSS_PRESETS = {
     dict(name="generalized_dice", weight=1.0),
     dict(name="boundary", weight=0.01),
   ],
+  "generalized_dice": [dict(name="generalized_dice")],
+  "focal": [dict(name="focal", gamma=2.0)],
+  "tversky": [dict(name="tversky", alpha=0.3, beta=0.7)],
+  "focal_tversky": [dict(name="focal_tversky", gamma=4 / 3)],
+  "cross_entropy": [dict(name="cross_entropy")],
+  "dice": [dict(name="dice")],
 }
 
 

@@ -23,10 +23,10 @@ DATASETS = {
 
 
 def experiments(datasets, seeds, overrides=None):
-  """One experiment per (dataset, loss preset), named ``"dataset, loss"``."""
+  """One experiment per (dataset, loss preset), named ``"dataset: loss"``."""
   return [
     dict(
-      name=f"{dataset}, {loss}",
+      name=f"{dataset}: {loss}",
       config=f"{DATASETS[dataset]}:loss={loss}",
       seeds=tuple(seeds),
       overrides=dict(overrides or {}),

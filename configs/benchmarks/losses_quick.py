@@ -32,6 +32,6 @@ def get_suite():
           "test_split": "test[:16]",
         },
       )
-      if e["name"].split(", ")[1] not in SKIP
+      if e["name"].split(": ")[1] not in SKIP
     ],
   )
