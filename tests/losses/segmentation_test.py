@@ -25,9 +25,6 @@ LOSS_FNS = {
   "tversky": segmentation.tversky,
   "focal_tversky": segmentation.focal_tversky,
   "generalized_dice": segmentation.generalized_dice,
-  "generalized_dice_fg": functools.partial(
-    segmentation.generalized_dice, include_background=False
-  ),
 }
 # Losses that lie in [0, 1].
 BOUNDED = ("dice", "tversky", "focal_tversky", "generalized_dice")
