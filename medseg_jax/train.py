@@ -46,6 +46,7 @@ from medseg_jax import run_config
 from medseg_jax import sharding
 from medseg_jax import transfer
 from medseg_jax import writers
+from medseg_jax.data import distance as distance_lib
 from medseg_jax.data import pipeline
 from medseg_jax.data import registry
 from medseg_jax.evaluation import case_predictor
@@ -351,6 +352,8 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
   loss_fn = losses_lib.from_config(
     config.loss, num_classes=spec.num_classes, spatial_dims=spec.spatial_dims
   )
+  if "distance" in loss_fn.inputs:  # Maps made on the host: see the module.
+    distance_lib.check_config(config)
   tx, schedule = optimizers.create(config.optimizer, config.num_train_steps)
   augment_on = augment_lib.check_augment_on(config.get("augment_on", "device"))
   writer = writers.create_writer(

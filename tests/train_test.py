@@ -681,3 +681,12 @@ def test_deep_supervision_subsamples_distance_maps_like_labels():
     np.testing.assert_array_equal(
       dist, batch["distance"][:, ::stride, ::stride]
     )
+
+
+def test_boundary_loss_with_device_flips_fails_before_data(tmp_path):
+  # Refused before the dataset is built: data_dir does not even exist.
+  config = tiny_config(tmp_path / "no_data", augment=[dict(op="flip")])
+  common.loss_terms(config, dict(name="boundary"))
+  with pytest.raises(ValueError, match="augment_on='host'"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "no_data").exists()
