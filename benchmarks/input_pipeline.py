@@ -119,7 +119,7 @@ def step_rate(config, steps: int) -> tuple[float, float]:
   step = jax.jit(
     functools.partial(
       train._train_step,  # noqa: SLF001
-      loss_fn=losses.get_loss(config.loss.name),
+      loss_fn=losses.from_config(config.loss),
       schedule=schedule,
       augment=augment,
     ),

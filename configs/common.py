@@ -103,6 +103,13 @@ def base_config() -> ml_collections.ConfigDict:
   # -1: the remaining devices. The default is plain data parallelism.
   config.mesh = ml_collections.ConfigDict(dict(data=-1, spatial=1))
 
+  # One loss of medseg_jax.losses.LOSSES with its options (e.g.
+  # config.loss.dice_weight = 0.5), or a weighted sum set by loss_terms():
+  # config.loss = ConfigDict(dict(terms=[dict(name="cross_entropy",
+  # weight=1.0), dict(name="cldice", weight=0.5, iterations=3)])). Names,
+  # options and values are checked at start-up; see docs/losses.md. A
+  # "boundary" term makes the pipeline add signed distance maps (needs
+  # augment_on="host" with geometric augmentations).
   config.loss = ml_collections.ConfigDict()
   config.loss.name = "ce_dice"
 
@@ -141,6 +148,64 @@ def base_config() -> ml_collections.ConfigDict:
   config.init_exclude = []  # e.g. ["^head/"] to re-learn the classifier.
   config.init_rename = []  # [(pattern, replacement)] target -> source name.
   return config
+
+
+def loss_terms(config: ml_collections.ConfigDict, *terms: dict) -> None:
+  """Sets ``config.loss`` to the weighted sum of ``terms``, in place.
+
+  Each term is ``dict(name=NAME, weight=W, **options)`` with ``NAME`` in
+  ``medseg_jax.losses.LOSSES`` (``weight`` defaults to 1), e.g.
+  ``loss_terms(config, dict(name="cross_entropy"), dict(name="cldice",
+  weight=0.5, iterations=3))``. Replaces ``config.loss.name`` and its
+  options, which cannot be combined with terms.
+  """
+  if not terms:
+    raise ValueError("loss_terms needs at least one term.")
+  config.loss = ml_collections.ConfigDict(
+    dict(terms=[dict(term) for term in terms])
+  )
+
+
+# Named losses for a config's ``loss=NAME`` argument (the loss benchmark,
+# configs/benchmarks/losses.py): each a list of terms for loss_terms, or
+# None for the base config's ce_dice. Pairings and weights follow the
+# papers: clDice beside soft Dice with alpha = 0.5 (Shit et al.), the
+# boundary loss beside generalised Dice at 0.01 (Kervadec et al.'s
+# starting weight, kept fixed here).
+LOSS_PRESETS = {
+  "ce_dice": None,
+  "cldice": [
+    dict(name="dice", weight=0.5),
+    dict(name="cldice", weight=0.5, iterations=3),
+  ],
+  "boundary": [
+    dict(name="generalized_dice", weight=1.0),
+    dict(name="boundary", weight=0.01),
+  ],
+  "generalized_dice": [dict(name="generalized_dice")],
+  "focal": [dict(name="focal", gamma=2.0)],
+  "tversky": [dict(name="tversky", alpha=0.3, beta=0.7)],
+  "focal_tversky": [dict(name="focal_tversky", gamma=4 / 3)],
+  "cross_entropy": [dict(name="cross_entropy")],
+  "dice": [dict(name="dice")],
+}
+
+
+def apply_loss_arg(config: ml_collections.ConfigDict, name: str) -> None:
+  """Sets the loss named ``name`` in :data:`LOSS_PRESETS`, in place.
+
+  A preset with a boundary term also moves ``config.augment`` to the host
+  (``augment_on="host"``), since its distance maps are computed there
+  after the augmentation (docs/losses.md).
+  """
+  if name not in LOSS_PRESETS:
+    raise ValueError(f"Unknown loss={name!r}; valid: {sorted(LOSS_PRESETS)}.")
+  terms = LOSS_PRESETS[name]
+  if terms is None:
+    return
+  loss_terms(config, *terms)
+  if any(t["name"] == "boundary" for t in terms) and config.augment:
+    config.augment_on = "host"
 
 
 def shrink_for_local_run(config: ml_collections.ConfigDict) -> None:

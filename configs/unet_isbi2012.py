@@ -14,7 +14,8 @@ cross-validation over the 30 slices, ``percent=`` and ``seed=`` as in
 ``configs/common.py``, ``slices=N`` to train on slices 0..N-1 only, and
 ``augment=NAME`` to add one of the augmentation lists in ``AUGMENT`` after
 the base config's random flips (all run in the train step;
-``--config.augment_on=host`` runs them in the input pipeline instead).
+``--config.augment_on=host`` runs them in the input pipeline instead), and
+``loss=NAME`` for a loss of ``common.LOSS_PRESETS`` (docs/losses.md).
 
 Scarce labels, with and without elastic deformation (same budget):
 
@@ -50,6 +51,7 @@ def get_config(arg=None):
     seed=-1,
     slices=0,
     augment="none",
+    loss="ce_dice",
   )
   config = common.base_config()
   config.dataset = "isbi2012_em"
@@ -86,6 +88,7 @@ def get_config(arg=None):
   # The base config's random flips, then the named list.
   config.augment = [*config.augment, *map(dict, AUGMENT[args.augment])]
   common.apply_data_args(config, args)
+  common.apply_loss_arg(config, args.loss)
   return config
 
 

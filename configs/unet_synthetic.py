@@ -10,7 +10,8 @@ r"""2-D U-Net on the embedded synthetic phantoms (the `make demo` job).
 Classes: background, organ, lesion (inside the organ), vessel. Arguments:
 ``percent=25`` trains on the first 25 % of the training split, ``seed=1``
 sets the seed, ``augment=artefacts`` adds graded MRI artefacts to the
-augmentations (``common.ARTEFACT_AUGMENT``, docs/robustness.md).
+augmentations (``common.ARTEFACT_AUGMENT``, docs/robustness.md),
+``loss=NAME`` picks a loss of ``common.LOSS_PRESETS`` (docs/losses.md).
 """
 
 from configs import common
@@ -18,7 +19,13 @@ from configs import common
 
 def get_config(arg=None):
   args = common.parse_arg(
-    arg, runlocal=False, steps=0, percent=100, seed=-1, augment="none"
+    arg,
+    runlocal=False,
+    steps=0,
+    percent=100,
+    seed=-1,
+    augment="none",
+    loss="ce_dice",
   )
   config = common.base_config()
   config.dataset = "synthetic_phantoms/2d"
@@ -40,4 +47,5 @@ def get_config(arg=None):
   if args.augment == "artefacts":
     config.augment = [*config.augment, *map(dict, common.ARTEFACT_AUGMENT)]
   common.apply_data_args(config, args)
+  common.apply_loss_arg(config, args.loss)
   return config

@@ -573,8 +573,7 @@ def train_step_memory(config: Any, spec: Any) -> dict[str, int]:
   from medseg_jax import train  # noqa: PLC0415  (train imports plan)
 
   model = models_lib.from_config(config, spec)
-  loss_kwargs = {k: v for k, v in config.loss.items() if k != "name"}
-  loss_fn = losses_lib.get_loss(config.loss.name, **loss_kwargs)
+  loss_fn = losses_lib.from_config(config.loss)
   tx, schedule = optimizers.create(config.optimizer, config.num_train_steps)
   patch = tuple(int(p) for p in config.data.patch_size)
   specs = list(config.get("augment", None) or [])
@@ -599,6 +598,10 @@ def train_step_memory(config: Any, spec: Any) -> dict[str, int]:
     label=jax.ShapeDtypeStruct((batch, *patch), jnp.int32),
     mask=jax.ShapeDtypeStruct((batch, *patch), jnp.float32),
   )
+  for name in loss_fn.inputs:  # e.g. the boundary loss's distance maps.
+    shapes[name] = jax.ShapeDtypeStruct(
+      (batch, *patch, spec.num_classes), jnp.float32
+    )
   with jax.set_mesh(mesh):
     state = jax.eval_shape(init_state, key)
     step = jax.jit(

@@ -46,6 +46,7 @@ from medseg_jax import run_config
 from medseg_jax import sharding
 from medseg_jax import transfer
 from medseg_jax import writers
+from medseg_jax.data import distance as distance_lib
 from medseg_jax.data import pipeline
 from medseg_jax.data import registry
 from medseg_jax.evaluation import case_predictor
@@ -214,11 +215,19 @@ def supervised_loss(
   )
   # Mixed precision: whatever the compute dtype, the loss is float32.
   logits = logits.astype(jnp.float32)
-  loss = jnp.mean(loss_fn(logits, batch["label"], batch["mask"]))
+  loss = jnp.mean(
+    loss_fn(logits, batch["label"], batch["mask"], **_loss_inputs(batch))
+  )
   aux = jax.tree.leaves(updates.get("aux_logits", {}))
   if aux:
     loss = _deep_supervision_loss(loss, aux, batch, loss_fn)
   return loss, updates, logits
+
+
+def _loss_inputs(batch: dict[str, jax.Array]) -> dict[str, jax.Array]:
+  """The batch arrays a loss reads besides label and mask (e.g. the signed
+  distance maps of the boundary loss), when the pipeline added them."""
+  return {k: batch[k] for k in losses_lib.EXTRA_INPUT_KEYS if k in batch}
 
 
 def _deep_supervision_loss(
@@ -228,10 +237,13 @@ def _deep_supervision_loss(
   loss_fn,
 ) -> jax.Array:
   """nnU-Net-style deep supervision: the loss at each lower resolution
-  (labels and mask subsampled by nearest neighbour) with weights halving per
-  level, normalised so the weights sum to one."""
+  (labels, mask and any distance maps subsampled by nearest neighbour)
+  with weights halving per level, normalised so the weights sum to one.
+  Distance maps keep their full-resolution voxel units, so every level's
+  boundary term is on the same scale."""
   total, weight_sum = main_loss, 1.0
   labels, mask = batch["label"], batch["mask"]
+  inputs = _loss_inputs(batch)
   ndim = labels.ndim - 1
   # Level k (finest first, as the models sow them) is at stride 2**k; a
   # strided slice of the labels is the nearest-neighbour subsampling, and
@@ -240,7 +252,12 @@ def _deep_supervision_loss(
     window = (slice(None),) + (slice(None, None, 2**level),) * ndim
     weight = 0.5**level
     total = total + weight * jnp.mean(
-      loss_fn(logits.astype(jnp.float32), labels[window], mask[window])
+      loss_fn(
+        logits.astype(jnp.float32),
+        labels[window],
+        mask[window],
+        **{k: v[window] for k, v in inputs.items()},
+      )
     )
     weight_sum += weight
   return total / weight_sum
@@ -332,8 +349,11 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
   # Fail fast on bad names, before any data is built or compiled.
   spec = registry.get_dataset_spec(config.dataset, config.get("manual_dir"))
   model = models_lib.from_config(config, spec)
-  loss_kwargs = {k: v for k, v in config.loss.items() if k != "name"}
-  loss_fn = losses_lib.get_loss(config.loss.name, **loss_kwargs)
+  loss_fn = losses_lib.from_config(
+    config.loss, num_classes=spec.num_classes, spatial_dims=spec.spatial_dims
+  )
+  if "distance" in loss_fn.inputs:  # Maps made on the host: see the module.
+    distance_lib.check_config(config)
   tx, schedule = optimizers.create(config.optimizer, config.num_train_steps)
   augment_on = augment_lib.check_augment_on(config.get("augment_on", "device"))
   writer = writers.create_writer(

@@ -374,3 +374,19 @@ def test_fold_splits_partition_the_pool():
     "train[5:7]+validation[0:1]",
     "validation[1:3]",
   ]
+
+
+@pytest.mark.slow
+def test_train_step_memory_counts_the_distance_maps():
+  # A boundary term adds f32[B, *S, C] distance maps to the step's inputs.
+  from configs import unet_synthetic  # noqa: PLC0415
+
+  sizes = {}
+  for loss in ("ce_dice", "boundary"):
+    config = unet_synthetic.get_config(f"runlocal,loss={loss}")
+    config.data.patch_size = (32, 32)
+    config.model.features = (4, 8)
+    config.batch_size = 2
+    spec = registry.get_dataset_spec(config.dataset)
+    sizes[loss] = plan.train_step_memory(config, spec)["arguments"]
+  assert sizes["boundary"] - sizes["ce_dice"] == 2 * 32 * 32 * 4 * 4

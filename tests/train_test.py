@@ -21,6 +21,7 @@ import numpy as np
 import optax
 import pytest
 
+from configs import common
 from configs import unet3d_synthetic
 from configs import unet_synthetic
 from medseg_jax import checkpointing
@@ -612,3 +613,80 @@ def test_bad_augmentation_fails_at_start_up(tmp_path, data_dir):
   assert not (tmp_path / "checkpoints").exists() or not any(
     (tmp_path / "checkpoints").iterdir()
   )
+
+
+@pytest.mark.slow
+def test_loss_terms_train_one_step_with_deep_supervision(data_dir, tmp_path):
+  # A weighted sum with a topology and a distance-map term; the pipeline
+  # adds the maps (after the host flips) and deep supervision subsamples
+  # them with the labels.
+  config = tiny_config(
+    data_dir,
+    num_train_steps=1,
+    eval_every_steps=1,
+    augment=[dict(op="flip")],
+    augment_on="host",
+  )
+  config.model.features = (4, 8, 16)
+  config.model.deep_supervision = True
+  config.eval.surface_metrics = False
+  config.eval_split = config.test_split = "test[:2]"
+  common.loss_terms(
+    config,
+    dict(name="cross_entropy", weight=1.0),
+    dict(name="cldice", weight=0.5, iterations=2),
+    dict(name="boundary", weight=0.01),
+  )
+  train.train_and_evaluate(config, str(tmp_path))
+  losses_logged = train_losses(tmp_path)
+  assert list(losses_logged) == [1] and np.isfinite(losses_logged[1])
+
+
+def test_bad_loss_terms_fail_at_start_up(data_dir, tmp_path):
+  cases = [
+    ([dict(name="cldice", iterations=-1)], "iterations"),
+    ([dict(name="focal", beta=0.5)], r"options are \['gamma', 'alpha'\]"),
+    ([dict(name="lovasz")], "valid names: .*generalized_dice"),
+    ([dict(name="dice", weight=-1.0)], "weight"),
+  ]
+  for terms, message in cases:
+    config = tiny_config(data_dir)
+    common.loss_terms(config, *terms)
+    with pytest.raises(ValueError, match=message):
+      train.train_and_evaluate(config, str(tmp_path))
+  assert not (tmp_path / "checkpoints").exists()
+
+
+def test_deep_supervision_subsamples_distance_maps_like_labels():
+  # Each level's loss sees label, mask and distance at the same stride.
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 3, (2, 8, 8)).astype(np.int32)
+  batch = {
+    "label": jax.numpy.asarray(labels),
+    "mask": jax.numpy.ones((2, 8, 8)),
+    "distance": jax.numpy.asarray(rng.normal(size=(2, 8, 8, 3))),
+  }
+  seen = []
+
+  def loss_fn(logits, labels, mask, distance):
+    seen.append((logits.shape, labels, mask.shape, distance))
+    return jax.numpy.zeros(logits.shape[0])
+
+  aux = [jax.numpy.zeros((2, 4, 4, 3)), jax.numpy.zeros((2, 2, 2, 3))]
+  train._deep_supervision_loss(jax.numpy.zeros(()), aux, batch, loss_fn)
+  for level, (shape, level_labels, mask_shape, dist) in enumerate(seen, 1):
+    stride = 2**level
+    assert shape[1:3] == level_labels.shape[1:] == mask_shape[1:]
+    np.testing.assert_array_equal(level_labels, labels[:, ::stride, ::stride])
+    np.testing.assert_array_equal(
+      dist, batch["distance"][:, ::stride, ::stride]
+    )
+
+
+def test_boundary_loss_with_device_flips_fails_before_data(tmp_path):
+  # Refused before the dataset is built: data_dir does not even exist.
+  config = tiny_config(tmp_path / "no_data", augment=[dict(op="flip")])
+  common.loss_terms(config, dict(name="boundary"))
+  with pytest.raises(ValueError, match="augment_on='host'"):
+    train.train_and_evaluate(config, str(tmp_path / "run"))
+  assert not (tmp_path / "no_data").exists()

@@ -3,7 +3,8 @@
 Training: ``MapDataset`` over ``tfds.data_source`` -> seeded shuffle (a new
 order each epoch) -> infinite repeat -> per-example transforms -> this
 process's rows -> batch -> (with ``config.augment_on="host"``) the JAX
-augmentations of ``config.augment`` on the CPU -> iterator. Everything is a
+augmentations of ``config.augment`` on the CPU -> (for a boundary loss)
+signed distance maps of the labels -> iterator. Everything is a
 pure function of the seed and the position, so the iterator state (a few
 integers) is all that a checkpoint needs to resume the exact batch sequence.
 
@@ -30,7 +31,9 @@ import jax
 import ml_collections
 import numpy as np
 
+from medseg_jax import losses
 from medseg_jax.augment import host as host_augment
+from medseg_jax.data import distance as distance_lib
 from medseg_jax.data import registry
 from medseg_jax.data import transforms as transforms_lib
 
@@ -46,11 +49,14 @@ def train_dataset(
   """Infinite, shuffled, transformed and batched training dataset.
 
   Each batch is ``image: f32[B_local, *S, C]``, ``label: i32[B_local, *S]``
-  and ``mask: f32[B_local, *S]``.
+  and ``mask: f32[B_local, *S]``, plus ``distance: f32[B_local, *S,
+  num_classes]`` (:mod:`medseg_jax.data.distance`) when ``config.loss``
+  has a boundary term.
 
   Raises:
-    ValueError: for an empty split, a bad ``config.augment_on`` or a bad
-      ``config.augment`` list.
+    ValueError: for an empty split, a bad ``config.augment_on``, a bad
+      ``config.augment`` list, or geometric augmentations on the device
+      with a loss that needs distance maps.
   """
   process_index = (
     jax.process_index() if process_index is None else process_index
@@ -58,6 +64,10 @@ def train_dataset(
   process_count = (
     jax.process_count() if process_count is None else process_count
   )
+  # The boundary loss reads signed distance maps of the labels.
+  distance_maps = "distance" in losses.from_config(config.loss).inputs
+  if distance_maps:
+    distance_lib.check_config(config)
   augment = host_augment.from_config(
     config,
     local_batch_size=local_batch_size,
@@ -101,6 +111,16 @@ def train_dataset(
     # After batching: batch i is train step i, whose key the augmentation
     # uses, so a restored iterator replays the same augmented batches.
     ds = ds.map_with_index(augment)
+  if distance_maps:
+    # Last, after everything on the host that moves the label (crop, pad,
+    # host augmentation), so the maps describe the trained-on label.
+    ds = ds.map(
+      distance_lib.SignedDistanceMaps(
+        registry.get_dataset_spec(
+          config.dataset, config.get("manual_dir")
+        ).num_classes
+      )
+    )
   read_options = grain.ReadOptions(
     num_threads=config.data.get("read_threads", 2),
     prefetch_buffer_size=config.data.get("prefetch_buffer_size", 8),

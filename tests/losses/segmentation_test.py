@@ -18,7 +18,16 @@ LOSS_FNS = {
     segmentation.soft_dice, include_background=True
   ),
   "ce_dice": segmentation.ce_dice,
+  "focal": segmentation.focal,
+  "focal_alpha": functools.partial(
+    segmentation.focal, gamma=1.5, alpha=(0.1, 0.2, 0.3, 0.4)
+  ),
+  "tversky": segmentation.tversky,
+  "focal_tversky": segmentation.focal_tversky,
+  "generalized_dice": segmentation.generalized_dice,
 }
+# Losses that lie in [0, 1].
+BOUNDED = ("dice", "tversky", "focal_tversky", "generalized_dice")
 SHAPES = {2: (3, 8, 8), 3: (2, 4, 4, 4)}  # [B, *S]
 C = 4
 
@@ -42,7 +51,7 @@ def test_shape_dtype_and_bounds(name, spatial_dims):
     assert loss.shape == (labels.shape[0],)
     assert loss.dtype == jnp.float32
     assert bool(jnp.all(loss >= 0.0))
-    if name.startswith("dice"):
+    if name.startswith(BOUNDED):
       assert bool(jnp.all(loss <= 1.0))
 
 
@@ -256,7 +265,17 @@ def test_float_labels_and_single_class_raise():
 
 
 def test_registry_names_and_binding():
-  assert set(losses.LOSSES) == {"cross_entropy", "dice", "ce_dice"}
+  assert set(losses.LOSSES) == {
+    "cross_entropy",
+    "dice",
+    "ce_dice",
+    "focal",
+    "tversky",
+    "focal_tversky",
+    "generalized_dice",
+    "cldice",
+    "boundary",
+  }
   logits, labels, mask = _random_inputs(2)
   fn = losses.get_loss("dice", include_background=True, smooth=1.0)
   np.testing.assert_allclose(
@@ -266,12 +285,14 @@ def test_registry_names_and_binding():
     ),
   )
   for name in losses.LOSSES:
-    assert losses.get_loss(name)(logits, labels).shape == (3,)
+    extra = losses.EXTRA_INPUTS.get(name, ())
+    inputs = {k: jnp.zeros(logits.shape) for k in extra}
+    assert losses.get_loss(name)(logits, labels, **inputs).shape == (3,)
 
 
 def test_registry_unknown_name_lists_valid_names():
   with pytest.raises(ValueError, match="valid names") as info:
-    losses.get_loss("focal")
+    losses.get_loss("lovasz")
   for name in losses.LOSSES:
     assert name in str(info.value)
 
@@ -279,3 +300,184 @@ def test_registry_unknown_name_lists_valid_names():
 def test_registry_rejects_unknown_option_early():
   with pytest.raises(TypeError, match="dice_weight"):
     losses.get_loss("cross_entropy", dice_weight=2.0)
+
+
+# Focal, Tversky, focal Tversky, generalised Dice.
+
+PERFECT_AT_ZERO = ("focal", "tversky", "focal_tversky", "generalized_dice")
+
+
+@pytest.mark.parametrize("name", PERFECT_AT_ZERO)
+@pytest.mark.parametrize("spatial_dims", [2, 3])
+def test_new_losses_perfect_prediction_is_minimal(name, spatial_dims):
+  logits, labels, mask = _random_inputs(spatial_dims)
+  fn = LOSS_FNS[name]
+  perfect = fn(50.0 * jax.nn.one_hot(labels, C), labels, mask)
+  np.testing.assert_allclose(perfect, 0.0, atol=1e-5)
+  assert bool(jnp.all(fn(logits, labels, mask) > perfect + 1e-3))
+
+
+@pytest.mark.parametrize("name", PERFECT_AT_ZERO)
+def test_new_losses_gradients_finite_at_extremes(name):
+  # Perfect, all-wrong and empty (no foreground, everything predicted as
+  # background) predictions, with saturated logits.
+  _, labels, _ = _random_inputs(2)
+  fn = LOSS_FNS[name]
+  wrong = (labels + 1) % C
+  empty = jnp.zeros_like(labels)
+  for target, predicted in ((labels, labels), (labels, wrong), (empty, empty)):
+    logits = 50.0 * jax.nn.one_hot(predicted, C)
+    grads = jax.grad(lambda z, t=target: jnp.sum(fn(z, t)))(logits)
+    assert bool(jnp.all(jnp.isfinite(grads)))
+    assert bool(jnp.all(jnp.isfinite(fn(logits, target))))
+
+
+def test_focal_gamma_zero_is_cross_entropy():
+  logits, labels, mask = _random_inputs(3)
+  np.testing.assert_allclose(
+    segmentation.focal(logits, labels, mask, gamma=0.0),
+    segmentation.cross_entropy(logits, labels, mask),
+    rtol=1e-6,
+  )
+
+
+def test_focal_against_numpy_and_below_cross_entropy():
+  logits, labels, _ = _random_inputs(2)
+  z = np.asarray(logits, np.float64)
+  p = np.exp(z - z.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  pt = np.take_along_axis(p, np.asarray(labels)[..., None], -1)[..., 0]
+  alpha = np.array([0.75, 0.25, 0.25, 0.25])[np.asarray(labels)]
+  expected = np.mean(-alpha * (1 - pt) ** 2 * np.log(pt), axis=(1, 2))
+  got = segmentation.focal(logits, labels, gamma=2.0, alpha=0.25)
+  np.testing.assert_allclose(got, expected, rtol=1e-5)
+  ce = segmentation.cross_entropy(logits, labels)
+  assert bool(jnp.all(segmentation.focal(logits, labels) < ce))
+
+
+@pytest.mark.parametrize("smooth", [1e-5, 0.5])
+def test_tversky_half_half_is_soft_dice(smooth):
+  logits, labels, mask = _random_inputs(2)
+  for include_background in (False, True):
+    np.testing.assert_allclose(
+      segmentation.tversky(
+        logits,
+        labels,
+        mask,
+        alpha=0.5,
+        beta=0.5,
+        smooth=smooth,
+        include_background=include_background,
+      ),
+      segmentation.soft_dice(
+        logits,
+        labels,
+        mask,
+        smooth=2 * smooth,
+        include_background=include_background,
+      ),
+      rtol=1e-5,
+    )
+
+
+def test_tversky_weighs_false_negatives_by_beta():
+  # Binary: the prediction misses half the foreground (2 FN, no FP).
+  labels = jnp.array([[[1, 1, 1, 1, 0, 0, 0, 0]]])
+  predicted = jnp.array([[[1, 1, 0, 0, 0, 0, 0, 0]]])
+  logits = 50.0 * jax.nn.one_hot(predicted, 2)
+  # TI = 2 / (2 + beta * 2): beta 0.7 -> 1 - 1 / 1.7; beta 0.3 -> 1 - 1 / 1.3.
+  np.testing.assert_allclose(
+    segmentation.tversky(logits, labels, smooth=1e-9),
+    [1 - 1 / 1.7],
+    rtol=1e-5,
+  )
+  np.testing.assert_allclose(
+    segmentation.tversky(logits, labels, alpha=0.7, beta=0.3, smooth=1e-9),
+    [1 - 1 / 1.3],
+    rtol=1e-5,
+  )
+
+
+def test_focal_tversky_is_power_of_tversky():
+  logits, labels, mask = _random_inputs(2)
+  # gamma = 1: Tversky itself; one foreground class: the power of it.
+  np.testing.assert_allclose(
+    segmentation.focal_tversky(logits, labels, mask, gamma=1.0),
+    segmentation.tversky(logits, labels, mask),
+    rtol=1e-6,
+  )
+  binary = labels % 2
+  z = logits[..., :2]
+  np.testing.assert_allclose(
+    segmentation.focal_tversky(z, binary, mask, gamma=4 / 3),
+    segmentation.tversky(z, binary, mask) ** 0.75,
+    rtol=1e-5,
+  )
+
+
+def _generalized_dice_numpy(logits, labels, include_background, smooth):
+  z = np.asarray(logits, np.float64)
+  p = np.exp(z - z.max(-1, keepdims=True))
+  p /= p.sum(-1, keepdims=True)
+  t = np.eye(z.shape[-1])[np.asarray(labels)]
+  out = []
+  for b in range(z.shape[0]):
+    pb = p[b].reshape(-1, z.shape[-1])
+    tb = t[b].reshape(-1, z.shape[-1])
+    if not include_background:
+      pb, tb = pb[:, 1:], tb[:, 1:]
+    volume = tb.sum(0)
+    w = np.zeros(volume.shape)
+    w[volume > 0] = 1.0 / volume[volume > 0] ** 2
+    if (volume > 0).any():
+      w[volume == 0] = w[volume > 0].max()
+    else:
+      w[:] = 1.0
+    w /= w.sum()
+    num = 2 * np.sum(w * (pb * tb).sum(0)) + smooth
+    den = np.sum(w * (pb.sum(0) + tb.sum(0))) + smooth
+    out.append(1 - num / den)
+  return np.array(out)
+
+
+@pytest.mark.parametrize("include_background", [True, False])
+def test_generalized_dice_against_numpy(include_background):
+  logits, labels, _ = _random_inputs(2)
+  # Unbalanced, with an absent class in example 0 and only background in
+  # example 1.
+  labels = labels.at[0].set(jnp.where(labels[0] == 2, 0, labels[0]))
+  labels = labels.at[1].set(0)
+  for smooth in (1e-5, 1.0):
+    np.testing.assert_allclose(
+      segmentation.generalized_dice(
+        logits, labels, include_background=include_background, smooth=smooth
+      ),
+      _generalized_dice_numpy(logits, labels, include_background, smooth),
+      rtol=1e-5,
+    )
+
+
+def test_generalized_dice_penalises_predicting_an_absent_class():
+  labels = jnp.zeros((1, 8, 8), jnp.int32).at[:, :2, :2].set(1)
+  good = 50.0 * jax.nn.one_hot(labels, 3)
+  # Also predicts absent class 2 on a stretch of background.
+  bad = 50.0 * jax.nn.one_hot(labels.at[:, 6:, :].set(2), 3)
+  assert float(segmentation.generalized_dice(bad, labels)[0]) > 0.05
+  np.testing.assert_allclose(
+    segmentation.generalized_dice(good, labels), 0.0, atol=1e-6
+  )
+
+
+def test_new_losses_reject_bad_options():
+  logits, labels, _ = _random_inputs(2)
+  cases = [
+    (segmentation.focal, dict(gamma=-1.0), "gamma"),
+    (segmentation.focal, dict(alpha=1.5), "alpha"),
+    (segmentation.focal, dict(alpha=(1.0, 2.0)), "4 non-negative"),
+    (segmentation.tversky, dict(alpha=-0.1), "alpha"),
+    (segmentation.tversky, dict(smooth=0.0), "smooth"),
+    (segmentation.focal_tversky, dict(gamma=0.0), "gamma"),
+  ]
+  for fn, kwargs, message in cases:
+    with pytest.raises(ValueError, match=message):
+      fn(logits, labels, **kwargs)
