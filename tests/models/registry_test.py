@@ -33,6 +33,17 @@ TINY_KWARGS = {
     "low_level_features": 4,
     "decoder_features": 8,
   },
+  "resenc_unet": {
+    "num_classes": 2,
+    "features": (4, 8),
+    "blocks_per_stage": (1, 1),
+  },
+  "mednext": {
+    "num_classes": 2,
+    "base_features": 4,
+    "expansion": (2, 2, 2),
+    "blocks": (1, 1, 1),
+  },
 }
 
 
