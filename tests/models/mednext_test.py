@@ -137,7 +137,9 @@ def test_deep_supervision_heads_have_the_expected_scales(spatial_dims):
   ]
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize(
+  "spatial_dims", [2, pytest.param(3, marks=pytest.mark.slow)]
+)
 def test_tiny_model_trains_with_finite_gradients(spatial_dims):
   model = MedNeXt(
     num_classes=2,

@@ -28,7 +28,9 @@ REFERENCE_COUNTS = {
 }
 
 
-@pytest.mark.parametrize("preset", ["M", "L"])
+@pytest.mark.parametrize(
+  "preset", ["M", pytest.param("L", marks=pytest.mark.slow)]
+)
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_presets_build_abstractly_with_reference_counts(preset, spatial_dims):
   model = ResEncUNet(
@@ -132,7 +134,9 @@ def test_deep_supervision_heads_have_the_expected_scales(spatial_dims):
   assert {"aux_head_1", "aux_head_2"} <= set(variables["params"])
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
+@pytest.mark.parametrize(
+  "spatial_dims", [2, pytest.param(3, marks=pytest.mark.slow)]
+)
 def test_tiny_model_trains_with_finite_gradients(spatial_dims):
   model = ResEncUNet(
     num_classes=2, spatial_dims=spatial_dims, features=(2, 4), num_stages=2
