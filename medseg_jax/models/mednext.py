@@ -70,8 +70,7 @@ import jax.numpy as jnp
 
 from medseg_jax import sharding
 from medseg_jax.models import layers
-from medseg_jax.models.unet import AUX_COLLECTION
-from medseg_jax.models.unet import AUX_NAME
+from medseg_jax.models import unet
 
 # Size name -> (expansion ratios, blocks), nine entries each.
 SIZES = {
@@ -356,12 +355,12 @@ class MedNeXt(nn.Module):
         x = run(width(level), expansion[level], "same", f"enc_{level}_{b}", x)
       skips.append(x)
 
-    want_aux = self.deep_supervision and (
-      self.is_initializing() or self.is_mutable_collection(AUX_COLLECTION)
-    )
+    want_aux = unet.wants_aux(self, self.deep_supervision)
     aux = {}
     if want_aux:
-      aux[levels - 1] = self._head(x, f"aux_head_{levels - 1}")
+      aux[levels - 1] = unet.class_head(
+        x, self.num_classes, d, f"aux_head_{levels - 1}"
+      )
     for level in reversed(range(levels - 1)):
       i = 2 * levels - 2 - level  # Index of this decoder level's entries.
       x = run(width(level), expansion[i], "up", f"up_{level}", x)
@@ -369,26 +368,12 @@ class MedNeXt(nn.Module):
       for b in range(blocks[i]):
         x = run(width(level), expansion[i], "same", f"dec_{level}_{b}", x)
       if want_aux and level > 0:
-        aux[level] = self._head(x, f"aux_head_{level}")
+        aux[level] = unet.class_head(
+          x, self.num_classes, d, f"aux_head_{level}"
+        )
 
-    logits = self._head(x, "head")
+    logits = unet.class_head(x, self.num_classes, d, "head")
     if self.pad_input:
       logits = layers.crop_spatial(logits, spatial)
-    if want_aux and not self.is_initializing():
-      for level in sorted(aux):  # Finest first.
-        lowres = aux[level]
-        if self.pad_input:
-          lowres = layers.crop_spatial(
-            lowres, tuple(-(-s // 2**level) for s in spatial)
-          )
-        self.sow(AUX_COLLECTION, AUX_NAME, lowres)
+    unet.sow_aux(self, aux, spatial, self.pad_input)
     return logits
-
-  def _head(self, x: jax.Array, name: str) -> jax.Array:
-    """1^d convolution to `num_classes` float32 logits."""
-    return nn.Dense(
-      self.num_classes,
-      kernel_init=layers.conv_init,
-      dtype=jnp.float32,
-      name=name,
-    )(x.astype(jnp.float32))

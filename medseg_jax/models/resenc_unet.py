@@ -55,8 +55,7 @@ import jax.numpy as jnp
 
 from medseg_jax import sharding
 from medseg_jax.models import layers
-from medseg_jax.models.unet import AUX_COLLECTION
-from medseg_jax.models.unet import AUX_NAME
+from medseg_jax.models import unet
 
 # Encoder residual blocks per stage, as nnU-Net's ResEnc planners set them.
 NNUNET_BLOCKS = (1, 3, 4, 6, 6, 6, 6, 6, 6, 6, 6, 6, 6)
@@ -389,9 +388,7 @@ class ResEncUNet(nn.Module):
         x = run(block, x)
       skips.append(x)
 
-    want_aux = self.deep_supervision and (
-      self.is_initializing() or self.is_mutable_collection(AUX_COLLECTION)
-    )
+    want_aux = unet.wants_aux(self, self.deep_supervision)
     aux = {}
     x = skips.pop()
     for s in reversed(range(n - 1)):
@@ -408,27 +405,10 @@ class ResEncUNet(nn.Module):
       )
       x = run(decoder, x)
       if want_aux and s > 0:
-        aux[s] = self._head(x, f"aux_head_{s}")
+        aux[s] = unet.class_head(x, self.num_classes, d, f"aux_head_{s}")
 
-    logits = self._head(x, "head")
+    logits = unet.class_head(x, self.num_classes, d, "head")
     if self.pad_input:
       logits = layers.crop_spatial(logits, spatial)
-    if want_aux and not self.is_initializing():
-      for level in sorted(aux):  # Finest first.
-        lowres = aux[level]
-        if self.pad_input:
-          lowres = layers.crop_spatial(
-            lowres, tuple(-(-s // 2**level) for s in spatial)
-          )
-        self.sow(AUX_COLLECTION, AUX_NAME, lowres)
+    unet.sow_aux(self, aux, spatial, self.pad_input)
     return logits
-
-  def _head(self, x: jax.Array, name: str) -> jax.Array:
-    """1^d convolution to `num_classes` float32 logits."""
-    return nn.Conv(
-      self.num_classes,
-      (1,) * self.spatial_dims,
-      kernel_init=layers.conv_init,
-      dtype=jnp.float32,
-      name=name,
-    )(x.astype(jnp.float32))
