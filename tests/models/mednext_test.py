@@ -49,7 +49,10 @@ def _count(size, spatial_dims, kernel_size):
   )
 
 
-@pytest.mark.parametrize("size", sorted(mednext.SIZES))
+@pytest.mark.parametrize(
+  "size",
+  ["S", *(pytest.param(s, marks=pytest.mark.slow) for s in "BML")],
+)
 def test_sizes_match_paper_and_monai_in_3d(size):
   count = _count(size, 3, 3)
   assert count == COUNTS[size][0]
