@@ -1,5 +1,6 @@
 """Tests for medseg_jax.models.mednext and UpKern (transfer.upkern_kernel)."""
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -253,4 +254,15 @@ def test_sharded_equals_unsharded(spatial_dims, axes, eight_devices):
   shape = (8, 8, 8, 1) if spatial_dims == 2 else (2, 8, 8, 8, 1)
   model_testing.assert_sharded_matches_unsharded(
     make, shape, eight_devices, axes
+  )
+
+
+def test_bfloat16_and_remat_keep_parameters_and_float32_logits():
+  shape = (1, 8, 8, 1)
+  plain, _ = model_testing.abstract(MedNeXt(num_classes=2, **TINY), shape)
+  model = MedNeXt(num_classes=2, dtype=jnp.bfloat16, remat=True, **TINY)
+  variables, logits = model_testing.abstract(model, shape)
+  model_testing.assert_logits(logits, shape, 2)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), variables) == (
+    jax.tree.map(lambda a: (a.shape, a.dtype), plain)
   )

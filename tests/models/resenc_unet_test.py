@@ -177,3 +177,14 @@ def test_sharded_equals_unsharded(spatial_dims, axes, eight_devices):
   model_testing.assert_sharded_matches_unsharded(
     make, shape, eight_devices, axes
   )
+
+
+def test_bfloat16_and_remat_keep_parameters_and_float32_logits():
+  shape = (1, 16, 16, 1)
+  plain, _ = model_testing.abstract(ResEncUNet(num_classes=2, **TINY), shape)
+  model = ResEncUNet(num_classes=2, dtype=jnp.bfloat16, remat=True, **TINY)
+  variables, logits = model_testing.abstract(model, shape)
+  model_testing.assert_logits(logits, shape, 2)
+  assert jax.tree.map(lambda a: (a.shape, a.dtype), variables) == (
+    jax.tree.map(lambda a: (a.shape, a.dtype), plain)
+  )
