@@ -119,7 +119,13 @@ MODELS = {
   # MedNeXt-S (expansion 2, two blocks per stage, kernel 3) at half the
   # paper's 32-channel base width; kernel_size=5 for UpKern from it.
   "mednext": (
-    dict(name="mednext", size="S", base_features=16, deep_supervision=True),
+    dict(
+      name="mednext",
+      size="S",
+      kernel_size=3,
+      base_features=16,
+      deep_supervision=True,
+    ),
     (2, 3),
   ),
 }
