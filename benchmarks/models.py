@@ -68,6 +68,22 @@ ENTRIES = [
     (8, 128, 128, 1),
   ),
   (
+    "resenc_unet",
+    "resenc_unet",
+    dict(
+      features=(16, 32, 64, 128),
+      blocks_per_stage=(1, 3, 4, 6),
+      deep_supervision=True,
+    ),
+    (8, 128, 128, 1),
+  ),
+  (
+    "mednext",
+    "mednext",
+    dict(size="S", base_features=16, deep_supervision=True),
+    (8, 128, 128, 1),
+  ),
+  (
     "unet3d",
     "unet",
     dict(

@@ -147,6 +147,7 @@ def base_config() -> ml_collections.ConfigDict:
   config.init_include = []  # Regexes over parameter paths (empty: all).
   config.init_exclude = []  # e.g. ["^head/"] to re-learn the classifier.
   config.init_rename = []  # [(pattern, replacement)] target -> source name.
+  config.init_upkern = False  # Resize smaller source kernels (MedNeXt).
   return config
 
 

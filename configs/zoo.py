@@ -105,6 +105,29 @@ MODELS = {
     ),
     (3, 2),
   ),
+  # nnU-Net's ResEnc rule (blocks 1, 3, 4, 6; instance norm; LeakyReLU;
+  # deep supervision) at half its 32-channel base width and four stages.
+  "resenc_unet": (
+    dict(
+      name="resenc_unet",
+      features=(16, 32, 64, 128),
+      blocks_per_stage=(1, 3, 4, 6),
+      deep_supervision=True,
+    ),
+    (2, 3),
+  ),
+  # MedNeXt-S (expansion 2, two blocks per stage, kernel 3) at half the
+  # paper's 32-channel base width; kernel_size=5 for UpKern from it.
+  "mednext": (
+    dict(
+      name="mednext",
+      size="S",
+      kernel_size=3,
+      base_features=16,
+      deep_supervision=True,
+    ),
+    (2, 3),
+  ),
 }
 
 DATA = {
@@ -147,6 +170,12 @@ def get_config(arg=None):
     )
     if "convs" in fields:
       config.model.convs = (1, 1)
+    if "blocks_per_stage" in fields:
+      config.model.blocks_per_stage = (1, 1, 1)
+  if args.runlocal and fields["name"] == "mednext":
+    config.model.base_features = 4
+    config.model.blocks = (1,) * 5
+    config.model.expansion = (2,) * 5
   if args.steps:
     config.num_train_steps = args.steps
   if args.fold >= 0:

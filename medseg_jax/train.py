@@ -470,6 +470,7 @@ def restore(
       include=list(config.get("init_include", None) or []),
       exclude=list(config.get("init_exclude", None) or []),
       rename=[tuple(pair) for pair in config.get("init_rename", None) or []],
+      upkern=bool(config.get("init_upkern", False)),
     )
     new_params, report = transfer.merge(state.params, params, **options)
     new_stats, _ = transfer.merge(state.batch_stats, batch_stats, **options)

@@ -16,7 +16,12 @@ Loading (``config.init_from`` and friends):
 
 A target leaf whose source is missing or has another shape (a different
 number of input channels or classes) keeps its fresh initialisation and is
-reported; nothing is silently broadcast or cropped.
+reported; nothing is silently broadcast or cropped. The one exception is
+asked for by name: with ``init_upkern`` (UpKern, Roy et al. 2023, MedNeXt)
+a convolution kernel ``f[*K, C_in, C_out]`` whose source has the same
+channels but smaller spatial taps is linearly resized (``upkern``), e.g. a
+trained kernel-3 MedNeXt initialises a kernel-5 one; such leaves are
+reported as resized.
 
 Training (``config.optimizer.param_groups``): a list of
 ``dict(pattern=..., lr_scale=...)`` or ``dict(pattern=..., freeze=True)``;
@@ -34,6 +39,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 
@@ -70,6 +76,9 @@ class LoadReport:
     default_factory=list
   )
   unused: list[str] = dataclasses.field(default_factory=list)
+  resized: list[tuple[str, tuple, tuple]] = dataclasses.field(
+    default_factory=list
+  )
 
   @property
   def reinitialised(self) -> list[str]:
@@ -85,6 +94,10 @@ class LoadReport:
       f"loaded {len(self.loaded)} arrays; re-initialised "
       f"{len(self.reinitialised)}; unused in source {len(self.unused)}."
     ]
+    if self.resized:
+      lines[0] += f" {len(self.resized)} of the loaded were resized (UpKern)."
+    for name, want, have in self.resized:
+      lines.append(f"  resized {name}: source {have} -> model {want}")
     for name, want, have in self.shape_mismatch:
       lines.append(f"  shape mismatch {name}: model {want}, source {have}")
     for name in self.missing:
@@ -105,6 +118,7 @@ def merge(
   include: Sequence[str] = (),
   exclude: Sequence[str] = (),
   rename: Sequence[tuple[str, str]] = (),
+  upkern: bool = False,
 ) -> tuple[Any, LoadReport]:
   """Copies matching leaves of ``source`` into ``target``.
 
@@ -115,6 +129,9 @@ def merge(
     exclude: target paths matching one are left as initialised.
     rename: ``(pattern, replacement)`` pairs turning a target path into its
       source path (``re.sub``, applied in order).
+    upkern: resize convolution kernels whose source has fewer spatial taps
+      (same rank and channels) with ``upkern`` instead of leaving them
+      fresh; they count as loaded and are also listed in ``resized``.
 
   Returns:
     ``(merged, report)``; ``merged`` has ``target``'s structure and dtypes.
@@ -136,7 +153,12 @@ def merge(
       return leaf
     value = flat_source[source_name]
     used.add(source_name)
-    if tuple(np.shape(value)) != tuple(leaf.shape):
+    have, want = tuple(np.shape(value)), tuple(leaf.shape)
+    if upkern and have != want and _upkernable(name, have, want):
+      report.loaded.append(name)
+      report.resized.append((name, want, have))
+      return upkern_kernel(value, want).astype(leaf.dtype)
+    if have != want:
       report.shape_mismatch.append(
         (name, tuple(leaf.shape), tuple(np.shape(value)))
       )
@@ -147,6 +169,46 @@ def merge(
   merged = jax.tree_util.tree_map_with_path(pick, target)
   report.unused = sorted(set(flat_source) - used)
   return merged, report
+
+
+def _upkernable(name: str, have: tuple, want: tuple) -> bool:
+  """A kernel with the same rank and channels and no smaller taps."""
+  return (
+    name.endswith("kernel")
+    and len(have) == len(want) >= 3
+    and have[-2:] == want[-2:]
+    and all(h <= w for h, w in zip(have[:-2], want[:-2], strict=True))
+  )
+
+
+def upkern_kernel(kernel: Any, shape: Sequence[int]) -> np.ndarray:
+  """UpKern: a convolution kernel linearly resized to larger spatial taps.
+
+  MedNeXt's authors (MIC-DKFZ/MedNeXt, ``run/load_weights.py``) resize each
+  kernel whose spatial size differs with ``torch.nn.functional.interpolate(
+  mode="trilinear")``, whose default is ``align_corners=False``: output
+  tap ``j`` of ``K_out`` samples the source at ``(j + 0.5) * K_in / K_out -
+  0.5``, clamped to the border. ``jax.image.resize(method="linear")``
+  computes the same when enlarging (bilinear in 2-D); the tests compare it
+  with torch. The paper describes it as trilinear upsampling. It is not a
+  centre padding: the kernel-5 network starts close to, not equal to, the
+  kernel-3 one.
+
+  Args:
+    kernel: ``f[*K_in, C_in, C_out]``.
+    shape: ``[*K_out, C_in, C_out]``; the channel axes must match.
+
+  Returns:
+    ``f32[*K_out, C_in, C_out]``.
+  """
+  kernel = np.asarray(kernel, np.float32)
+  if tuple(shape[-2:]) != kernel.shape[-2:] or len(shape) != kernel.ndim:
+    raise ValueError(
+      f"UpKern resizes spatial axes only; got {kernel.shape} -> {tuple(shape)}."
+    )
+  return np.asarray(
+    jax.image.resize(jnp.asarray(kernel), tuple(shape), "linear")
+  )
 
 
 # ---------------------------------------------------------------------------

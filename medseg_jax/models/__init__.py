@@ -42,6 +42,8 @@ from medseg_jax.models.attention_unet import AttentionUNet
 from medseg_jax.models.deeplab import DeepLabV3
 from medseg_jax.models.deeplab import DeepLabV3Plus
 from medseg_jax.models.fcn import FCN
+from medseg_jax.models.mednext import MedNeXt
+from medseg_jax.models.resenc_unet import ResEncUNet
 from medseg_jax.models.unet import UNet
 from medseg_jax.models.vnet import VNet
 
@@ -52,6 +54,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
   "fcn": FCN,  # variant="32s" | "16s" | "8s".
   "deeplabv3": DeepLabV3,
   "deeplabv3plus": DeepLabV3Plus,
+  "resenc_unet": ResEncUNet,  # nnU-Net ResEnc, preset="M" | "L".
+  "mednext": MedNeXt,  # size="S" | "B" | "M" | "L", kernel_size=3 | 5.
 }
 
 
@@ -140,12 +144,23 @@ def from_config(config: Any, spec: Any) -> nn.Module:
 def pad_multiple(config: Any) -> int:
   """Every spatial size a model is applied to is a multiple of this.
 
-  `config.data.pad_multiple` if set; else `2 ** (levels - 1)` for
-  encoder-decoder models with a `features` list; else 1 (FCN and DeepLab
+  `config.data.pad_multiple` if set; else the model's `size_multiple()`
+  where it has one; else `2 ** (levels - 1)` for encoder-decoder models
+  with a `features` list; else 1 (FCN and DeepLab
   accept any size and pad or resize internally).
   """
   if config.data.get("pad_multiple"):
     return int(config.data.pad_multiple)
+  constructor = MODELS.get(config.model.get("name"))
+  if hasattr(constructor, "size_multiple"):
+    fields = {
+      k: v
+      for k, v in config.model.items()
+      if k not in ("name", "dtype", "remat")
+    }
+    spatial_dims = len(config.data.get("patch_size", None) or (0, 0))
+    model = constructor(num_classes=1, spatial_dims=spatial_dims, **fields)
+    return model.size_multiple()
   if "features" in config.model:
     return 2 ** (len(config.model.features) - 1)
   return 1
@@ -154,6 +169,8 @@ def pad_multiple(config: Any) -> int:
 __all__ = [
   "COMPUTE_DTYPES",
   "MODELS",
+  "MedNeXt",
+  "ResEncUNet",
   "UNet",
   "from_config",
   "get_model",

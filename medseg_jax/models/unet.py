@@ -42,6 +42,65 @@ AUX_COLLECTION = "aux_logits"
 AUX_NAME = "deep_supervision"
 
 
+def class_head(
+  x: jax.Array, num_classes: int, spatial_dims: int, name: str
+) -> jax.Array:
+  """A 1^d convolution to `num_classes` float32 logits.
+
+  Call inside the `@nn.compact` method of the module that owns the head.
+
+  Args:
+    x: `f[B, *S, C]` features.
+    num_classes: output channels.
+    spatial_dims: 2 or 3.
+    name: the head's name, e.g. `"head"` or `"aux_head_1"`.
+
+  Returns:
+    `f32[B, *S, num_classes]`.
+  """
+  return nn.Conv(
+    num_classes,
+    (1,) * spatial_dims,
+    kernel_init=layers.conv_init,
+    dtype=jnp.float32,
+    name=name,
+  )(x.astype(jnp.float32))
+
+
+def wants_aux(module: nn.Module, deep_supervision: bool) -> bool:
+  """Whether `module` should compute its deep-supervision heads: at init
+  (to build them) and when the caller collects `AUX_COLLECTION`."""
+  return deep_supervision and (
+    module.is_initializing() or module.is_mutable_collection(AUX_COLLECTION)
+  )
+
+
+def sow_aux(
+  module: nn.Module,
+  aux: dict[int, jax.Array],
+  spatial: tuple[int, ...],
+  pad_input: bool,
+) -> None:
+  """Sows deep-supervision logits finest first, cropped to `ceil(S / 2^k)`.
+
+  Args:
+    module: the model (inside its `@nn.compact` method).
+    aux: level `k` -> `f32[B, *S'/2^k, classes]` logits, `S'` the padded
+      input size.
+    spatial: the unpadded input size `S`.
+    pad_input: whether the input was padded (then the logits are cropped).
+  """
+  if module.is_initializing():
+    return  # init builds the heads but leaves its variables clean.
+  for level in sorted(aux):
+    lowres = aux[level]
+    if pad_input:
+      lowres = layers.crop_spatial(
+        lowres, tuple(-(-s // 2**level) for s in spatial)
+      )
+    module.sow(AUX_COLLECTION, AUX_NAME, lowres)
+
+
 class UNet(nn.Module):
   """U-Net returning per-voxel class logits.
 
@@ -247,9 +306,7 @@ class UNet(nn.Module):
 
     # Auxiliary heads cost a convolution per level; skip them unless the
     # caller collects their output (init always builds them).
-    want_aux = self.deep_supervision and (
-      self.is_initializing() or self.is_mutable_collection(AUX_COLLECTION)
-    )
+    want_aux = wants_aux(self, self.deep_supervision)
     aux = {}
     for level in reversed(range(num_levels - 1)):
       up_features = (
@@ -265,27 +322,10 @@ class UNet(nn.Module):
       x = jnp.concatenate([skips[level], x.astype(self.dtype)], axis=-1)
       x = block(level, f"up_{level}", x, encoder=False)
       if want_aux and level > 0:
-        aux[level] = self._head(x, f"aux_head_{level}")
+        aux[level] = class_head(x, self.num_classes, d, f"aux_head_{level}")
 
-    logits = self._head(x, "head")
+    logits = class_head(x, self.num_classes, d, "head")
     if self.pad_input:
       logits = layers.crop_spatial(logits, spatial)
-    if want_aux and not self.is_initializing():
-      for level in sorted(aux):  # Finest first.
-        lowres = aux[level]
-        if self.pad_input:
-          lowres = layers.crop_spatial(
-            lowres, tuple(-(-s // 2**level) for s in spatial)
-          )
-        self.sow(AUX_COLLECTION, AUX_NAME, lowres)
+    sow_aux(self, aux, spatial, self.pad_input)
     return logits
-
-  def _head(self, x: jax.Array, name: str) -> jax.Array:
-    """1^d convolution to `num_classes` float32 logits."""
-    return nn.Conv(
-      self.num_classes,
-      (1,) * self.spatial_dims,
-      kernel_init=layers.conv_init,
-      dtype=jnp.float32,
-      name=name,
-    )(x.astype(jnp.float32))

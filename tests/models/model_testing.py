@@ -214,3 +214,63 @@ def assert_rejects(
   for shape, pattern in cases:
     with pytest.raises(ValueError, match=pattern):
       abstract(model, shape)
+
+
+def assert_sharded_matches_unsharded(
+  make: Callable[..., nn.Module],
+  shape: Sequence[int],
+  devices: Sequence[jax.Device],
+  axes: dict[str, int],
+  num_classes: int = 2,
+) -> None:
+  """A model split over a mesh computes what it computes on one device.
+
+  Compares the logits and the parameter gradients of a training-mode
+  cross-entropy. 3-D models are built with `partition=("data",
+  "spatial")`, so their activations are split over batch and depth as
+  `models.from_config` does for a `spatial` mesh axis; 2-D models are only
+  data-parallel.
+
+  Args:
+    make: `make(**kwargs)` builds the model; `partition` may be passed.
+    shape: the input's shape, batch first.
+    devices: the (fake CPU) devices of the mesh.
+    axes: mesh axis sizes, e.g. `{"data": 2, "spatial": 4}`.
+    num_classes: the model's number of classes.
+  """
+  from medseg_jax import sharding  # pylint: disable=g-import-not-at-top
+
+  spatial_dims = len(shape) - 2
+  x = jax.random.normal(jax.random.key(0), tuple(shape))
+  labels = jax.random.randint(jax.random.key(1), x.shape[:-1], 0, num_classes)
+
+  def forward_and_grads(model, variables, x, labels):
+    def loss(params):
+      logits, _ = model.apply(
+        {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+      )
+      return cross_entropy(logits, labels, num_classes), logits
+
+    return jax.value_and_grad(loss, has_aux=True)(variables["params"])
+
+  plain = make()
+  variables, _ = init(plain, shape)
+  expected = jit(lambda v, x, y: forward_and_grads(plain, v, x, y))(
+    variables, x, labels
+  )
+  mesh = sharding.make_mesh(devices, axes=axes)
+  kwargs = {"partition": ("data", "spatial")} if spatial_dims == 3 else {}
+  sharded = make(**kwargs)
+  batch = sharding.batch_sharding(mesh, spatial_dims=spatial_dims)
+  with jax.set_mesh(mesh):
+    got = jit(lambda v, x, y: forward_and_grads(sharded, v, x, y))(
+      sharding.replicate(variables, mesh),
+      jax.device_put(x, batch),
+      jax.device_put(labels, batch),
+    )
+  assert len(got[0][1].sharding.device_set) == len(devices)
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-5),
+    got,
+    expected,
+  )

@@ -3,6 +3,7 @@
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 
 from medseg_jax import models
@@ -32,6 +33,17 @@ TINY_KWARGS = {
     "aspp_features": 8,
     "low_level_features": 4,
     "decoder_features": 8,
+  },
+  "resenc_unet": {
+    "num_classes": 2,
+    "features": (4, 8),
+    "blocks_per_stage": (1, 1),
+  },
+  "mednext": {
+    "num_classes": 2,
+    "base_features": 4,
+    "expansion": (2, 2, 2),
+    "blocks": (1, 1, 1),
   },
 }
 
@@ -68,3 +80,20 @@ def test_unknown_name_lists_valid_names():
     models.get_model("unet++", num_classes=2)
   for name in models.MODELS:
     assert name in str(info.value)
+
+
+@pytest.mark.parametrize(
+  "fields, expected",
+  [
+    (dict(name="unet", features=(8, 16, 32)), 4),
+    (dict(name="resenc_unet", features=(4, 8, 16, 32)), 8),
+    (dict(name="resenc_unet", preset="M"), 128),  # 8 stages in 2-D.
+    (dict(name="mednext", size="S"), 16),
+    (dict(name="mednext", blocks=(1, 1, 1), expansion=(2, 2, 2)), 2),
+  ],
+)
+def test_pad_multiple_follows_the_model(fields, expected):
+  config = ml_collections.ConfigDict(
+    {"model": fields, "data": {"pad_multiple": 0, "patch_size": (64, 64)}}
+  )
+  assert models.pad_multiple(config) == expected
