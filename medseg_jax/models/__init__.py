@@ -42,7 +42,9 @@ from medseg_jax.models.attention_unet import AttentionUNet
 from medseg_jax.models.deeplab import DeepLabV3
 from medseg_jax.models.deeplab import DeepLabV3Plus
 from medseg_jax.models.fcn import FCN
+from medseg_jax.models.swin_unetr import SwinUNETR
 from medseg_jax.models.unet import UNet
+from medseg_jax.models.unetr import UNETR
 from medseg_jax.models.vnet import VNet
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -52,6 +54,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
   "fcn": FCN,  # variant="32s" | "16s" | "8s".
   "deeplabv3": DeepLabV3,
   "deeplabv3plus": DeepLabV3Plus,
+  "unetr": UNETR,  # ViT encoder; spatial sizes multiples of patch_size.
+  "swin_unetr": SwinUNETR,  # Multiples of patch_size * 2^len(depths).
 }
 
 
@@ -140,12 +144,19 @@ def from_config(config: Any, spec: Any) -> nn.Module:
 def pad_multiple(config: Any) -> int:
   """Every spatial size a model is applied to is a multiple of this.
 
-  `config.data.pad_multiple` if set; else `2 ** (levels - 1)` for
+  `config.data.pad_multiple` if set; else what the model says for its
+  fields if it has an `input_multiple()` method (UNETR: `patch_size`;
+  SwinUNETR: `patch_size * 2^len(depths)`); else `2 ** (levels - 1)` for
   encoder-decoder models with a `features` list; else 1 (FCN and DeepLab
   accept any size and pad or resize internally).
   """
   if config.data.get("pad_multiple"):
     return int(config.data.pad_multiple)
+  constructor = MODELS.get(config.model.get("name"))
+  if constructor is not None and hasattr(constructor, "input_multiple"):
+    fields = _fields(constructor) - {"num_classes", "parent", "name"}
+    kwargs = {k: v for k, v in config.model.items() if k in fields}
+    return constructor(num_classes=1, **kwargs).input_multiple()
   if "features" in config.model:
     return 2 ** (len(config.model.features) - 1)
   return 1
@@ -154,6 +165,8 @@ def pad_multiple(config: Any) -> int:
 __all__ = [
   "COMPUTE_DTYPES",
   "MODELS",
+  "UNETR",
+  "SwinUNETR",
   "UNet",
   "from_config",
   "get_model",

@@ -33,6 +33,24 @@ TINY_KWARGS = {
     "low_level_features": 4,
     "decoder_features": 8,
   },
+  "unetr": {
+    "num_classes": 2,
+    "spatial_dims": 2,
+    "patch_size": 4,
+    "hidden_size": 16,
+    "mlp_dim": 32,
+    "num_layers": 2,
+    "num_heads": 2,
+    "feature_size": 4,
+  },
+  "swin_unetr": {
+    "num_classes": 2,
+    "spatial_dims": 2,
+    "feature_size": 6,
+    "depths": (2,),
+    "num_heads": (2,),
+    "window_size": 4,
+  },
 }
 
 
