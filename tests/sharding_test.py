@@ -164,3 +164,48 @@ def test_depth_sharded_3d_model_equals_unsharded(name, axes, eight_devices):
   # made XLA regather volumes in the backward pass).
   whole = f"f32[{2 // axes['data']},16,16,16,4]"
   assert whole not in compiled
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["unetr", "swin_unetr"])
+def test_depth_sharded_transformer_equals_unsharded(name, eight_devices):
+  # The transformers' token and window operations (reshapes into patches
+  # and windows, rolls, global attention) must survive depth-split maps.
+  tiny = {
+    "unetr": dict(
+      patch_size=4, hidden_size=16, mlp_dim=32, num_layers=2, num_heads=2
+    ),
+    "swin_unetr": dict(depths=(2,), num_heads=(2,), window_size=4),
+  }[name]
+
+  def make(**kw):
+    return models.get_model(
+      name, num_classes=3, spatial_dims=3, feature_size=4, **tiny, **kw
+    )
+
+  shape = (2, 16, 16, 16, 1)
+  x = jax.random.normal(jax.random.key(0), shape)
+  labels = jax.random.randint(jax.random.key(1), shape[:-1], 0, 3)
+  plain = make()
+  variables = plain.init(jax.random.key(2), x, train=False)
+  expected = jax.jit(lambda v, x, y: _forward_and_grads(plain, v, x, y))(
+    variables, x, labels
+  )
+  mesh = sharding.make_mesh(eight_devices, axes={"data": 2, "spatial": 4})
+  sharded = make(partition=("data", "spatial"))
+  step = jax.jit(lambda v, x, y: _forward_and_grads(sharded, v, x, y))
+  batch = sharding.batch_sharding(mesh, spatial_dims=3)
+  with jax.set_mesh(mesh):
+    got = step(
+      sharding.replicate(variables, mesh),
+      jax.device_put(x, batch),
+      jax.device_put(labels, batch),
+    )
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+    got,
+    expected,
+  )
+  assert got[1].sharding.is_equivalent_to(
+    NamedSharding(mesh, P("data", "spatial")), 5
+  )

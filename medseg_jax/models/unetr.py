@@ -429,11 +429,12 @@ class UNETR(nn.Module):
 
   def _position_embedding(self, grid: Sequence[int]) -> jax.Array:
     """The learned embedding `f[*grid, hidden]`, resized if needed."""
-    table = self.param(
-      "position_embedding",
-      embedding_init,
-      (*grid, self.hidden_size),
-    )
+    name = "position_embedding"
+    if self.has_variable("params", name):
+      # Read, not `self.param`, which insists on the init-time shape.
+      table = self.get_variable("params", name)
+    else:
+      table = self.param(name, embedding_init, (*grid, self.hidden_size))
     if tuple(table.shape[:-1]) != tuple(grid):
       table = jax.image.resize(
         table, (*grid, self.hidden_size), method="linear"
