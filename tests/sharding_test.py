@@ -104,6 +104,18 @@ def _forward_and_grads(model, variables, x, labels):
   return value, logits, grads
 
 
+def _unsharded_run(plain):
+  """A 3-class [2, 16, 16, 16, 1] batch, variables, and `plain`'s results."""
+  shape = (2, 16, 16, 16, 1)
+  x = jax.random.normal(jax.random.key(0), shape)
+  labels = jax.random.randint(jax.random.key(1), shape[:-1], 0, 3)
+  variables = plain.init(jax.random.key(2), x, train=False)
+  expected = jax.jit(lambda v, x, y: _forward_and_grads(plain, v, x, y))(
+    variables, x, labels
+  )
+  return x, labels, variables, expected
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
   "name, axes",
@@ -119,14 +131,7 @@ def test_depth_sharded_3d_model_equals_unsharded(name, axes, eight_devices):
     make = lambda **kw: VNet(  # noqa: E731
       num_classes=3, features=(4, 8), convs=(1, 1), kernel_size=3, **kw
     )
-  shape = (2, 16, 16, 16, 1)
-  x = jax.random.normal(jax.random.key(0), shape)
-  labels = jax.random.randint(jax.random.key(1), shape[:-1], 0, 3)
-  plain = make()
-  variables = plain.init(jax.random.key(2), x, train=False)
-  expected = jax.jit(lambda v, x, y: _forward_and_grads(plain, v, x, y))(
-    variables, x, labels
-  )
+  x, labels, variables, expected = _unsharded_run(make())
 
   mesh = sharding.make_mesh(eight_devices, axes=axes)
   assert mesh.devices.size == 8
@@ -183,14 +188,7 @@ def test_depth_sharded_transformer_equals_unsharded(name, eight_devices):
       name, num_classes=3, spatial_dims=3, feature_size=4, **tiny, **kw
     )
 
-  shape = (2, 16, 16, 16, 1)
-  x = jax.random.normal(jax.random.key(0), shape)
-  labels = jax.random.randint(jax.random.key(1), shape[:-1], 0, 3)
-  plain = make()
-  variables = plain.init(jax.random.key(2), x, train=False)
-  expected = jax.jit(lambda v, x, y: _forward_and_grads(plain, v, x, y))(
-    variables, x, labels
-  )
+  x, labels, variables, expected = _unsharded_run(make())
   mesh = sharding.make_mesh(eight_devices, axes={"data": 2, "spatial": 4})
   sharded = make(partition=("data", "spatial"))
   step = jax.jit(lambda v, x, y: _forward_and_grads(sharded, v, x, y))

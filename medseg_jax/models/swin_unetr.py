@@ -514,21 +514,11 @@ class SwinUNETR(nn.Module):
       skips.append(apply(res_block(f * 2**k, f"encoder_{k + 1}"), hidden[k]))
     skips.append(hidden[num_stages - 1])  # MONAI: no block on this one.
     y = apply(res_block(f * 2**num_stages, "bottleneck"), hidden[num_stages])
-    for k in reversed(range(num_stages + 1)):
-      y = unetr.UpBlock(
-        f * 2 ** max(k - 1, 0),
-        spatial_dims=d,
-        norm=self.norm,
-        factor=self.patch_size if k == 0 else 2,
-        dtype=self.dtype,
-        remat=self.remat,
-        partition=self.partition,
-        name=f"decoder_{k}",
-      )(y, skips[k], train=train)
-    return nn.Conv(
-      self.num_classes,
-      (1,) * d,
-      kernel_init=layers.conv_init,
-      dtype=jnp.float32,
-      name="head",
-    )(y.astype(jnp.float32))
+    return unetr.decode(
+      self,
+      y,
+      skips,
+      features=[f * 2 ** max(k - 1, 0) for k in range(num_stages + 1)],
+      factors=[self.patch_size] + [2] * num_stages,
+      train=train,
+    )

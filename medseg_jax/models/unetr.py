@@ -162,6 +162,55 @@ class UpBlock(nn.Module):
     )
 
 
+def decode(
+  model: nn.Module,
+  y: jax.Array,
+  skips: Sequence[jax.Array],
+  *,
+  features: Sequence[int],
+  factors: Sequence[int],
+  train: bool,
+) -> jax.Array:
+  """The UNETR/SwinUNETR decoder and head, built as children of `model`.
+
+  From the coarsest level down, `decoder_{k}` (an `UpBlock` with
+  `features[k]` channels, upsampling by `factors[k]`) joins `y` and
+  `skips[k]`; a float32 1^d convolution (`head`) gives the logits. Call it
+  from `model`'s compact `__call__`; `model` supplies `num_classes`,
+  `spatial_dims`, `norm`, `dtype`, `remat` and `partition`.
+
+  Args:
+    model: the calling module.
+    y: `f[B, *S_n, C]`, the bottleneck.
+    skips: `f[B, *S_k, C_k]` per level `k`, finest first.
+    features: output channels per level.
+    factors: `S_k = factors[k] * S_{k+1}` (with `S_{len(skips)}` that of
+      `y`).
+    train: training mode.
+
+  Returns:
+    `f32[B, *S_0, num_classes]` logits.
+  """
+  for k in reversed(range(len(skips))):
+    y = UpBlock(
+      features[k],
+      spatial_dims=model.spatial_dims,
+      norm=model.norm,
+      factor=factors[k],
+      dtype=model.dtype,
+      remat=model.remat,
+      partition=model.partition,
+      name=f"decoder_{k}",
+    )(y, skips[k], train=train)
+  return nn.Conv(
+    model.num_classes,
+    (1,) * model.spatial_dims,
+    kernel_init=layers.conv_init,
+    dtype=jnp.float32,
+    name="head",
+  )(y.astype(jnp.float32))
+
+
 class Mlp(nn.Module):
   """Transformer MLP: dense, exact GELU, dense.
 
@@ -408,24 +457,14 @@ class UNETR(nn.Module):
       )(as_grid(hidden[layer]), train=train)
 
     # --- Decoder -------------------------------------------------------
-    y = as_grid(tokens)
-    for k in reversed(range(n)):
-      y = UpBlock(
-        self.feature_size * 2**k,
-        spatial_dims=d,
-        norm=self.norm,
-        dtype=self.dtype,
-        remat=self.remat,
-        partition=self.partition,
-        name=f"decoder_{k}",
-      )(y, skips[k], train=train)
-    return nn.Conv(
-      self.num_classes,
-      (1,) * d,
-      kernel_init=layers.conv_init,
-      dtype=jnp.float32,
-      name="head",
-    )(y.astype(jnp.float32))
+    return decode(
+      self,
+      as_grid(tokens),
+      [skips[k] for k in range(n)],
+      features=[self.feature_size * 2**k for k in range(n)],
+      factors=[2] * n,
+      train=train,
+    )
 
   def _position_embedding(self, grid: Sequence[int]) -> jax.Array:
     """The learned embedding `f[*grid, hidden]`, resized if needed."""

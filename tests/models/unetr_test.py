@@ -62,6 +62,7 @@ def test_paper_layout_skips_and_chains():
   }
 
 
+@pytest.mark.slow  # Traces the full-size model: ~3 s per case.
 @pytest.mark.parametrize("spatial_dims", [2, 3])
 def test_default_config_builds_abstractly(spatial_dims):
   model = UNETR(num_classes=2, spatial_dims=spatial_dims)
