@@ -8,7 +8,15 @@ watershed and random walker fitted on the training split.
 
 from configs import common
 
-MODELS = ("unet", "attention_unet", "deeplabv3plus", "deeplabv3", "fcn8s")
+MODELS = (
+  "unet",
+  "attention_unet",
+  "deeplabv3plus",
+  "deeplabv3",
+  "fcn8s",
+  "unetr",
+  "swin_unetr",
+)
 
 
 def get_suite():
