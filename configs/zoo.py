@@ -128,6 +128,40 @@ MODELS = {
     ),
     (2, 3),
   ),
+  # UNETR with a narrower, shallower ViT than the paper's 768-wide,
+  # 12-layer one (the constructor's defaults); same 16^d patches, skips
+  # from layers 2, 4 and 6 of 8.
+  "unetr": (
+    dict(
+      name="unetr",
+      patch_size=16,
+      hidden_size=192,
+      mlp_dim=768,
+      num_layers=8,
+      num_heads=6,
+      feature_size=16,
+    ),
+    (2, 3),
+  ),
+  # SwinUNETR at MONAI's smaller width (feature_size=24; the paper has 48),
+  # otherwise the published layout: patch 2, window 7, depths 2-2-2-2.
+  "swin_unetr": (
+    dict(
+      name="swin_unetr",
+      feature_size=24,
+      depths=(2, 2, 2, 2),
+      num_heads=(3, 6, 12, 24),
+      window_size=7,
+    ),
+    (2, 3),
+  ),
+}
+
+# Smaller fields for `runlocal`, for presets without a `features` list.
+RUNLOCAL = {
+  "mednext": dict(base_features=4, blocks=(1,) * 5, expansion=(2,) * 5),
+  "unetr": dict(hidden_size=32, mlp_dim=64, num_layers=4, num_heads=2),
+  "swin_unetr": dict(feature_size=12, depths=(2, 2), num_heads=(3, 6)),
 }
 
 DATA = {
@@ -172,10 +206,8 @@ def get_config(arg=None):
       config.model.convs = (1, 1)
     if "blocks_per_stage" in fields:
       config.model.blocks_per_stage = (1, 1, 1)
-  if args.runlocal and fields["name"] == "mednext":
-    config.model.base_features = 4
-    config.model.blocks = (1,) * 5
-    config.model.expansion = (2,) * 5
+  if args.runlocal and args.model in RUNLOCAL:
+    config.model.update(RUNLOCAL[args.model])
   if args.steps:
     config.num_train_steps = args.steps
   if args.fold >= 0:

@@ -104,6 +104,18 @@ def _forward_and_grads(model, variables, x, labels):
   return value, logits, grads
 
 
+def _unsharded_run(plain):
+  """A 3-class [2, 16, 16, 16, 1] batch, variables, and `plain`'s results."""
+  shape = (2, 16, 16, 16, 1)
+  x = jax.random.normal(jax.random.key(0), shape)
+  labels = jax.random.randint(jax.random.key(1), shape[:-1], 0, 3)
+  variables = plain.init(jax.random.key(2), x, train=False)
+  expected = jax.jit(lambda v, x, y: _forward_and_grads(plain, v, x, y))(
+    variables, x, labels
+  )
+  return x, labels, variables, expected
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
   "name, axes",
@@ -119,14 +131,7 @@ def test_depth_sharded_3d_model_equals_unsharded(name, axes, eight_devices):
     make = lambda **kw: VNet(  # noqa: E731
       num_classes=3, features=(4, 8), convs=(1, 1), kernel_size=3, **kw
     )
-  shape = (2, 16, 16, 16, 1)
-  x = jax.random.normal(jax.random.key(0), shape)
-  labels = jax.random.randint(jax.random.key(1), shape[:-1], 0, 3)
-  plain = make()
-  variables = plain.init(jax.random.key(2), x, train=False)
-  expected = jax.jit(lambda v, x, y: _forward_and_grads(plain, v, x, y))(
-    variables, x, labels
-  )
+  x, labels, variables, expected = _unsharded_run(make())
 
   mesh = sharding.make_mesh(eight_devices, axes=axes)
   assert mesh.devices.size == 8
@@ -164,3 +169,41 @@ def test_depth_sharded_3d_model_equals_unsharded(name, axes, eight_devices):
   # made XLA regather volumes in the backward pass).
   whole = f"f32[{2 // axes['data']},16,16,16,4]"
   assert whole not in compiled
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["unetr", "swin_unetr"])
+def test_depth_sharded_transformer_equals_unsharded(name, eight_devices):
+  # The transformers' token and window operations (reshapes into patches
+  # and windows, rolls, global attention) must survive depth-split maps.
+  tiny = {
+    "unetr": dict(
+      patch_size=4, hidden_size=16, mlp_dim=32, num_layers=2, num_heads=2
+    ),
+    "swin_unetr": dict(depths=(2,), num_heads=(2,), window_size=4),
+  }[name]
+
+  def make(**kw):
+    return models.get_model(
+      name, num_classes=3, spatial_dims=3, feature_size=4, **tiny, **kw
+    )
+
+  x, labels, variables, expected = _unsharded_run(make())
+  mesh = sharding.make_mesh(eight_devices, axes={"data": 2, "spatial": 4})
+  sharded = make(partition=("data", "spatial"))
+  step = jax.jit(lambda v, x, y: _forward_and_grads(sharded, v, x, y))
+  batch = sharding.batch_sharding(mesh, spatial_dims=3)
+  with jax.set_mesh(mesh):
+    got = step(
+      sharding.replicate(variables, mesh),
+      jax.device_put(x, batch),
+      jax.device_put(labels, batch),
+    )
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+    got,
+    expected,
+  )
+  assert got[1].sharding.is_equivalent_to(
+    NamedSharding(mesh, P("data", "spatial")), 5
+  )

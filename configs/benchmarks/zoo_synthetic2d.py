@@ -16,6 +16,8 @@ MODELS = (
   "fcn8s",
   "resenc_unet",
   "mednext",
+  "unetr",
+  "swin_unetr",
 )
 
 

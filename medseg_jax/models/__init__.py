@@ -44,7 +44,9 @@ from medseg_jax.models.deeplab import DeepLabV3Plus
 from medseg_jax.models.fcn import FCN
 from medseg_jax.models.mednext import MedNeXt
 from medseg_jax.models.resenc_unet import ResEncUNet
+from medseg_jax.models.swin_unetr import SwinUNETR
 from medseg_jax.models.unet import UNet
+from medseg_jax.models.unetr import UNETR
 from medseg_jax.models.vnet import VNet
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
@@ -56,6 +58,8 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
   "deeplabv3plus": DeepLabV3Plus,
   "resenc_unet": ResEncUNet,  # nnU-Net ResEnc, preset="M" | "L".
   "mednext": MedNeXt,  # size="S" | "B" | "M" | "L", kernel_size=3 | 5.
+  "unetr": UNETR,  # ViT encoder; spatial sizes multiples of patch_size.
+  "swin_unetr": SwinUNETR,  # Multiples of patch_size * 2^len(depths).
 }
 
 
@@ -144,23 +148,23 @@ def from_config(config: Any, spec: Any) -> nn.Module:
 def pad_multiple(config: Any) -> int:
   """Every spatial size a model is applied to is a multiple of this.
 
-  `config.data.pad_multiple` if set; else the model's `size_multiple()`
-  where it has one; else `2 ** (levels - 1)` for encoder-decoder models
-  with a `features` list; else 1 (FCN and DeepLab
-  accept any size and pad or resize internally).
+  `config.data.pad_multiple` if set; else what the model says for its
+  fields if it has an `input_multiple()` method (UNETR: `patch_size`;
+  SwinUNETR: `patch_size * 2^len(depths)`; ResEnc U-Net and MedNeXt:
+  `2^(stages - 1)`); else `2 ** (levels - 1)` for encoder-decoder models
+  with a `features` list; else 1 (FCN and DeepLab accept any size and pad
+  or resize internally).
   """
   if config.data.get("pad_multiple"):
     return int(config.data.pad_multiple)
   constructor = MODELS.get(config.model.get("name"))
-  if hasattr(constructor, "size_multiple"):
-    fields = {
-      k: v
-      for k, v in config.model.items()
-      if k not in ("name", "dtype", "remat")
-    }
-    spatial_dims = len(config.data.get("patch_size", None) or (0, 0))
-    model = constructor(num_classes=1, spatial_dims=spatial_dims, **fields)
-    return model.size_multiple()
+  if constructor is not None and hasattr(constructor, "input_multiple"):
+    fields = _fields(constructor) - {"num_classes", "parent", "name"}
+    kwargs = {k: v for k, v in config.model.items() if k in fields}
+    patch = config.data.get("patch_size", None)
+    if patch and "spatial_dims" in fields:
+      kwargs.setdefault("spatial_dims", len(patch))
+    return constructor(num_classes=1, **kwargs).input_multiple()
   if "features" in config.model:
     return 2 ** (len(config.model.features) - 1)
   return 1
@@ -171,6 +175,8 @@ __all__ = [
   "MODELS",
   "MedNeXt",
   "ResEncUNet",
+  "UNETR",
+  "SwinUNETR",
   "UNet",
   "from_config",
   "get_model",

@@ -401,7 +401,9 @@ class ResidualBlock(nn.Module):
   and otherwise a 1^d convolution followed by normalisation (a projection).
 
   Parameter names extend `ConvBlock`'s: `conv_i`, `norm_i`, plus
-  `shortcut` and `shortcut_norm` when a projection is needed.
+  `shortcut` and `shortcut_norm` when a projection is needed. `activation`
+  replaces the ReLUs (e.g. MONAI's `UnetResBlock`, used by UNETR and
+  SwinUNETR, has leaky ReLUs with slope 0.01).
 
   Reference: K. He, X. Zhang, S. Ren, J. Sun. "Deep Residual Learning for
   Image Recognition". CVPR 2016. https://arxiv.org/abs/1512.03385
@@ -415,6 +417,7 @@ class ResidualBlock(nn.Module):
     mid_features: output channels of all but the last convolution; `None`
       means `features`.
     dtype: computation dtype; parameters are float32.
+    activation: the nonlinearity (ReLU by default).
   """
 
   features: int
@@ -424,6 +427,7 @@ class ResidualBlock(nn.Module):
   kernel_size: int = 3
   mid_features: int | None = None
   dtype: jax.typing.DTypeLike = jnp.float32
+  activation: Callable[[jax.Array], jax.Array] = nn.relu
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -467,8 +471,8 @@ class ResidualBlock(nn.Module):
       )
       y = norm(y)
       if not last:
-        y = nn.relu(y)
-    return nn.relu(y + shortcut)
+        y = self.activation(y)
+    return self.activation(y + shortcut)
 
 
 def max_pool(
@@ -517,17 +521,17 @@ def max_pool(
 
 
 class UpConvTranspose(nn.Module):
-  """Transposed convolution with kernel 2^d and stride 2, as a matmul.
+  """Transposed convolution with kernel f^d and stride f, as a matmul.
 
-  Computes exactly what `nn.ConvTranspose(features, (2,) * d, strides=(2,) *
-  d, padding="VALID")` computes, with the same parameters (`kernel: f32[2,
-  ..., 2, C_in, features]`, `bias: f32[features]`, same initialiser), so
-  weights are interchangeable. Because the kernel equals the stride, output
-  blocks do not overlap: one matmul maps every input voxel to its 2^d block
-  of output voxels (a 1^d convolution to `2^d * features` channels followed
-  by depth-to-space). On CPU this is 15-35x faster, forward plus backward,
-  than XLA's lowering of the transposed convolution (a convolution over a
-  zero-dilated input).
+  Computes exactly what `nn.ConvTranspose(features, (f,) * d, strides=(f,) *
+  d, padding="VALID")` computes (`f = factor`, 2 by default), with the same
+  parameters (`kernel: f32[f, ..., f, C_in, features]`, `bias:
+  f32[features]`, same initialiser), so weights are interchangeable.
+  Because the kernel equals the stride, output blocks do not overlap: one
+  matmul maps every input voxel to its f^d block of output voxels (a 1^d
+  convolution to `f^d * features` channels followed by depth-to-space). On
+  CPU this is 15-35x faster, forward plus backward, than XLA's lowering of
+  the transposed convolution (a convolution over a zero-dilated input).
 
   Attributes:
     features: output channels.
@@ -535,41 +539,43 @@ class UpConvTranspose(nn.Module):
     use_bias: whether to add a bias (drop it when a normalisation with a
       learned shift follows).
     dtype: computation dtype; parameters are float32.
+    factor: the upsampling factor, kernel size and stride.
   """
 
   features: int
   spatial_dims: int = 2
   use_bias: bool = True
   dtype: jax.typing.DTypeLike = jnp.float32
+  factor: int = 2
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    """Upsamples `f[B, *S, C_in]` to `f[B, *2S, features]`."""
-    d = self.spatial_dims
+    """Upsamples `f[B, *S, C_in]` to `f[B, *factor * S, features]`."""
+    d, f = self.spatial_dims, self.factor
     kernel = self.param(
-      "kernel", conv_init, (2,) * d + (x.shape[-1], self.features)
+      "kernel", conv_init, (f,) * d + (x.shape[-1], self.features)
     )
     bias = None
     if self.use_bias:
       bias = self.param("bias", nn.initializers.zeros, (self.features,))
     x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
     # nn.ConvTranspose (transpose_kernel=False) applies the kernel flipped
-    # along every spatial axis: output offset a in a block uses tap 1 - a.
+    # along every spatial axis: output offset a in a block uses tap f-1-a.
     kernel = kernel[(slice(None, None, -1),) * d]
-    # One plain [voxels, C_in] x [C_in, 2^d * features] matmul (XLA:CPU's
+    # One plain [voxels, C_in] x [C_in, f^d * features] matmul (XLA:CPU's
     # fastest path, forward and backward), then depth-to-space.
     c_in = x.shape[-1]
     spatial = x.shape[1:-1]
     taps = jnp.moveaxis(kernel, -2, 0).reshape(c_in, -1)
     y = (x.reshape(-1, c_in) @ taps).reshape(
-      x.shape[0], *spatial, *(2,) * d, self.features
+      x.shape[0], *spatial, *(f,) * d, self.features
     )
     # [b, *S, *taps, o] -> [b, S_0, tap_0, S_1, tap_1, ..., o].
     order = [0]
     for axis in range(d):
       order += [1 + axis, 1 + d + axis]
     y = jnp.transpose(y, (*order, 2 * d + 1))
-    out_shape = (x.shape[0], *(2 * n for n in spatial), self.features)
+    out_shape = (x.shape[0], *(f * n for n in spatial), self.features)
     y = y.reshape(out_shape)
     return y if bias is None else y + bias
 

@@ -297,7 +297,7 @@ class MedNeXt(nn.Module):
       blocks = tuple(self.blocks)
     return tuple(expansion), tuple(blocks)
 
-  def size_multiple(self) -> int:
+  def input_multiple(self) -> int:
     """Every spatial input size must be a multiple of this."""
     return 2 ** (len(self.resolved()[1]) // 2)
 

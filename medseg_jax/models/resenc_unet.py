@@ -325,7 +325,7 @@ class ResEncUNet(nn.Module):
     n = self.resolved_num_stages()
     return tuple(min(widest, BASE_FEATURES * 2**s) for s in range(n))
 
-  def size_multiple(self) -> int:
+  def input_multiple(self) -> int:
     """Every spatial input size must be a multiple of this."""
     return 2 ** (self.resolved_num_stages() - 1)
 

@@ -17,13 +17,13 @@ def _zero_kernels(variables):
   )
 
 
-@pytest.mark.parametrize("spatial_dims", [2, 3])
-def test_up_conv_transpose_equals_flax_conv_transpose(spatial_dims):
-  d = spatial_dims
+@pytest.mark.parametrize("spatial_dims, factor", [(2, 2), (3, 2), (2, 3)])
+def test_up_conv_transpose_equals_flax_conv_transpose(spatial_dims, factor):
+  d, f = spatial_dims, factor
   x = jax.random.normal(jax.random.key(0), (2, *(3, 4, 5)[:d], 6))
-  ours = layers.UpConvTranspose(7, spatial_dims=d)
+  ours = layers.UpConvTranspose(7, spatial_dims=d, factor=f)
   flax_tconv = nn.ConvTranspose(
-    7, (2,) * d, strides=(2,) * d, padding="VALID", kernel_init=layers.conv_init
+    7, (f,) * d, strides=(f,) * d, padding="VALID", kernel_init=layers.conv_init
   )
   variables = ours.init(jax.random.key(1), x)
   # Same parameter names, shapes and initialiser.

@@ -44,6 +44,23 @@ TINY_KWARGS = {
     "base_features": 4,
     "expansion": (2, 2, 2),
     "blocks": (1, 1, 1),
+  "unetr": {
+    "num_classes": 2,
+    "spatial_dims": 2,
+    "patch_size": 4,
+    "hidden_size": 16,
+    "mlp_dim": 32,
+    "num_layers": 2,
+    "num_heads": 2,
+    "feature_size": 4,
+  },
+  "swin_unetr": {
+    "num_classes": 2,
+    "spatial_dims": 2,
+    "feature_size": 6,
+    "depths": (2,),
+    "num_heads": (2,),
+    "window_size": 4,
   },
 }
 
