@@ -44,6 +44,7 @@ TINY_KWARGS = {
     "base_features": 4,
     "expansion": (2, 2, 2),
     "blocks": (1, 1, 1),
+  },
   "unetr": {
     "num_classes": 2,
     "spatial_dims": 2,
