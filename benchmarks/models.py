@@ -105,6 +105,27 @@ ENTRIES = [
     ),
     (2, 32, 32, 32, 1),
   ),
+  # The zoo presets (configs/zoo.py), 2-D.
+  (
+    "unetr_zoo",
+    "unetr",
+    dict(
+      spatial_dims=2,
+      patch_size=16,
+      hidden_size=192,
+      mlp_dim=768,
+      num_layers=8,
+      num_heads=6,
+      feature_size=16,
+    ),
+    (8, 128, 128, 1),
+  ),
+  (
+    "swin_unetr_zoo",
+    "swin_unetr",
+    dict(spatial_dims=2, feature_size=24),
+    (8, 128, 128, 1),
+  ),
 ]
 
 

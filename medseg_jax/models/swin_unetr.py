@@ -372,7 +372,7 @@ class SwinUNETR(nn.Module):
     dtype: computation dtype (e.g. `jnp.bfloat16`); parameters and logits
       are float32.
     feature_size: width of the embedding; stage `i` has `feature_size *
-      2^i` channels. Must be divisible by every `num_heads[i] / 2^i`.
+      2^i` channels, which `num_heads[i]` must divide.
     depths: Swin blocks per stage.
     num_heads: attention heads per stage.
     window_size: window edge.
