@@ -171,7 +171,7 @@ def test_depth_sharded_3d_model_equals_unsharded(name, axes, eight_devices):
   assert whole not in compiled
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize("name", ["unetr", "swin_unetr"])
 def test_depth_sharded_transformer_equals_unsharded(name, eight_devices):
   # The transformers' token and window operations (reshapes into patches
