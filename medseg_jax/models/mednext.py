@@ -57,11 +57,14 @@ Differences from the authors' code, all deliberate:
   leaves the others zero. Parameters are unchanged.
 * No `dummy_tensor` parameter (a PyTorch checkpointing work-around), so
   counts are one less than the authors' module.
-* The depthwise convolutions are `jax.lax` grouped convolutions, not
-  `layers.Conv` (which has no groups), so the CPU's depth-stacked 3-D
-  lowering does not apply to them; the 1^d convolutions are matmuls.
+* The depthwise convolutions are not `layers.Conv` (which has no groups):
+  on the CPU they are sums of k^d shifted copies (`_depthwise_taps`, much
+  faster there than XLA's grouped convolution), elsewhere `jax.lax` grouped
+  convolutions; `DepthwiseConv.impl` picks one. The 1^d convolutions are
+  matmuls.
 """
 
+import itertools
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -70,6 +73,7 @@ import jax.numpy as jnp
 
 from medseg_jax import sharding
 from medseg_jax.models import layers
+from medseg_jax.models import lowering
 from medseg_jax.models import unet
 
 # Size name -> (expansion ratios, blocks), nine entries each.
@@ -103,6 +107,7 @@ class DepthwiseConv(nn.Module):
   spatial_dims: int = 2
   mode: str = "same"
   dtype: jax.typing.DTypeLike = jnp.float32
+  impl: str = "auto"
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -121,6 +126,15 @@ class DepthwiseConv(nn.Module):
       lhs_dilation, pads = (2,) * d, ((p + 1, p),) * d
     elif self.mode != "same":
       raise ValueError(f"Unknown mode {self.mode!r}; expected same/down/up.")
+    impl = self.impl
+    if impl == "auto":
+      impl = "taps" if lowering.choose().backend == "cpu" else "xla"
+    if impl == "taps":
+      return (
+        _depthwise_taps(x, kernel, strides[0], pads, lhs_dilation[0]) + bias
+      )
+    if impl != "xla":
+      raise ValueError(f"Unknown impl {impl!r}; expected auto, xla or taps.")
     spec = "NDHWC" if d == 3 else "NHWC"
     y = jax.lax.conv_general_dilated(
       x,
@@ -132,6 +146,46 @@ class DepthwiseConv(nn.Module):
       feature_group_count=c,
     )
     return y + bias
+
+
+def _depthwise_taps(
+  x: jax.Array,
+  kernel: jax.Array,
+  stride: int,
+  pads: tuple[tuple[int, int], ...],
+  dilation: int,
+) -> jax.Array:
+  """A depthwise convolution as a sum of shifted, scaled copies of `x`.
+
+  The function of `lax.conv_general_dilated(..., feature_group_count=C)`
+  with these strides, paddings and input dilation; XLA:CPU runs grouped
+  convolutions, and above all their gradients, through a slow generic
+  loop, while this is k^d fused multiply-adds forward and backward.
+
+  Args:
+    x: `f[B, *S, C]`.
+    kernel: `f[*K, 1, C]`.
+    stride: along every spatial axis.
+    pads: `(low, high)` per spatial axis, applied after dilation.
+    dilation: input (lhs) dilation along every spatial axis.
+
+  Returns:
+    `f[B, *S', C]`.
+  """
+  d = x.ndim - 2
+  k = kernel.shape[0]
+  config = [(0, 0, 0)] + [(lo, hi, dilation - 1) for lo, hi in pads]
+  padded = jax.lax.pad(x, jnp.zeros((), x.dtype), config + [(0, 0, 0)])
+  out = [(n - k) // stride + 1 for n in padded.shape[1:-1]]
+  y = None
+  for taps in itertools.product(range(k), repeat=d):
+    window = tuple(
+      slice(t, t + stride * (o - 1) + 1, stride)
+      for t, o in zip(taps, out, strict=True)
+    )
+    term = padded[(slice(None), *window)] * kernel[taps][0]
+    y = term if y is None else y + term
+  return y
 
 
 def _pointwise(features: int, dtype, name: str) -> nn.Dense:

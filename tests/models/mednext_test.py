@@ -266,3 +266,34 @@ def test_bfloat16_and_remat_keep_parameters_and_float32_logits():
   assert jax.tree.map(lambda a: (a.shape, a.dtype), variables) == (
     jax.tree.map(lambda a: (a.shape, a.dtype), plain)
   )
+
+
+@pytest.mark.parametrize("mode", ["same", "down", "up"])
+@pytest.mark.parametrize(
+  "spatial_dims", [2, pytest.param(3, marks=pytest.mark.slow)]
+)
+def test_depthwise_taps_equal_grouped_convolution(mode, spatial_dims):
+  shape = (2, *(6,) * spatial_dims, 3)
+  x = jax.random.normal(jax.random.key(0), shape)
+  models = {
+    i: DepthwiseConv(3, spatial_dims, mode, impl=i) for i in ("xla", "taps")
+  }
+  variables = models["xla"].init(jax.random.key(1), x)
+  variables = jax.tree.map(
+    lambda a: jax.random.normal(jax.random.key(2), a.shape), variables
+  )
+
+  def run(impl):
+    def loss(v, x):
+      y = models[impl].apply(v, x)
+      return jnp.sum(y * jnp.cos(y)), y
+
+    return model_testing.jit(jax.grad(loss, argnums=(0, 1), has_aux=True))(
+      variables, x
+    )
+
+  jax.tree.map(
+    lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+    run("taps"),
+    run("xla"),
+  )
