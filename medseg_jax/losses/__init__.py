@@ -189,7 +189,9 @@ def from_config(
 
   `loss_config` is either `dict(name=NAME, **options)` (one loss) or
   `dict(terms=[dict(name=NAME, weight=W, **options), ...])` (a weighted
-  sum; `weight` defaults to 1). With `num_classes` and `spatial_dims`,
+  sum; `weight` defaults to 1; when `terms` is set, `name` is not read,
+  so `config.loss.terms = [...]` works on top of the base config's
+  `name="ce_dice"`). With `num_classes` and `spatial_dims`,
   the loss is also traced once on a small abstract input, so bad option
   values (e.g. a negative `gamma`, too few `alpha` weights) fail here.
 
@@ -205,21 +207,21 @@ def from_config(
   Raises:
     ValueError: for an unknown name (listing the valid names), an unknown
       option (listing the valid options), a bad weight or option value,
-      or a config with both `name` and `terms`.
+      or single-loss options beside `terms`.
   """
   if hasattr(loss_config, "to_dict"):
     loss_config = loss_config.to_dict()
   loss_config = dict(loss_config)
   terms = loss_config.get("terms")
   if terms:
+    # `terms` is the loss; `name` (the base config's single-loss default)
+    # is then unused. Options of a single loss beside `terms` would be
+    # silently unused too, so they are an error.
     others = sorted(k for k in loss_config if k not in ("terms", "name"))
-    if loss_config.get("name") or others:
+    if others:
       raise ValueError(
-        "config.loss has both terms and "
-        f"{['name'] if loss_config.get('name') else others}: give either "
-        "name=NAME with that loss's options, or terms=[dict(name=NAME, "
-        "weight=W, **options), ...] alone (configs.common.loss_terms "
-        "sets the latter)."
+        f"config.loss has both terms and {others}: options go inside each "
+        "term, terms=[dict(name=NAME, weight=W, **options), ...]."
       )
     if isinstance(terms, Mapping) or isinstance(terms, str):
       raise ValueError(

@@ -89,7 +89,7 @@ def test_saved_config_round_trip(tmp_path):
     (dict(name="dice", dice_weight=1.0), "options are"),
     (dict(terms=[dict(name="dice", weight="a")]), "weight"),
     (dict(terms=[dict(name="dice", weight=float("nan"))]), "weight"),
-    (dict(name="dice", terms=[dict(name="dice")]), "either"),
+    (dict(terms=[dict(name="dice")], dice_weight=1.0), "inside each term"),
     (dict(name="dice", weight=2.0), "only meaningful inside"),
     (dict(terms=[dict(name="cldice", iterations=1.5)]), "iterations"),
     (dict(terms=[dict(name="tversky", smooth=0.0)]), "smooth"),
@@ -101,6 +101,20 @@ def test_bad_configs_fail_when_read(loss_config, message):
     losses.from_config(
       ml_collections.ConfigDict(loss_config), num_classes=3, spatial_dims=3
     )
+
+
+def test_terms_set_directly_on_the_base_config_win_over_its_name():
+  logits, labels, mask, _ = _inputs()
+  config = common.base_config()  # loss.name = "ce_dice" by default.
+  config.loss.terms = [
+    dict(name="cross_entropy", weight=1.0),
+    dict(name="tversky", weight=0.5, alpha=0.5, beta=0.5),
+  ]
+  loss = losses.from_config(config.loss, num_classes=3, spatial_dims=2)
+  expected = losses.cross_entropy(logits, labels, mask) + 0.5 * (
+    losses.tversky(logits, labels, mask, alpha=0.5, beta=0.5)
+  )
+  np.testing.assert_allclose(loss(logits, labels, mask), expected, rtol=1e-6)
 
 
 def test_loss_terms_needs_a_term():
