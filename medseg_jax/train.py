@@ -318,8 +318,19 @@ class Run:
     return self.config.data_dir
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
-  """Resolves and saves the config, checks names, builds the mesh and data."""
+def prepare(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  outputs: int | None = None,
+) -> Run:
+  """Resolves and saves the config, checks names, builds the mesh and data.
+
+  ``outputs``: the model's output channels; None for the dataset's classes
+  (a supervised run, which refuses a label-free dataset). A
+  self-supervised run (`train_ssl`) passes the image channels: its model
+  reconstructs the image and never reads the labels.
+  """
   workdir = checkpointing.absolute(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   # The resolved config, saved in the work dir: every reader of the run
@@ -331,7 +342,18 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
     run_config.check_compatible(run_config.load(workdir), config, str(workdir))
   # Fail fast on bad names, before any data is built or compiled.
   spec = registry.get_dataset_spec(config.dataset, config.get("manual_dir"))
-  model = models_lib.from_config(config, spec)
+  if outputs is None and not spec.labelled:
+    raise ValueError(
+      f"Dataset {config.dataset!r} ({config.get('manual_dir') or ''}) has "
+      'no labels (its dataset.json says "labelled": false), so it '
+      "cannot train or evaluate a segmentation model; use it to pretrain "
+      "with config.trainer='ssl' (docs/pretraining.md), or give the folder "
+      'a labels/ folder and "labelled": true.'
+    )
+  model_spec = spec
+  if outputs is not None:
+    model_spec = dataclasses.replace(spec, num_classes=outputs)
+  model = models_lib.from_config(config, model_spec)
   loss_kwargs = {k: v for k, v in config.loss.items() if k != "name"}
   loss_fn = losses_lib.get_loss(config.loss.name, **loss_kwargs)
   tx, schedule = optimizers.create(config.optimizer, config.num_train_steps)
@@ -453,13 +475,23 @@ def restore(
     )
     new_params, report = transfer.merge(state.params, params, **options)
     new_stats, _ = transfer.merge(state.batch_stats, batch_stats, **options)
-    logging.info("init_from %s: %s", config.init_from, report.summary())
+    summary = report.summary()
+    from medseg_jax import train_ssl  # pylint: disable=g-import-not-at-top
+
+    pretraining = train_ssl.read_metadata(config.init_from)
+    if pretraining is not None:  # A self-supervised run's weights.
+      summary = (
+        f"pretrained by {pretraining['pretext']} for {pretraining['steps']} "
+        f"steps on {pretraining['dataset']} {pretraining['train_split']} "
+        f"{pretraining['manual_dir']}\n{summary}"
+      )
+    logging.info("init_from %s: %s", config.init_from, summary)
     state = state.replace(
       params=sharding.replicate(new_params, mesh),
       batch_stats=sharding.replicate(new_stats, mesh),
     )
     if jax.process_index() == 0:
-      (workdir / "init_from_report.txt").write_text(report.summary() + "\n")
+      (workdir / "init_from_report.txt").write_text(summary + "\n")
   return state, latest
 
 
@@ -504,7 +536,9 @@ def train_loop(
   stop request; returns the state and the step reached.
 
   ``train_step(state, batch, step_rng) -> (state, metrics, finite)`` with
-  ``metrics`` a ``clu`` collection that has a ``loss``.
+  ``metrics`` a ``clu`` collection that has a ``loss``. ``validate`` None
+  (a self-supervised run, which has no labels to score): no validation,
+  and the evaluation steps only checkpoint.
   """
   config, mesh, writer = run.config, run.mesh, run.writer
   train_iter, spatial_dims = run.train_iter, run.spec.spatial_dims
@@ -556,7 +590,7 @@ def train_loop(
       if is_save:
         _check_finite(finite, step, last_good)
       ckpt_metrics = None
-      if is_eval:
+      if is_eval and validate is not None:
         result = validate(state, config.eval_split)
         summary = result.summary()
         scalars = {
