@@ -51,7 +51,7 @@ def get_config(arg=None):
       raise ValueError(f"labels must be in [1, 24]; got {args.labels}.")
     config.train_split = f"train[:{args.labels}]"
     config.data.patch_size = ssl_isbi2012.PATCH
-    config.batch_size = 8
+    config.batch_size = 4
     config.num_train_steps = args.steps
     config.eval_every_steps = args.steps  # Validation = the held-out test.
     config.checkpoint_every_steps = args.steps

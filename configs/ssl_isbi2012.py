@@ -39,7 +39,7 @@ PATCH = (128, 128)
 def model(runlocal: bool = False) -> ml_collections.ConfigDict:
   """The U-Net that pretraining and fine-tuning share."""
   config = common.base_config().model
-  config.features = (8, 16) if runlocal else (16, 32, 64, 128)
+  config.features = (8, 16) if runlocal else (8, 16, 32, 64)
   return config
 
 
@@ -58,7 +58,7 @@ def get_config(arg=None):
   config.train_split = "train"
   config.data.patch_size = PATCH
   config.model = model(args.runlocal)
-  config.batch_size = 8
+  config.batch_size = 4
   config.num_train_steps = 600
   config.checkpoint_every_steps = 200
   config.eval_every_steps = 200  # Checkpoints only: nothing is labelled.

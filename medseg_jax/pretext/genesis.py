@@ -97,6 +97,7 @@ def local_shuffle(
   Returns:
     ``f32[*S, C]``, the same multiset of voxel values per block.
   """
+  image = jnp.asarray(image)
   shape, channels = image.shape[:-1], image.shape[-1]
   nd = len(shape)
   counts = [s // block for s in shape]
@@ -114,7 +115,7 @@ def local_shuffle(
   order_key, pick_key = jax.random.split(key)
   order = jnp.argsort(jax.random.uniform(order_key, (num_blocks, size)), axis=1)
   shuffled = jnp.take_along_axis(flat, order[..., None], axis=1)
-  chosen = jax.random.bernoulli(pick_key, share, (num_blocks, 1, 1))
+  chosen = jax.random.bernoulli(pick_key, float(share), (num_blocks, 1, 1))
   flat = jnp.where(chosen, shuffled, flat)
   blocks = flat.reshape(blocks.shape)
   inverse = [0] * (2 * nd)
@@ -154,15 +155,17 @@ def _boxes(
   on = jax.random.bernoulli(on_key, 0.5, (num_boxes,))
   if first_always:
     on = on.at[0].set(True)
-  union = jnp.zeros(shape, bool)
-  for box in range(num_boxes):
-    inside = jnp.ones(shape, bool)
-    for axis in range(nd):
-      coords = jax.lax.broadcasted_iota(jnp.float32, tuple(shape), axis)
-      start, edge = starts[box, axis], edges[box, axis]
-      inside &= (coords >= start) & (coords < start + edge)
-    union |= inside & on[box]
-  return union
+  # Per axis, which coordinates each box covers: [num_boxes, S_axis]; the
+  # box is their outer product.
+  inside = on.reshape((num_boxes,) + (1,) * nd)
+  for axis, size_along in enumerate(shape):
+    coords = jnp.arange(size_along, dtype=jnp.float32)
+    start, edge = starts[:, axis, None], edges[:, axis, None]
+    covered = (coords >= start) & (coords < start + edge)
+    view = [num_boxes] + [1] * nd
+    view[axis + 1] = size_along
+    inside = inside & covered.reshape(view)
+  return jnp.any(inside, axis=0)
 
 
 def _noise_like(key: jax.Array, image: jax.Array) -> jax.Array:
