@@ -271,6 +271,28 @@ def under_mesh(fn, mesh):
   return wrapped
 
 
+def jit_step(step_fn, run: "Run", state_sharding):
+  """``step_fn(state, batch, rng) -> (state, metrics, finite)`` compiled
+  once: the state donated and replicated, batches split over ``"data"``
+  (and depth, on a spatial mesh), traced under the mesh because the
+  models' sharding constraints name its axes."""
+  mesh = run.mesh
+  replicated = sharding.replicated(mesh)
+  return under_mesh(
+    jax.jit(
+      step_fn,
+      in_shardings=(
+        state_sharding,
+        sharding.batch_sharding(mesh, run.spec.spatial_dims),
+        replicated,
+      ),
+      out_shardings=(state_sharding, replicated, replicated),
+      donate_argnums=(0,),
+    ),
+    mesh,
+  )
+
+
 def _host_metrics(metrics: TrainMetrics) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(metrics.compute()).items()}
 
@@ -695,26 +717,15 @@ def train_and_evaluate(
   # batch, with the key this step would use (medseg_jax/augment/host.py).
   if run.augment is not None:
     logging.info("Augmentation on the %s: %s.", run.augment_on, run.augment.ops)
-  # The models' sharding constraints name mesh axes, so they are traced
-  # under the mesh (jax.set_mesh).
-  replicated = sharding.replicated(mesh)
-  train_step = under_mesh(
-    jax.jit(
-      functools.partial(
-        _train_step,
-        loss_fn=run.loss_fn,
-        schedule=run.schedule,
-        augment=run.augment if run.augment_on == "device" else None,
-      ),
-      in_shardings=(
-        state_sharding,
-        sharding.batch_sharding(mesh, spec.spatial_dims),
-        replicated,
-      ),
-      out_shardings=(state_sharding, replicated, replicated),
-      donate_argnums=(0,),
+  train_step = jit_step(
+    functools.partial(
+      _train_step,
+      loss_fn=run.loss_fn,
+      schedule=run.schedule,
+      augment=run.augment if run.augment_on == "device" else None,
     ),
-    mesh,
+    run,
+    state_sharding,
   )
   validate = make_validate(run)
 

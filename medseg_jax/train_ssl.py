@@ -40,7 +40,6 @@ from absl import logging
 
 from medseg_jax import checkpointing
 from medseg_jax import pretext as pretext_lib
-from medseg_jax import sharding
 from medseg_jax import train
 from medseg_jax.data import registry
 
@@ -219,25 +218,16 @@ def train_and_evaluate(
   # --------------------------------------------------------------------------
   # Jitted step: the state donated, batches split over "data".
   # --------------------------------------------------------------------------
-  replicated = sharding.replicated(mesh)
-  train_step = train.under_mesh(
-    jax.jit(
-      functools.partial(
-        _train_step,
-        pretext=pretext,
-        kind=kind,
-        schedule=run.schedule,
-        augment=run.augment if run.augment_on == "device" else None,
-      ),
-      in_shardings=(
-        state_sharding,
-        sharding.batch_sharding(mesh, spec.spatial_dims),
-        replicated,
-      ),
-      out_shardings=(state_sharding, replicated, replicated),
-      donate_argnums=(0,),
+  train_step = train.jit_step(
+    functools.partial(
+      _train_step,
+      pretext=pretext,
+      kind=kind,
+      schedule=run.schedule,
+      augment=run.augment if run.augment_on == "device" else None,
     ),
-    mesh,
+    run,
+    state_sharding,
   )
 
   # --------------------------------------------------------------------------

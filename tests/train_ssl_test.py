@@ -10,10 +10,7 @@ ends with the parameters of an uninterrupted run.
 
 import dataclasses
 import functools
-import os
 import signal
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +31,6 @@ from medseg_jax import train_ssl
 from medseg_jax.data import registry
 from medseg_jax.data.from_folder import from_folder
 from medseg_jax.data.from_folder import unlabelled
-from tests import polling
 from tests import train_test
 
 
@@ -48,13 +44,7 @@ def _tiny_config(data_dir, pretext_name="models_genesis", **overrides):
   config.eval_every_steps = 2
   config.checkpoint_every_steps = 2
   common.ssl_config(config, pretext_name)
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
-  return config
+  return train_test.set_fields(config, overrides)
 
 
 # ----------------------------------------------------------------------------
@@ -225,27 +215,12 @@ def test_sigkill_then_resume_matches_uninterrupted_run(
   train_ssl.train_and_evaluate(config, str(straight))
 
   killed_dir = tmp_path / "killed"
-  env = dict(os.environ, MEDSEG_FAULT_AT_STEP="4")
-  env["XLA_FLAGS"] = (
-    env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1"
-  )
-  killed = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "medseg_jax.main",
-      "--config=configs/ssl_isbi2012.py:runlocal",
-      f"--workdir={killed_dir}",
-      f"--config.data_dir={synthetic_2d_dir}",
-      "--config.data.patch_size=(32, 32)",
-      "--config.model.features=(4, 8)",
-      *[f"--config.{k}={v}" for k, v in flags.items()],
-    ],
-    cwd=train_test.REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=polling.GENEROUS_TIMEOUT_S,
+  killed = train_test.run_killed(
+    "configs/ssl_isbi2012.py:runlocal",
+    killed_dir,
+    synthetic_2d_dir,
+    flags,
+    4,
   )
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   saved = train_test._saved_steps(killed_dir)  # noqa: SLF001
