@@ -51,9 +51,9 @@ def _mean_std(values) -> str:
   return f"{np.mean(values):.4f} ± {np.std(values):.4f} (n={len(values)})"
 
 
-def table(results: dict, labels, seeds) -> str:
+def table(results: dict, labels, seeds, pretext: str) -> str:
   lines = [
-    "| labelled slices | scratch | pretrained (Models Genesis) | "
+    f"| labelled slices | scratch | pretrained ({pretext}) | "
     "paired Δ (pretrained - scratch) | per seed Δ |",
     "|---|---|---|---|---|",
   ]
@@ -147,7 +147,7 @@ def main(argv=None) -> None:
         (root / "results.json").write_text(
           json.dumps({"results": results, "timings": timings}, indent=2)
         )
-  text = table(results, labels, seeds)
+  text = table(results, labels, seeds, args.pretext)
   (root / "results.md").write_text(text + "\n")
   print(text)
 
