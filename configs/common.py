@@ -325,3 +325,29 @@ def adversarial_config(
     )
   )
   config.adversarial = adv
+
+
+def ssl_config(
+  config: ml_collections.ConfigDict, pretext: str = "models_genesis"
+) -> None:
+  """Makes `config` a self-supervised pretraining run (medseg_jax/train_ssl.py).
+
+  Sets `config.trainer = "ssl"` and `config.ssl`: the pretext task (a name
+  of `medseg_jax.pretext.PRETEXTS`) with its options (empty: the task's
+  defaults) and the reconstruction distance. Labels are never read, so
+  foreground-centred crops are turned off.
+  """
+  config.trainer = "ssl"
+  config.ssl = ml_collections.ConfigDict()
+  config.ssl.pretext = pretext
+  config.ssl.options = ml_collections.ConfigDict()
+  if pretext == "simmim":
+    config.ssl.options.patch = 16
+    config.ssl.options.ratio = 0.6
+  config.ssl.loss = "mse"
+  config.data.train_transforms = [
+    dict(spec, foreground_share=0.0)
+    if spec["op"] == "random_crop_or_pad"
+    else dict(spec)
+    for spec in config.data.train_transforms
+  ]

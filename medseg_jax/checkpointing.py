@@ -49,23 +49,27 @@ def create_manager(
   *,
   keep: int = 3,
   async_save: bool = True,
+  track_best: bool = True,
 ) -> ocp.CheckpointManager:
-  """Returns a CheckpointManager for ``state`` and ``data_iter`` items."""
-  policy = cm.AnyPreservationPolicy(
-    [
-      cm.preservation_policy.LatestN(n=keep),
+  """Returns a CheckpointManager for ``state`` and ``data_iter`` items.
+
+  ``track_best`` False (a run without validation, e.g. self-supervised
+  pretraining): only the latest ``keep`` are kept.
+  """
+  policies = [cm.preservation_policy.LatestN(n=keep)]
+  if track_best:
+    policies.append(
       cm.preservation_policy.BestN(
         get_metric_fn=_best_metric,
         reverse=False,  # Ascending sort; the last entries are the highest.
         n=1,
         keep_checkpoints_without_metrics=False,
-      ),
-    ]
-  )
+      )
+    )
   options = ocp.CheckpointManagerOptions(
-    preservation_policy=policy,
+    preservation_policy=cm.AnyPreservationPolicy(policies),
     # best_fn also makes Orbax write the metrics next to each checkpoint.
-    best_fn=_best_metric,
+    best_fn=_best_metric if track_best else None,
     best_mode="max",
     enable_async_checkpointing=async_save,
     create=True,

@@ -4,8 +4,9 @@
       --workdir=/tmp/run [--config.num_train_steps=100 ...]
 
 ``config.trainer`` picks the trainer (`TRAINERS`): ``"supervised"`` (the
-default, train.py) or ``"adversarial"`` (train_adversarial.py, e.g.
-``configs/segan_synthetic.py``).
+default, train.py), ``"adversarial"`` (train_adversarial.py, e.g.
+``configs/segan_synthetic.py``) or ``"ssl"`` (train_ssl.py, self-supervised
+pretraining, e.g. ``configs/ssl_isbi2012.py``).
 
 The console shows a progress bar, the validation scores and the final
 table; the full log, third-party INFO included, is ``<workdir>/log.txt``.
@@ -69,6 +70,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 TRAINERS = {
   "supervised": "medseg_jax.train",
   "adversarial": "medseg_jax.train_adversarial",
+  "ssl": "medseg_jax.train_ssl",
 }
 
 

@@ -288,6 +288,28 @@ def under_mesh(fn, mesh):
   return wrapped
 
 
+def jit_step(step_fn, run: "Run", state_sharding):
+  """``step_fn(state, batch, rng) -> (state, metrics, finite)`` compiled
+  once: the state donated and replicated, batches split over ``"data"``
+  (and depth, on a spatial mesh), traced under the mesh because the
+  models' sharding constraints name its axes."""
+  mesh = run.mesh
+  replicated = sharding.replicated(mesh)
+  return under_mesh(
+    jax.jit(
+      step_fn,
+      in_shardings=(
+        state_sharding,
+        sharding.batch_sharding(mesh, run.spec.spatial_dims),
+        replicated,
+      ),
+      out_shardings=(state_sharding, replicated, replicated),
+      donate_argnums=(0,),
+    ),
+    mesh,
+  )
+
+
 def _host_metrics(metrics: TrainMetrics) -> dict[str, float]:
   return {k: float(v) for k, v in jax.device_get(metrics.compute()).items()}
 
@@ -335,8 +357,19 @@ class Run:
     return self.config.data_dir
 
 
-def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
-  """Resolves and saves the config, checks names, builds the mesh and data."""
+def prepare(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  *,
+  outputs: int | None = None,
+) -> Run:
+  """Resolves and saves the config, checks names, builds the mesh and data.
+
+  ``outputs``: the model's output channels; None for the dataset's classes
+  (a supervised run, which refuses a label-free dataset). A
+  self-supervised run (`train_ssl`) passes the image channels: its model
+  reconstructs the image and never reads the labels.
+  """
   workdir = checkpointing.absolute(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   # The resolved config, saved in the work dir: every reader of the run
@@ -348,7 +381,18 @@ def prepare(config: ml_collections.ConfigDict, workdir: str) -> Run:
     run_config.check_compatible(run_config.load(workdir), config, str(workdir))
   # Fail fast on bad names, before any data is built or compiled.
   spec = registry.get_dataset_spec(config.dataset, config.get("manual_dir"))
-  model = models_lib.from_config(config, spec)
+  if outputs is None and not spec.labelled:
+    raise ValueError(
+      f"Dataset {config.dataset!r} ({config.get('manual_dir') or ''}) has "
+      'no labels (its dataset.json says "labelled": false), so it '
+      "cannot train or evaluate a segmentation model; use it to pretrain "
+      "with config.trainer='ssl' (docs/pretraining.md), or give the folder "
+      'a labels/ folder and "labelled": true.'
+    )
+  model_spec = spec
+  if outputs is not None:
+    model_spec = dataclasses.replace(spec, num_classes=outputs)
+  model = models_lib.from_config(config, model_spec)
   loss_fn = losses_lib.from_config(
     config.loss, num_classes=spec.num_classes, spatial_dims=spec.spatial_dims
   )
@@ -474,13 +518,23 @@ def restore(
     )
     new_params, report = transfer.merge(state.params, params, **options)
     new_stats, _ = transfer.merge(state.batch_stats, batch_stats, **options)
-    logging.info("init_from %s: %s", config.init_from, report.summary())
+    summary = report.summary()
+    from medseg_jax import train_ssl  # pylint: disable=g-import-not-at-top
+
+    pretraining = train_ssl.read_metadata(config.init_from)
+    if pretraining is not None:  # A self-supervised run's weights.
+      summary = (
+        f"pretrained by {pretraining['pretext']} for {pretraining['steps']} "
+        f"steps on {pretraining['dataset']} {pretraining['train_split']} "
+        f"{pretraining['manual_dir']}\n{summary}"
+      )
+    logging.info("init_from %s: %s", config.init_from, summary)
     state = state.replace(
       params=sharding.replicate(new_params, mesh),
       batch_stats=sharding.replicate(new_stats, mesh),
     )
     if jax.process_index() == 0:
-      (workdir / "init_from_report.txt").write_text(report.summary() + "\n")
+      (workdir / "init_from_report.txt").write_text(summary + "\n")
   return state, latest
 
 
@@ -525,7 +579,9 @@ def train_loop(
   stop request; returns the state and the step reached.
 
   ``train_step(state, batch, step_rng) -> (state, metrics, finite)`` with
-  ``metrics`` a ``clu`` collection that has a ``loss``.
+  ``metrics`` a ``clu`` collection that has a ``loss``. ``validate`` None
+  (a self-supervised run, which has no labels to score): no validation,
+  and the evaluation steps only checkpoint.
   """
   config, mesh, writer = run.config, run.mesh, run.writer
   train_iter, spatial_dims = run.train_iter, run.spec.spatial_dims
@@ -577,7 +633,7 @@ def train_loop(
       if is_save:
         _check_finite(finite, step, last_good)
       ckpt_metrics = None
-      if is_eval:
+      if is_eval and validate is not None:
         result = validate(state, config.eval_split)
         summary = result.summary()
         scalars = {
@@ -682,26 +738,15 @@ def train_and_evaluate(
   # batch, with the key this step would use (medseg_jax/augment/host.py).
   if run.augment is not None:
     logging.info("Augmentation on the %s: %s.", run.augment_on, run.augment.ops)
-  # The models' sharding constraints name mesh axes, so they are traced
-  # under the mesh (jax.set_mesh).
-  replicated = sharding.replicated(mesh)
-  train_step = under_mesh(
-    jax.jit(
-      functools.partial(
-        _train_step,
-        loss_fn=run.loss_fn,
-        schedule=run.schedule,
-        augment=run.augment if run.augment_on == "device" else None,
-      ),
-      in_shardings=(
-        state_sharding,
-        sharding.batch_sharding(mesh, spec.spatial_dims),
-        replicated,
-      ),
-      out_shardings=(state_sharding, replicated, replicated),
-      donate_argnums=(0,),
+  train_step = jit_step(
+    functools.partial(
+      _train_step,
+      loss_fn=run.loss_fn,
+      schedule=run.schedule,
+      augment=run.augment if run.augment_on == "device" else None,
     ),
-    mesh,
+    run,
+    state_sharding,
   )
   validate = make_validate(run)
 

@@ -54,7 +54,6 @@ from flax import struct
 
 from medseg_jax import checkpointing
 from medseg_jax import optimizers
-from medseg_jax import sharding
 from medseg_jax import train
 from medseg_jax.data import registry
 from medseg_jax.losses import adversarial as adversarial_losses
@@ -332,30 +331,21 @@ def train_and_evaluate(
   # --------------------------------------------------------------------------
   # Jitted step: both networks' states donated, batches split over "data".
   # --------------------------------------------------------------------------
-  replicated = sharding.replicated(mesh)
-  train_step = train.under_mesh(
-    jax.jit(
-      functools.partial(
-        _train_step,
-        loss_fn=run.loss_fn,
-        schedule=run.schedule,
-        critic_name=adv.critic.name,
-        gan_loss=adv.get("loss", "least_squares"),
-        weight=float(adv.weight),
-        start_step=int(adv.get("start_step", 0)),
-        critic_steps=critic_steps,
-        critic_clip=float(adv.get("critic_clip", 0.0)),
-        augment=run.augment if run.augment_on == "device" else None,
-      ),
-      in_shardings=(
-        state_sharding,
-        sharding.batch_sharding(mesh, spec.spatial_dims),
-        replicated,
-      ),
-      out_shardings=(state_sharding, replicated, replicated),
-      donate_argnums=(0,),
+  train_step = train.jit_step(
+    functools.partial(
+      _train_step,
+      loss_fn=run.loss_fn,
+      schedule=run.schedule,
+      critic_name=adv.critic.name,
+      gan_loss=adv.get("loss", "least_squares"),
+      weight=float(adv.weight),
+      start_step=int(adv.get("start_step", 0)),
+      critic_steps=critic_steps,
+      critic_clip=float(adv.get("critic_clip", 0.0)),
+      augment=run.augment if run.augment_on == "device" else None,
     ),
-    mesh,
+    run,
+    state_sharding,
   )
   validate = train.make_validate(run)
 

@@ -104,6 +104,8 @@ class LoadReport:
       lines.append(f"  not in source: {name}")
     for name in self.excluded:
       lines.append(f"  excluded: {name}")
+    for name in self.loaded:
+      lines.append(f"  loaded: {name}")
     return "\n".join(lines)
 
 

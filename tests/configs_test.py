@@ -10,6 +10,7 @@ config's size to logits of that size (``jax.eval_shape``: traced, not
 run), and the augmentation list builds.
 """
 
+import dataclasses
 import importlib
 import json
 import pathlib
@@ -99,6 +100,21 @@ def _resolve(spec: str, tmp_path: pathlib.Path) -> ml_collections.ConfigDict:
 
     folder = dummy_data.make_dummy_data(tmp_path, fmt="png")
     arg = ",".join(filter(None, [f"folder={folder}", arg]))
+  if path == "configs/ssl_isbi2012.py" and "runlocal" not in arg:
+    # Needs a label-free folder (medseg_jax/data/from_folder/unlabelled.py).
+    from medseg_jax.data.from_folder import dummy_data  # noqa: PLC0415
+    from medseg_jax.data.from_folder import unlabelled  # noqa: PLC0415
+
+    raw = dummy_data.make_dummy_data(tmp_path / "raw", fmt="png")
+    folder = tmp_path / "unlabelled"
+    unlabelled.write_folder(
+      folder,
+      [raw / "images"],
+      name="unlabelled",
+      spatial_dims=2,
+      channel_names=("R", "G", "B"),
+    )
+    arg = ",".join(filter(None, [f"folder={folder}", arg]))
   if path == "configs/auto.py":  # Needs a folder with a plan.
     from medseg_jax import plan  # noqa: PLC0415
     from medseg_jax.data.from_folder import dummy_data  # noqa: PLC0415
@@ -131,6 +147,7 @@ def _model_key(config: ml_collections.ConfigDict) -> str:
     "model": config.model.to_dict(),
     "mesh": dict(config.get("mesh", None) or {}),
     "dataset": config.dataset,
+    "trainer": config.get("trainer", "supervised"),
     "patch": list(config.data.patch_size),
   }
   return json.dumps(fields, sort_keys=True, default=str)
@@ -151,6 +168,8 @@ def _logits_shape(config: ml_collections.ConfigDict):
 
 def _trace(config: ml_collections.ConfigDict):
   spec = registry.get_dataset_spec(config.dataset, config.manual_dir)
+  if config.get("trainer") == "ssl":  # A reconstruction head (train_ssl).
+    spec = dataclasses.replace(spec, num_classes=spec.num_channels)
   model = models.from_config(config, spec)
   x = jax.ShapeDtypeStruct(
     (1, *config.data.patch_size, spec.num_channels), jnp.float32

@@ -7,11 +7,8 @@ tests/train_test.py), and 1 against 8 fake devices.
 """
 
 import functools
-import os
 import pathlib
 import signal
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +29,6 @@ from medseg_jax import writers
 from medseg_jax.data import registry
 from medseg_jax.evaluation import case_predictor
 from medseg_jax.models import critics
-from tests import polling
 from tests import train_test
 
 PATCH = (32, 32)
@@ -48,13 +44,7 @@ def _tiny_config(critic="segan", **overrides):
     config.adversarial.critic.features = (4, 8)
   else:
     config.adversarial.critic.ndf = 4
-  for key, value in overrides.items():
-    target = config
-    *parents, leaf = key.split(".")
-    for parent in parents:
-      target = target[parent]
-    target[leaf] = value
-  return config
+  return train_test.set_fields(config, overrides)
 
 
 def _state_and_step(config, weight=None):
@@ -246,29 +236,14 @@ def test_sigkill_then_resume_matches_uninterrupted_run(data_dir, tmp_path):
   train_adversarial.train_and_evaluate(config, str(straight))
 
   killed_dir = tmp_path / "killed"
-  env = dict(os.environ, MEDSEG_FAULT_AT_STEP="4")
-  env["XLA_FLAGS"] = (
-    env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1"
-  )
-  killed = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "medseg_jax.main",
-      "--config=configs/segan_synthetic.py:runlocal,critic=patchgan",
-      f"--workdir={killed_dir}",
-      f"--config.data_dir={data_dir}",
-      "--config.data.patch_size=(32, 32)",
-      "--config.model.features=(4, 8)",
-      "--config.adversarial.critic.ndf=4",
-      "--config.test_split=test[:2]",
-      *[f"--config.{k}={v}" for k, v in flags.items()],
-    ],
-    cwd=train_test.REPO,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=polling.GENEROUS_TIMEOUT_S,
+  killed = train_test.run_killed(
+    "configs/segan_synthetic.py:runlocal,critic=patchgan",
+    killed_dir,
+    data_dir,
+    flags,
+    4,
+    "--config.adversarial.critic.ndf=4",
+    "--config.test_split=test[:2]",
   )
   assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
   saved = train_test._saved_steps(killed_dir)  # noqa: SLF001

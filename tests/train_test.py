@@ -49,6 +49,11 @@ def tiny_config(data_dir, **overrides):
   config.log_every_steps = 1
   config.eval_every_steps = 3
   config.checkpoint_every_steps = 3
+  return set_fields(config, overrides)
+
+
+def set_fields(config, overrides):
+  """Sets ``{"a.b": value}`` fields of ``config`` in place; returns it."""
   for key, value in overrides.items():
     target = config
     *parents, leaf = key.split(".")
@@ -56,6 +61,36 @@ def tiny_config(data_dir, **overrides):
       target = target[parent]
     target[leaf] = value
   return config
+
+
+def run_killed(config_arg, workdir, data_dir, flags, at_step, *extra):
+  """``python -m medseg_jax.main --config=<config_arg>`` on 1 device with
+  ``--config.<k>=<v>`` for ``flags`` and ``extra`` flags, SIGKILLed by the
+  trainer's test hook right after its step-``at_step`` save has started;
+  returns the completed process."""
+  env = dict(os.environ, MEDSEG_FAULT_AT_STEP=str(at_step))
+  env["XLA_FLAGS"] = (
+    env.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=1"
+  )
+  return subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "medseg_jax.main",
+      f"--config={config_arg}",
+      f"--workdir={workdir}",
+      f"--config.data_dir={data_dir}",
+      "--config.data.patch_size=(32, 32)",
+      "--config.model.features=(4, 8)",
+      *extra,
+      *[f"--config.{k}={v}" for k, v in flags.items()],
+    ],
+    cwd=REPO,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=polling.GENEROUS_TIMEOUT_S,
+  )
 
 
 def run_main(workdir, data_dir, *flags, devices=1, wait=True, env=None):

@@ -327,6 +327,7 @@ def make_example(
   preprocess: preprocessing.Preprocessing,
   label_map: dict[int, int] | None = None,
   image_transform: Any = None,
+  labelled: bool = True,
 ) -> dict[str, Any]:
   """Reads, checks and preprocesses one case into a feature dict.
 
@@ -341,13 +342,15 @@ def make_example(
       not in the map are errors unless the map is None.
     image_transform: optional `f(Volume) -> Volume` applied to each image
       volume after reading (e.g. RGB -> float).
+    labelled: False for a case of a label-free dataset: it has no label
+      file, and its stored label is all zero on the image's grid.
 
   Raises:
     InvalidExampleError: naming the case and files, for any bad input: a
       missing file or label, an unsupported or corrupt file, grids that
       differ, wrong channel count or rank, label values out of range.
   """
-  if case.label is None:
+  if case.label is None and labelled:
     raise checks.InvalidExampleError(
       f"Invalid example {case.case_id!r} "
       f"({checks.describe_paths(case.images)}): no label file found for this "
@@ -359,7 +362,13 @@ def make_example(
     if image_transform is not None:
       volume = image_transform(volume)
     images.append(volume)
-  label = medical_io.read(case.label, case_id=case.case_id, kind=case.kind)
+  if labelled:
+    label = medical_io.read(case.label, case_id=case.case_id, kind=case.kind)
+  else:  # Zeros on the first image's grid, resampled and cropped with it.
+    first = images[0]
+    label = dataclasses.replace(
+      first, data=np.zeros(first.shape, np.uint8), path=""
+    )
   for volume in [*images, label]:
     if volume.spatial_dims != spatial_dims:
       raise checks.InvalidExampleError(
@@ -391,7 +400,7 @@ def make_example(
     label.data,
     num_classes=num_classes,
     case_id=case.case_id,
-    path=[*case.images, case.label],
+    path=[*case.images, *([case.label] if labelled else [])],
     spatial_dims=spatial_dims,
   )
   example = {

@@ -21,6 +21,9 @@ class DatasetSpec:
     num_channels: size of the image's last axis.
     splits: names of the splits the builder writes.
     needs_manual_dir: whether `prepare` needs files fetched by hand.
+    labelled: whether the examples carry labels; False for a folder of
+      images alone (`from_folder` with `"labelled": false`), whose stored
+      labels are all zero and which only a self-supervised run may read.
   """
 
   tfds_name: str
@@ -30,3 +33,4 @@ class DatasetSpec:
   num_channels: int
   splits: tuple[str, ...]
   needs_manual_dir: bool
+  labelled: bool = True

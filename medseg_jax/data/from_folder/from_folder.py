@@ -24,6 +24,13 @@ and describe it in `dataset.json`:
     "label_map": {"255": 1}            # optional raw label value -> class
   }
 
+A folder of images without labels (for self-supervised pretraining, see
+docs/pretraining.md) says `"labelled": false`: it needs no `labels/`
+folder (one that is there is not read) and no `class_names`; its examples
+store an all-zero label, and its spec has `labelled=False`, so that the
+supervised trainer refuses it with a message instead of learning from
+zeros.
+
 Optional too: `"crop_foreground"` (bool), `"ct_window"` ([low, high] HU),
 `"image_order"` (1 linear or 3 cubic resampling), `"description"`,
 `"citation"`, `"license"`, `"homepage"`.
@@ -79,6 +86,7 @@ VERSION = "1.0.0"
 
 _REQUIRED_KEYS = ("name", "spatial_dims", "channel_names", "class_names")
 _OPTIONAL_KEYS = (
+  "labelled",
   "normalization",
   "spacing",
   "splits",
@@ -96,6 +104,8 @@ _OPTIONAL_KEYS = (
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 _SPLIT_NAME = re.compile(r"[a-z][a-z0-9_]*")
 _CHANNEL_SUFFIX = re.compile(r"(.+)_(\d{4})")
+# The placeholder classes of a label-free folder (its labels are all 0).
+UNLABELLED_CLASS_NAMES = ("background", "unlabelled")
 # Data files of MetaImage headers; not cases of their own.
 _METAIMAGE_DATA = (".raw", ".zraw")
 _ALL_SUFFIXES = tuple(
@@ -152,6 +162,8 @@ class FolderDataset:
     citation: BibTeX for the DatasetInfo.
     license: licence text for the DatasetInfo.
     homepage: URL for the DatasetInfo.
+    labelled: False for a folder of images alone (no `labels/`); its
+      examples get all-zero labels and `UNLABELLED_CLASS_NAMES`.
   """
 
   folder: pathlib.Path
@@ -172,6 +184,7 @@ class FolderDataset:
   citation: str = ""
   license: str = ""
   homepage: str = ""
+  labelled: bool = True
 
   @property
   def num_classes(self) -> int:
@@ -228,11 +241,17 @@ def load_dataset_json(folder: PathLike) -> FolderDataset:
 
   if not isinstance(raw, dict):
     raise DatasetJsonError(f"{path}: expected a JSON object {{...}}.")
-  missing = [k for k in _REQUIRED_KEYS if k not in raw]
+  labelled = raw.get("labelled", True)
+  if not isinstance(labelled, bool):
+    raise DatasetJsonError(
+      f"{path}: 'labelled' is {labelled!r}; expected true or false."
+    )
+  required = _REQUIRED_KEYS if labelled else _REQUIRED_KEYS[:-1]
+  missing = [k for k in required if k not in raw]
   if missing:
     raise DatasetJsonError(
       f"{path}: missing required key(s) {', '.join(map(repr, missing))}; "
-      f"required: {', '.join(_REQUIRED_KEYS)}."
+      f"required: {', '.join(required)}."
     )
   unknown = sorted(set(raw) - set(_REQUIRED_KEYS) - set(_OPTIONAL_KEYS))
   if unknown:
@@ -252,7 +271,12 @@ def load_dataset_json(folder: PathLike) -> FolderDataset:
   if spatial_dims not in (2, 3) or isinstance(spatial_dims, bool):
     raise fail("spatial_dims", f"is {spatial_dims!r}; expected 2 or 3.")
   channel_names = _names(raw["channel_names"], "channel_names", fail, 1)
-  class_names = _names(raw["class_names"], "class_names", fail, 2)
+  class_names = _names(
+    raw.get("class_names", list(UNLABELLED_CLASS_NAMES)),
+    "class_names",
+    fail,
+    2,
+  )
 
   normalization = raw.get("normalization", ["zscore"])
   if isinstance(normalization, str):
@@ -343,6 +367,7 @@ def load_dataset_json(folder: PathLike) -> FolderDataset:
     crop_foreground=crop_foreground,
     ct_window=ct_window,
     image_order=image_order,
+    labelled=labelled,
     **texts,
   )
 
@@ -462,6 +487,9 @@ def _listing(directory: pathlib.Path) -> dict[str, list[pathlib.Path]]:
 def find_cases(dataset: FolderDataset) -> list[medical_builder.Case]:
   """Pairs `images/` with `labels/` by name; cases sorted by id.
 
+  A label-free folder (`dataset.labelled` False) gives cases without a
+  label, and does not read `labels/`.
+
   Raises:
     FileNotFoundError: if `images/` or `labels/` is missing, or empty.
     InvalidExampleError: naming the file, for an unsupported file type, an
@@ -471,7 +499,7 @@ def find_cases(dataset: FolderDataset) -> list[medical_builder.Case]:
   images_dir = dataset.folder / IMAGES_DIR
   labels_dir = dataset.folder / LABELS_DIR
   image_stems = _listing(images_dir)
-  label_stems = _listing(labels_dir)
+  label_stems = _listing(labels_dir) if dataset.labelled else {}
   for stem, paths in label_stems.items():
     if len(paths) > 1:
       raise checks.InvalidExampleError(
@@ -511,7 +539,9 @@ def find_cases(dataset: FolderDataset) -> list[medical_builder.Case]:
         f"channel file(s) {', '.join(f'_{m:04d}' for m in missing)} missing."
       )
     labels = label_stems.get(case_id)
-    if labels is None:
+    if not dataset.labelled:
+      labels = [None]
+    elif labels is None:
       raise checks.InvalidExampleError(
         f"Invalid example {case_id!r} ({checks.describe_paths(paths)}): no "
         f"label file {labels_dir / case_id}.* for this image."
@@ -665,7 +695,11 @@ class FromFolder(medical_builder.MedicalBuilder):
   def _make_example(
     self, case: medical_builder.Case
   ) -> tuple[str, dict[str, Any]]:
-    return case.case_id, self._read_case(case, label_map=self.dataset.label_map)
+    return case.case_id, self._read_case(
+      case,
+      label_map=self.dataset.label_map,
+      labelled=self.dataset.labelled,
+    )
 
 
 def config_for(folder: PathLike) -> FromFolderConfig:
@@ -718,6 +752,7 @@ def spec_from_folder(folder: PathLike) -> DatasetSpec:
   dataset = config.dataset
   cases = find_cases(dataset)
   splits = split_case_ids(dataset, [c.case_id for c in cases])
-  return FromFolder.spec_for(config).dataset_spec(
+  spec = FromFolder.spec_for(config).dataset_spec(
     dataset.tfds_name, splits=tuple(splits)
   )
+  return dataclasses.replace(spec, labelled=dataset.labelled)
