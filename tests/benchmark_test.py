@@ -37,7 +37,7 @@ def test_load_suite_checks_its_fields(tmp_path):
 # Suite -> (experiments, baselines, pools), as each suite's docstring says.
 SHIPPED = {
   "data_size_synthetic2d": (4, 2, 0),
-  "zoo_synthetic2d": (7, 3, 0),
+  "zoo_synthetic2d": (9, 3, 0),
   "zoo_synthetic3d": (2, 2, 0),
   "isbi_kfold": (5, 5, 2),
 }

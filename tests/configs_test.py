@@ -52,7 +52,7 @@ def _suites() -> list[str]:
   return [p for p in _config_files() if hasattr(_module(p), "get_suite")]
 
 
-def _config_cases() -> list[str]:
+def _config_cases() -> list[Any]:
   """``path`` or ``path:arg``: each config in its documented variants."""
   cases = []
   for path in _config_files():
@@ -64,7 +64,10 @@ def _config_cases() -> list[str]:
       for model, (_, dims) in sorted(module.MODELS.items()):
         for data, make in sorted(module.DATA.items()):
           if len(make().data.patch_size) in dims:
-            cases.append(f"{path}:model={model},data={data}")
+            spec = f"{path}:model={model},data={data}"
+            # Every preset on every dataset is make test's job; test-fast
+            # keeps the default and runlocal variants above.
+            cases.append(pytest.param(spec, marks=pytest.mark.slow, id=spec))
     if path == "configs/unet_isbi2012.py":
       cases += [f"{path}:augment={name}" for name in sorted(module.AUGMENT)]
   return cases

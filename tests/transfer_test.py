@@ -19,6 +19,7 @@ def _params(num_classes=4, in_channels=1, seed=0):
   return model.init(jax.random.key(seed), x, train=False)["params"]
 
 
+@pytest.mark.slow
 def test_merge_loads_everything_when_shapes_match():
   source, target = _params(seed=1), _params(seed=2)
   merged, report = transfer.merge(target, source)

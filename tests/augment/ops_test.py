@@ -216,6 +216,7 @@ def test_affine_quarter_turn_matches_rot90_landmarks():
   assert any(np.array_equal(out["label"], c) for c in candidates)
 
 
+@pytest.mark.slow
 def test_affine_scale_above_one_zooms_in():
   label = np.zeros((16, 16), np.int32)
   label[6:10, 6:10] = 1  # centred 4x4 square (array centre 7.5)
@@ -270,6 +271,7 @@ def test_cubic_upsample_matrix_interpolates_nodes():
   np.testing.assert_allclose(m[1:-1] @ ramp, np.arange(1, 12) / 3, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_elastic_magnitude_controls_displacement():
   # A horizontal ramp image: displacement along axis 1 shows in the values.
   ramp = np.tile(np.arange(32, dtype=np.float32), (32, 1))

@@ -87,6 +87,7 @@ def test_severity_zero_is_the_identity(name, dims):
     assert corruptions.parameters(name, 0) == {"factor": 1.0}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("dims", [2, 3])
 @pytest.mark.parametrize("name", NAMES)
 def test_distortion_grows_with_severity(name, dims):

@@ -75,6 +75,7 @@ def _boundary_config(data_dir, **overrides):
   return config
 
 
+@pytest.mark.slow
 def test_pipeline_maps_follow_crop_and_host_augmentation(synthetic_2d_dir):
   config = _boundary_config(
     synthetic_2d_dir,

@@ -132,6 +132,7 @@ def test_quadrature_weights_integrate_polynomials():
 # ---- Grad-CAM -------------------------------------------------------------
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["gradcam", "gradcam_pp"])
 def test_gradcam_at_the_head_has_a_closed_form(method):
   # At the head, A = logits and dS/dA_k = region * [k == c], so Grad-CAM is

@@ -95,6 +95,7 @@ def test_perfect_prediction_is_the_minimum():
     )
 
 
+@pytest.mark.slow
 def test_gradients_finite_jit_and_vmap():
   logits, labels, mask, distance = _inputs()
   fn = boundary_loss.boundary

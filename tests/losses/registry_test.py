@@ -22,6 +22,7 @@ def _inputs():
   return logits, labels, mask, dist
 
 
+@pytest.mark.slow
 def test_name_config_still_works_and_equals_the_function():
   logits, labels, mask, _ = _inputs()
   config = common.base_config()

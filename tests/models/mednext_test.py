@@ -100,6 +100,7 @@ def test_scatter_odd_matches_numpy():
   )
 
 
+@pytest.mark.slow
 def test_depthwise_down_and_up_match_torch():
   torch = pytest.importorskip("torch")
   c, k = 3, 3
@@ -203,6 +204,7 @@ def test_upkern_is_not_centre_padding():
   assert got[0, 0] == 0.0
 
 
+@pytest.mark.slow
 def test_init_from_kernel3_to_kernel5_reports_resized_kernels():
   x = jnp.zeros((1, 8, 8, 1))
   k3 = MedNeXt(num_classes=2, kernel_size=3, **TINY)

@@ -146,6 +146,7 @@ def test_other_norms(norm):
   assert ("bias" in variables["params"]["conv1"]) == (norm == "none")
 
 
+@pytest.mark.slow
 def test_jit_equals_eager():
   model = resnet.ResNet(
     depth=18, width=WIDTH, replace_stride_with_dilation=(False, True, True)
