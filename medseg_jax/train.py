@@ -393,11 +393,13 @@ def prepare(
   if outputs is not None:
     model_spec = dataclasses.replace(spec, num_classes=outputs)
   model = models_lib.from_config(config, model_spec)
-  loss_fn = losses_lib.from_config(
-    config.loss, num_classes=spec.num_classes, spatial_dims=spec.spatial_dims
-  )
-  if "distance" in loss_fn.inputs:  # Maps made on the host: see the module.
-    distance_lib.check_config(config)
+  loss_fn = None  # A self-supervised run has its own loss (train_ssl).
+  if outputs is None:
+    loss_fn = losses_lib.from_config(
+      config.loss, num_classes=spec.num_classes, spatial_dims=spec.spatial_dims
+    )
+    if "distance" in loss_fn.inputs:  # Maps made on the host: the module.
+      distance_lib.check_config(config)
   tx, schedule = optimizers.create(config.optimizer, config.num_train_steps)
   augment_on = augment_lib.check_augment_on(config.get("augment_on", "device"))
   writer = writers.create_writer(

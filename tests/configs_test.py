@@ -190,10 +190,12 @@ def _check(config: ml_collections.ConfigDict) -> None:
   assert config.optimizer.name in optimizers.OPTIMIZERS
   assert config.optimizer.schedule in optimizers.SCHEDULES
   shape, spec = _logits_shape(config)
-  # Names, options and values of the loss (or of each of its terms).
-  losses.from_config(
-    config.loss, num_classes=spec.num_classes, spatial_dims=spec.spatial_dims
-  )
+  # Names, options and values of the loss (or of each of its terms); a
+  # self-supervised run reconstructs the image with its own loss.
+  if config.get("trainer") != "ssl":
+    losses.from_config(
+      config.loss, num_classes=spec.num_classes, spatial_dims=spec.spatial_dims
+    )
   patch = tuple(config.data.patch_size)
   assert len(patch) == spec.spatial_dims
   assert shape == (1, *patch, spec.num_classes)
