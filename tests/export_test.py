@@ -95,7 +95,7 @@ def _run_bare(tmp_path, code: str) -> np.ndarray:
   return np.load(tmp_path / "out.npy")
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_stablehlo_gives_the_logits_of_model_apply(run, tmp_path):
   workdir, image, expected, _ = run
   meta = export.export(str(workdir), "stablehlo", str(tmp_path / "x"), batch=2)
@@ -119,7 +119,7 @@ def test_stablehlo_gives_the_logits_of_model_apply(run, tmp_path):
   assert on_disk["normalization"] == meta["normalization"]
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_symbolic_stablehlo_takes_other_sizes(run, tmp_path):
   workdir, image, _, _ = run
   meta = export.export(
@@ -186,7 +186,7 @@ def test_onnx_gives_the_logits_of_model_apply(run, tmp_path):
   np.testing.assert_allclose(out, expected, atol=1e-4)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_unknown_format_lists_the_valid_ones(run, tmp_path):
   workdir, _, _, _ = run
   with pytest.raises(ValueError, match="stablehlo, saved_model, onnx"):

@@ -376,7 +376,7 @@ def test_fold_splits_partition_the_pool():
   ]
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_train_step_memory_counts_the_distance_maps():
   # A boundary term adds f32[B, *S, C] distance maps to the step's inputs.
   from configs import unet_synthetic  # noqa: PLC0415

@@ -94,7 +94,7 @@ def _max_abs_diff(a, b):
   return train_test.max_abs_diff(a, b)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize(
   "critic, overrides",
   [
@@ -136,7 +136,7 @@ def test_step_losses_are_finite_and_both_networks_change(critic, overrides):
     )
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_zero_weight_trains_the_segmentor_as_the_supervised_step():
   # With weight 0 the segmentor's update is the supervised trainer's, from
   # the same initial weights (same seed), the same batch and key; with a

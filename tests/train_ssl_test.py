@@ -153,7 +153,7 @@ def test_label_free_folder_builds_and_supervised_use_fails_clearly(tmp_path):
     from_folder.load_dataset_json(folder)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_pretrain_on_label_free_folder_then_fine_tune_loads_the_weights(
   tmp_path, synthetic_2d_dir
 ):

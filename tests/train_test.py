@@ -385,7 +385,7 @@ def _run_two_processes(workdir, data_dir, flags, attempts=3):
   raise AssertionError(f"no free coordinator port in {attempts} attempts")
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_two_processes_match_one_process_with_both_shards(
   data_dir, tmp_path, mesh_devices
 ):
@@ -482,7 +482,7 @@ def _saved_steps(workdir):
   return sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit())
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_sigkill_then_resume_matches_uninterrupted_run(data_dir, tmp_path):
   # MEDSEG_FAULT_AT_STEP=10 makes the trainer SIGKILL itself right after its
   # step-10 checkpoint save has started (asynchronously), as a crash would:
@@ -524,7 +524,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(data_dir, tmp_path):
     assert a[step] == pytest.approx(b[step], rel=1e-6), step
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_sigterm_checkpoints_then_exits_cleanly(data_dir, tmp_path):
   flags = [
     "--config.num_train_steps=100000",
@@ -605,7 +605,7 @@ def test_on_device_augmentation_is_deterministic_and_changes_training(
   assert train_losses(tmp_path / "b") == train_losses(tmp_path / "c")
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_host_augmentation_trains_like_device_and_resumes_exactly(
   tmp_path, data_dir
 ):
@@ -650,7 +650,7 @@ def test_bad_augmentation_fails_at_start_up(tmp_path, data_dir):
   )
 
 
-@pytest.mark.slow
+@pytest.mark.long
 def test_loss_terms_train_one_step_with_deep_supervision(data_dir, tmp_path):
   # A weighted sum with a topology and a distance-map term; the pipeline
   # adds the maps (after the host flips) and deep supervision subsamples

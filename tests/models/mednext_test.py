@@ -236,7 +236,7 @@ def test_init_from_kernel3_to_kernel5_reports_resized_kernels():
   model_testing.assert_finite(logits)
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize(
   "spatial_dims, axes",
   [(2, {"data": 8}), (3, {"data": 2, "spatial": 4})],

@@ -157,7 +157,7 @@ def test_rejects_bad_arguments():
   )
 
 
-@pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize(
   "spatial_dims, axes",
   [(2, {"data": 8}), (3, {"data": 2, "spatial": 4})],
