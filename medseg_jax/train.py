@@ -174,6 +174,17 @@ def _train_step(
     loss, updates, _ = supervised_loss(state, params, batch, rng, loss_fn)
     return loss, updates
 
+  return update(state, objective, schedule)
+
+
+def update(
+  state: TrainState, objective, schedule
+) -> tuple[TrainState, TrainMetrics, jax.Array]:
+  """One optimizer update from ``objective(params) -> (loss, updates)``.
+
+  Shared by the supervised and self-supervised steps: gradient, update,
+  new batch-norm statistics, the metrics and whether everything is finite.
+  """
   (loss, updates), grads = jax.value_and_grad(objective, has_aux=True)(
     state.params
   )

@@ -35,7 +35,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from absl import logging
 
 from medseg_jax import checkpointing
@@ -113,22 +112,7 @@ def _train_step(
   def objective(params):
     return ssl_loss(state, params, inputs, batch["mask"], rng, kind)
 
-  (loss, updates), grads = jax.value_and_grad(objective, has_aux=True)(
-    state.params
-  )
-  new_state = state.apply_gradients(grads=grads)
-  if state.batch_stats:
-    new_state = new_state.replace(batch_stats=updates["batch_stats"])
-  grad_norm = optax.tree.norm(grads)
-  finite = (
-    jnp.isfinite(loss)
-    & jnp.isfinite(grad_norm)
-    & jnp.isfinite(optax.tree.norm(new_state.params))
-  )
-  metrics = train.TrainMetrics.single_from_model_output(
-    loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step)
-  )
-  return new_state, metrics, finite
+  return train.update(state, objective, schedule)
 
 
 def metadata(config: ml_collections.ConfigDict, step: int) -> dict[str, Any]:
