@@ -11,7 +11,8 @@ Models (``model=``): see ``MODELS`` below; the widths are CPU-sized (the
 published sizes are the constructors' defaults and are what the parameter
 count tests check). Data (``data=``): ``synthetic2d`` (default),
 ``synthetic3d``, ``isbi`` (needs ``--config.manual_dir``, default
-``../shared/data/isbi2012_em_membrane``). Add ``runlocal`` for a
+``../shared/data/isbi2012_em_membrane``), ``lesjak`` (the 3-case MS lesion
+subset, default ``../shared/data/open_ms_data_lesjak2017``). Add ``runlocal`` for a
 seconds-long smoke run, ``percent=`` to train on a share of the training
 split, ``seed=``, ``fold=0..4`` for ISBI cross-validation, and ``fg=0.33``
 for a share of foreground-centred training patches.
@@ -20,6 +21,7 @@ for a share of foreground-centred training patches.
 import ml_collections
 
 from configs import common
+from configs import unet3d_lesjak
 from configs import unet3d_synthetic
 from configs import unet_isbi2012
 from configs import unet_synthetic
@@ -168,6 +170,7 @@ DATA = {
   "synthetic2d": unet_synthetic.get_config,
   "synthetic3d": unet3d_synthetic.get_config,
   "isbi": unet_isbi2012.get_config,
+  "lesjak": unet3d_lesjak.get_config,
 }
 
 

@@ -58,6 +58,12 @@ _ROOT = flags.DEFINE_string(
   "root", "workdirs/benchmarks", "Where the suite's runs and tables go."
 )
 _ONLY = flags.DEFINE_list("only", [], "Run only these experiment names.")
+_KEEP_GOING = flags.DEFINE_bool(
+  "keep_going",
+  False,
+  "Report a failed experiment and go on with the next; pools then cover "
+  "the members that ran, and say how many.",
+)
 _DRY_RUN = flags.DEFINE_bool(
   "dry_run", False, "Print the commands; train nothing."
 )
@@ -75,6 +81,9 @@ class Row:
   train_seconds: float
   params: int | None
   command: str
+  # Per foreground class name: Dice per case (all seeds). Empty for a
+  # single foreground class, whose Dice is `dice`.
+  class_dice: dict[str, list[float]] = dataclasses.field(default_factory=dict)
 
   def stats(self, values: Sequence[float]) -> tuple[float, float]:
     finite = [v for v in values if not math.isnan(v)]
@@ -123,6 +132,8 @@ def pool_rows(rows: Sequence[Row], name: str, members: Sequence[str]) -> Row:
   chosen = [r for r in rows if r.name in members]
   if not chosen:
     raise ValueError(f"Pool {name!r}: none of {list(members)} ran.")
+  if len(chosen) < len(members):  # Only with --keep_going or --only.
+    name = f"{name} ({len(chosen)} of {len(members)} ran)"
   params = {r.params for r in chosen}
   return Row(
     name=name,
@@ -133,6 +144,11 @@ def pool_rows(rows: Sequence[Row], name: str, members: Sequence[str]) -> Row:
     train_seconds=sum(r.train_seconds for r in chosen),
     params=params.pop() if len(params) == 1 else None,
     command="pooled: " + ", ".join(r.name for r in chosen),
+    class_dice={
+      c: [d for r in chosen for d in r.class_dice[c]]
+      for c in chosen[0].class_dice
+      if all(c in r.class_dice for r in chosen)
+    },
   )
 
 
@@ -151,6 +167,7 @@ def run_experiment(
   The table uses each run's final report, on its config's `test_split`.
   """
   dice, hd95, seed_dice, seconds, params, command = [], [], [], 0.0, None, ""
+  class_dice: dict[str, list[float]] = {}
   for seed in experiment.get("seeds", (0,)):
     workdir = root / experiment["name"] / f"seed_{seed}"
     overrides = {"seed": seed, **dict(experiment.get("overrides", {}))}
@@ -181,6 +198,8 @@ def run_experiment(
       raise FileNotFoundError(f"No evaluation report in {workdir / 'eval'}.")
     summary = json.loads(reports[-1].read_text())
     case_dice, case_hd = _per_case(summary)
+    for name, values in _per_class_dice(summary).items():
+      class_dice.setdefault(name, []).extend(values)
     dice += case_dice
     hd95 += case_hd
     seed_dice.append(summary["mean_foreground_dice"])
@@ -195,7 +214,17 @@ def run_experiment(
     train_seconds=seconds,
     params=params,
     command=command,
+    class_dice=class_dice if len(class_dice) > 1 else {},
   )
+
+
+def _per_class_dice(summary: dict[str, Any]) -> dict[str, list[float]]:
+  """Foreground class name -> Dice per case."""
+  out: dict[str, list[float]] = {}
+  for scores in summary["per_case"].values():
+    for name in list(scores)[1:]:  # Class 0 is background.
+      out.setdefault(name, []).append(scores[name]["dice"])
+  return out
 
 
 def _per_case(summary: dict[str, Any]) -> tuple[list[float], list[float]]:
@@ -272,6 +301,11 @@ def run_baseline(baseline: dict[str, Any], split: str) -> Row:
   )
   dice = [_nanmean(case.scores["dice"][1:].tolist()) for case in cases]
   hd95 = [_nanmean(case.scores["hd95"][1:].tolist()) for case in cases]
+  class_dice = {
+    name: [float(case.scores["dice"][c]) for case in cases]
+    for c, name in enumerate(spec.class_names)
+    if c
+  }
   return Row(
     name=baseline["name"],
     kind="baseline",
@@ -281,6 +315,7 @@ def run_baseline(baseline: dict[str, Any], split: str) -> Row:
     train_seconds=fit_seconds,
     params=None,
     command=f"baseline {baseline['method']} on {baseline['config']}",
+    class_dice=class_dice if len(class_dice) > 1 else {},
   )
 
 
@@ -356,8 +391,35 @@ def write_tables(rows: Sequence[Row], directory: pathlib.Path) -> str:
   _atomic_write(directory / "results.csv", buffer.getvalue())
   markdown = "\n".join(lines) + "\n"
   _atomic_write(directory / "results.md", markdown)
+  per_class = per_class_table(rows)
+  if per_class:
+    _atomic_write(directory / "results_per_class.md", per_class)
+    markdown += "\nDice per class (mean ± std over cases):\n\n" + per_class
   bar_plot(rows, directory / "dice.png")
   return markdown
+
+
+def per_class_table(rows: Sequence[Row]) -> str:
+  """A markdown table of Dice per foreground class, for the rows that have
+  several classes (empty when none has)."""
+  classes: list[str] = []
+  for row in rows:
+    classes += [c for c in row.class_dice if c not in classes]
+  if not classes:
+    return ""
+  lines = [
+    "| method | " + " | ".join(classes) + " |",
+    "|---|" + "---|" * len(classes),
+  ]
+  for row in rows:
+    if not row.class_dice:
+      continue
+    cells = []
+    for name in classes:
+      mean, std = row.stats(row.class_dice.get(name, []))
+      cells.append(f"{mean:.3f} ± {std:.3f}")
+    lines.append(f"| {row.name} | " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
 
 
 def _mm(value: float) -> str:
@@ -417,7 +479,12 @@ def main(argv: Sequence[str]) -> None:
   for experiment in suite.experiments:
     if _ONLY.value and experiment["name"] not in _ONLY.value:
       continue
-    rows.append(run_experiment(experiment, root, _DRY_RUN.value))
+    try:
+      rows.append(run_experiment(experiment, root, _DRY_RUN.value))
+    except (RuntimeError, FileNotFoundError) as error:
+      if not _KEEP_GOING.value:
+        raise
+      print(f"FAILED (--keep_going): {error}", flush=True)
   if _DRY_RUN.value:
     return
   for baseline in suite.baselines:
@@ -425,6 +492,8 @@ def main(argv: Sequence[str]) -> None:
       continue
     rows.append(run_baseline(baseline, suite.split))
   for pool in suite.pools:
+    if not any(r.name in pool["members"] for r in rows):
+      continue  # None of its members was asked for (--only) or ran.
     rows.append(pool_rows(rows, pool["name"], pool["members"]))
   markdown = write_tables(rows, root)
   print(markdown)

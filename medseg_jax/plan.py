@@ -552,15 +552,23 @@ def foreground_share(fingerprint: dict[str, Any]) -> tuple[float, str]:
 # ===========================================================================
 
 
-def train_step_memory(config: Any, spec: Any) -> dict[str, int]:
-  """Bytes the compiled train step of `config` needs on one device.
+def compile_train_step(
+  config: Any, spec: Any, *, compile: bool = True
+) -> dict[str, Any]:
+  """The trainer's own train step of `config`, compiled for one device.
 
-  The trainer's own step (`train._train_step`: forward, loss with deep
-  supervision, backward, optimiser update, on-device augmentation) is
-  lowered for `config.batch_size` patches of `config.data.patch_size` and
-  compiled for the default device; nothing is allocated. `total` is its
-  arguments (state and batch) plus outputs and temporaries, less the
-  buffers the donated state shares with the new one.
+  The step (`train._train_step`: forward, loss with deep supervision,
+  backward, optimiser update, on-device augmentation) is lowered for
+  `config.batch_size` patches of `config.data.patch_size` and compiled for
+  the default device; nothing is allocated.
+
+  Returns:
+    A dict: ``lowered`` (its `cost_analysis()` counts the FLOPs of the
+    program before XLA's CPU rewrites hide convolutions in library calls),
+    ``compiled`` (called as ``compiled(state, batch, key)``; the state is
+    donated; None with ``compile=False``), ``init_state`` (jittable,
+    ``key -> state``) and ``batch`` (a `jax.ShapeDtypeStruct` per batch
+    field).
   """
   import jax  # noqa: PLC0415
   import jax.numpy as jnp  # noqa: PLC0415
@@ -573,7 +581,9 @@ def train_step_memory(config: Any, spec: Any) -> dict[str, int]:
   from medseg_jax import train  # noqa: PLC0415  (train imports plan)
 
   model = models_lib.from_config(config, spec)
-  loss_fn = losses_lib.from_config(config.loss)
+  loss_fn = losses_lib.from_config(
+    config.loss, num_classes=spec.num_classes, spatial_dims=spec.spatial_dims
+  )
   tx, schedule = optimizers.create(config.optimizer, config.num_train_steps)
   patch = tuple(int(p) for p in config.data.patch_size)
   specs = list(config.get("augment", None) or [])
@@ -613,7 +623,21 @@ def train_step_memory(config: Any, spec: Any) -> dict[str, int]:
       ),
       donate_argnums=(0,),
     )
-    stats = step.lower(state, shapes, key).compile().memory_analysis()
+    lowered = step.lower(state, shapes, key)
+    compiled = lowered.compile() if compile else None
+  return dict(
+    lowered=lowered, compiled=compiled, init_state=init_state, batch=shapes
+  )
+
+
+def train_step_memory(config: Any, spec: Any) -> dict[str, int]:
+  """Bytes the compiled train step of `config` needs on one device.
+
+  `compile_train_step`'s program: `total` is its arguments (state and
+  batch) plus outputs and temporaries, less the buffers the donated state
+  shares with the new one.
+  """
+  stats = compile_train_step(config, spec)["compiled"].memory_analysis()
   total = (
     stats.argument_size_in_bytes
     + stats.output_size_in_bytes

@@ -8,6 +8,7 @@ import pytest
 
 from medseg_jax import baselines
 from medseg_jax import benchmark
+from medseg_jax import models
 from medseg_jax.data import registry
 
 
@@ -40,6 +41,9 @@ SHIPPED = {
   "zoo_synthetic2d": (9, 3, 0),
   "zoo_synthetic3d": (2, 2, 0),
   "isbi_kfold": (5, 5, 2),
+  "zoo_isbi": (45, 5, 10),
+  "zoo_3d": (16, 1, 0),
+  "losses_quick": (14, 0, 0),
 }
 
 
@@ -61,8 +65,14 @@ def test_shipped_suites_resolve_to_runnable_configs(name):
     # The config and its argument load; every override names a real field
     # (a typo would otherwise only fail hours into a suite run).
     config = benchmark._load_config(entry["config"])
-    for key in entry.get("overrides", {}):
+    for key, value in entry.get("overrides", {}).items():
       _field(config, key)
+      benchmark._set(config, key, value)
+    if "model" in config and "method" not in entry:
+      # The patch the suite trains on suits the model (SwinUNETR wants
+      # multiples of 32): caught here, not after an hour of other rows.
+      multiple = models.pad_multiple(config)
+      assert all(p % multiple == 0 for p in config.data.patch_size), entry
     spec = registry.get_dataset_spec(config.dataset)
     if "method" in entry:
       method = baselines.get_baseline(
@@ -197,3 +207,49 @@ def test_sub_hundredth_distances_keep_digits(tmp_path):
   rows = [benchmark.Row("em", "model", [0.8], [1.6e-5], [0.8], 1.0, 1, "x")]
   markdown = benchmark.write_tables(rows, tmp_path)
   assert "| 1.60e-05 ± 0.00 |" in markdown
+
+
+def test_per_class_dice_table_and_pools(tmp_path):
+  rows = [
+    benchmark.Row(
+      "s0",
+      "model",
+      [0.7, 0.5],
+      [1.0, 1.0],
+      [0.6],
+      1.0,
+      1,
+      "a",
+      class_dice={"organ": [0.9, 0.7], "vessel": [0.5, 0.3]},
+    ),
+    benchmark.Row(
+      "s1",
+      "model",
+      [0.8],
+      [1.0],
+      [0.8],
+      1.0,
+      1,
+      "b",
+      class_dice={"organ": [1.0], "vessel": [0.6]},
+    ),
+    benchmark.Row("em", "model", [0.8], [1.0], [0.8], 1.0, 1, "c"),
+  ]
+  pooled = benchmark.pool_rows(rows, "both", ["s0", "s1"])
+  assert pooled.class_dice == {
+    "organ": [0.9, 0.7, 1.0],
+    "vessel": [0.5, 0.3, 0.6],
+  }
+  table = benchmark.per_class_table([*rows, pooled])
+  assert table.splitlines()[0] == "| method | organ | vessel |"
+  assert "| s0 | 0.800 ± 0.100 | 0.400 ± 0.100 |" in table
+  assert "| em |" not in table  # One foreground class: no per-class row.
+  markdown = benchmark.write_tables(rows, tmp_path)
+  assert "Dice per class" in markdown
+  assert (tmp_path / "results_per_class.md").read_text() == (
+    benchmark.per_class_table(rows)
+  )
+  # A pool over members of which only some ran says so.
+  partial = benchmark.pool_rows(rows, "three", ["s0", "s1", "s9"])
+  assert partial.name == "three (2 of 3 ran)"
+  assert benchmark.per_class_table(rows[2:]) == ""
