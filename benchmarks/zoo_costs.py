@@ -31,20 +31,9 @@ import time
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.timing import XLA_KERNELS  # noqa: E402
+from benchmarks.timing import flops  # noqa: E402
 from medseg_jax import xla_cpu  # noqa: E402
-
-XLA_KERNELS = dict(
-  conv3d="xla", max_pool="xla", batch_norm_sums="sum", conv_library="xla"
-)
-
-
-def _flops(lowered) -> float:
-  """XLA's FLOP count of the program as lowered (the compiled program on
-  CPU hides convolutions in library calls that its count skips)."""
-  analysis = lowered.cost_analysis()
-  if isinstance(analysis, list):
-    analysis = analysis[0]
-  return float((analysis or {}).get("flops", float("nan")))
 
 
 def measure(config, spec, repeats: int) -> dict[str, float]:
@@ -94,7 +83,7 @@ def measure(config, spec, repeats: int) -> dict[str, float]:
       times.append(time.perf_counter() - start)
   return dict(
     params=params,
-    flops=_flops(xla_step["lowered"]),
+    flops=flops(xla_step["lowered"]),
     memory=memory,
     seconds=statistics.median(times),
   )

@@ -52,6 +52,20 @@ from absl import flags
 from medseg_jax import xla_cpu
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+# `XLA_FLAGS` as it was before `main` added this process's own CPU flags
+# (2-D); the runs start with it, so that each chooses the flags of its
+# config (a 3-D run gets the 3-D ones). None: leave the runs' alone.
+_XLA_FLAGS_BEFORE: list[str | None] = []
+
+
+def _run_env() -> dict[str, str]:
+  env = dict(os.environ)
+  if _XLA_FLAGS_BEFORE:
+    env.pop("XLA_FLAGS", None)
+    if _XLA_FLAGS_BEFORE[0] is not None:
+      env["XLA_FLAGS"] = _XLA_FLAGS_BEFORE[0]
+  return env
+
 
 _SUITE = flags.DEFINE_string("suite", None, "Path to a suite file.")
 _ROOT = flags.DEFINE_string(
@@ -184,7 +198,9 @@ def run_experiment(
     if dry_run:
       continue
     start = time.time()
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+      cmd, cwd=REPO, capture_output=True, text=True, env=_run_env()
+    )
     if result.returncode:
       raise RuntimeError(
         f"{experiment['name']} seed {seed} failed (exit "
@@ -467,6 +483,7 @@ def bar_plot(rows: Sequence[Row], path: pathlib.Path) -> None:
 
 def main(argv: Sequence[str]) -> None:
   del argv
+  _XLA_FLAGS_BEFORE[:] = [os.environ.get("XLA_FLAGS")]
   xla_cpu.configure_flags()  # Before any JAX computation.
   if not _SUITE.value:
     raise app.UsageError("--suite=configs/benchmarks/<name>.py is required.")

@@ -253,3 +253,14 @@ def test_per_class_dice_table_and_pools(tmp_path):
   partial = benchmark.pool_rows(rows, "three", ["s0", "s1", "s9"])
   assert partial.name == "three (2 of 3 ran)"
   assert benchmark.per_class_table(rows[2:]) == ""
+
+
+def test_runs_choose_their_own_cpu_flags(monkeypatch):
+  # The runner's own (2-D) flags must not reach a 3-D run's environment.
+  monkeypatch.setenv("XLA_FLAGS", "--user_flag=1 --runner_added=2")
+  monkeypatch.setattr(benchmark, "_XLA_FLAGS_BEFORE", ["--user_flag=1"])
+  assert benchmark._run_env()["XLA_FLAGS"] == "--user_flag=1"
+  monkeypatch.setattr(benchmark, "_XLA_FLAGS_BEFORE", [None])
+  assert "XLA_FLAGS" not in benchmark._run_env()
+  monkeypatch.setattr(benchmark, "_XLA_FLAGS_BEFORE", [])
+  assert benchmark._run_env()["XLA_FLAGS"].endswith("--runner_added=2")
