@@ -35,8 +35,9 @@ test: $(VENV)/.installed
 test-fast: $(VENV)/.installed
 	$(PY) -m pytest tests -m "not slow and not notebook and not long"
 
-# The end-to-end tests of a minute or more each (k-fold training, SavedModel
-# and ONNX exports, adversarial kill/resume); CI runs them after make test.
+# The heaviest end-to-end tests (k-fold training, SavedModel and ONNX
+# exports, adversarial kill/resume, whole command lines, multi-run
+# equalities; 10 s to minutes each); CI runs them after make test.
 test-long: $(VENV)/.installed
 	$(PY) -m pytest tests -m long
 

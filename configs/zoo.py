@@ -25,6 +25,7 @@ from configs import unet3d_lesjak
 from configs import unet3d_synthetic
 from configs import unet_isbi2012
 from configs import unet_synthetic
+from medseg_jax import models
 
 # Preset name -> (model fields, spatial dims it supports).
 MODELS = {
@@ -174,6 +175,20 @@ DATA = {
 }
 
 
+def _round_patch_to_model(config: ml_collections.ConfigDict) -> None:
+  """Rounds the dataset's patch up to a size the model accepts.
+
+  Transformers need spatial multiples of their token grid (SwinUNETR with
+  patch 2 and four stages: 32; UNETR: 16), which a dataset preset written
+  for U-Nets need not be (Lesjak's 48^3 for SwinUNETR becomes 64^3).
+  """
+  multiple = models.pad_multiple(config)
+  patch = tuple(config.data.patch_size)
+  rounded = tuple(-(-size // multiple) * multiple for size in patch)
+  if rounded != patch:
+    config.data.patch_size = rounded
+
+
 def get_config(arg=None):
   args = common.parse_arg(
     arg,
@@ -211,6 +226,7 @@ def get_config(arg=None):
       config.model.blocks_per_stage = (1, 1, 1)
   if args.runlocal and args.model in RUNLOCAL:
     config.model.update(RUNLOCAL[args.model])
+  _round_patch_to_model(config)
   if args.steps:
     config.num_train_steps = args.steps
   if args.fold >= 0:

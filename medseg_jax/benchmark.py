@@ -12,7 +12,8 @@ A suite file defines `get_suite()` returning a ConfigDict with
                 deep models, each trained by `python -m medseg_jax.main` in
                 its own process per seed, work dir
                 `<root>/<suite>/<name>/seed_<s>`. A finished run is not
-                trained again (the trainer resumes and re-evaluates).
+                trained again: its last report is read (with
+                `--noreuse_finished` the trainer resumes and re-evaluates).
   pools:        [dict(name=..., members=[method names])] (optional): one
                 more row per pool over the members' held-out cases, e.g.
                 the k folds of a cross-validation.
@@ -80,6 +81,15 @@ _KEEP_GOING = flags.DEFINE_bool(
 )
 _DRY_RUN = flags.DEFINE_bool(
   "dry_run", False, "Print the commands; train nothing."
+)
+_REUSE = flags.DEFINE_bool(
+  "reuse_finished",
+  True,
+  "Read a finished run's last report instead of starting its trainer "
+  "again (which would only re-evaluate it). A run counts as finished when "
+  "its saved config has the suite's overrides, it holds the checkpoint of "
+  "its last step and a report written after it. --noreuse_finished "
+  "re-evaluates every run (after a change to the evaluation).",
 )
 
 
@@ -173,8 +183,52 @@ def _flag_value(value: Any) -> str:
   return str(value)
 
 
+def _lookup(config: dict[str, Any], key: str) -> Any:
+  for part in key.split("."):
+    if not isinstance(config, dict) or part not in config:
+      return None
+    config = config[part]
+  return config
+
+
+def _normalise(value: Any) -> Any:
+  if isinstance(value, (tuple, list)):
+    return [_normalise(v) for v in value]
+  return value
+
+
+def finished_report(
+  workdir: pathlib.Path, overrides: dict[str, Any]
+) -> pathlib.Path | None:
+  """The last report of a run that finished with these overrides, or None.
+
+  None unless `workdir/config.json` holds every override's value, the
+  checkpoint of step `num_train_steps` exists and an evaluation report was
+  written after it.
+  """
+  try:
+    saved = json.loads((workdir / "config.json").read_text())
+  except (OSError, ValueError):
+    return None
+  for key, value in overrides.items():
+    if _normalise(_lookup(saved, key)) != _normalise(value):
+      return None
+  last = workdir / "checkpoints" / str(saved.get("num_train_steps"))
+  if not last.is_dir():
+    return None
+  reports = sorted(
+    (workdir / "eval").glob("*_summary.json"), key=lambda p: p.stat().st_mtime
+  )
+  if not reports or reports[-1].stat().st_mtime < last.stat().st_mtime:
+    return None
+  return reports[-1]
+
+
 def run_experiment(
-  experiment: dict[str, Any], root: pathlib.Path, dry_run: bool
+  experiment: dict[str, Any],
+  root: pathlib.Path,
+  dry_run: bool,
+  reuse: bool = True,
 ) -> Row:
   """Trains (or resumes) every seed of one experiment; reads its reports.
 
@@ -198,21 +252,27 @@ def run_experiment(
     if dry_run:
       continue
     start = time.time()
-    result = subprocess.run(
-      cmd, cwd=REPO, capture_output=True, text=True, env=_run_env()
-    )
-    if result.returncode:
-      raise RuntimeError(
-        f"{experiment['name']} seed {seed} failed (exit "
-        f"{result.returncode}):\n{result.stderr[-3000:]}"
+    report = finished_report(workdir, overrides) if reuse else None
+    if report is not None:
+      print(f"  finished; reading {report.name}", flush=True)
+    else:
+      result = subprocess.run(
+        cmd, cwd=REPO, capture_output=True, text=True, env=_run_env()
       )
-    # The trainer's final report of its best checkpoint on `test_split`.
-    reports = sorted(
-      (workdir / "eval").glob("*_summary.json"), key=lambda p: p.stat().st_mtime
-    )
-    if not reports:
-      raise FileNotFoundError(f"No evaluation report in {workdir / 'eval'}.")
-    summary = json.loads(reports[-1].read_text())
+      if result.returncode:
+        raise RuntimeError(
+          f"{experiment['name']} seed {seed} failed (exit "
+          f"{result.returncode}):\n{result.stderr[-3000:]}"
+        )
+      # The trainer's final report of its best checkpoint on `test_split`.
+      reports = sorted(
+        (workdir / "eval").glob("*_summary.json"),
+        key=lambda p: p.stat().st_mtime,
+      )
+      if not reports:
+        raise FileNotFoundError(f"No evaluation report in {workdir / 'eval'}.")
+      report = reports[-1]
+    summary = json.loads(report.read_text())
     case_dice, case_hd = _per_case(summary)
     for name, values in _per_class_dice(summary).items():
       class_dice.setdefault(name, []).extend(values)
@@ -497,7 +557,9 @@ def main(argv: Sequence[str]) -> None:
     if _ONLY.value and experiment["name"] not in _ONLY.value:
       continue
     try:
-      rows.append(run_experiment(experiment, root, _DRY_RUN.value))
+      rows.append(
+        run_experiment(experiment, root, _DRY_RUN.value, _REUSE.value)
+      )
     except (RuntimeError, FileNotFoundError) as error:
       if not _KEEP_GOING.value:
         raise

@@ -20,6 +20,7 @@ validation Dice among the checkpoints that were saved with metrics.
 from __future__ import annotations
 
 import dataclasses
+import logging as py_logging
 import os
 from typing import Any
 
@@ -198,14 +199,24 @@ def load_state(
   directory = absolute(directory)
   if (directory / "checkpoints").exists():
     directory = directory / "checkpoints"
-  manager = ocp.CheckpointManager(
-    directory,
-    item_handlers={
-      "state": ocp.StandardCheckpointHandler(),
-      "data_iter": ocp.JsonCheckpointHandler(),
-    },
-    options=ocp.CheckpointManagerOptions(read_only=True),
-  )
+  # Orbax warns about every read-only manager it makes; the options below
+  # are the ones read-only implies, and its last warning is held back.
+  absl_logger = logging.get_absl_logger()
+  level = absl_logger.level
+  absl_logger.setLevel(py_logging.ERROR)
+  try:
+    manager = ocp.CheckpointManager(
+      directory,
+      item_handlers={
+        "state": ocp.StandardCheckpointHandler(),
+        "data_iter": ocp.JsonCheckpointHandler(),
+      },
+      options=ocp.CheckpointManagerOptions(
+        read_only=True, save_interval_steps=0, create=False
+      ),
+    )
+  finally:
+    absl_logger.setLevel(level)
   step = resolve_step(manager, which)
   # Onto one local device, whatever mesh saved it (e.g. a multi-process
   # run's): the saved shardings name devices this process may not have.

@@ -1,6 +1,8 @@
 """Tests for the suite runner `medseg_jax.benchmark`."""
 
+import json
 import math
+import os
 import re
 import textwrap
 
@@ -140,6 +142,7 @@ def test_tables_and_plot(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_suite_end_to_end(tmp_path, synthetic_2d_dir, monkeypatch):
   """One tiny model run and one baseline, through the real entry points."""
   monkeypatch.setenv("MEDSEG_DATA_DIR", str(synthetic_2d_dir))
@@ -170,11 +173,52 @@ def test_suite_end_to_end(tmp_path, synthetic_2d_dir, monkeypatch):
   )
   assert len(model.dice) == 3 and model.params > 0
   assert all(0 <= d <= 1 for d in model.dice)
+
+  # Run again: the finished run's report is read, no trainer is started.
+  def no_subprocess(*args, **kwargs):
+    raise AssertionError("a finished run was started again")
+
+  monkeypatch.setattr(benchmark.subprocess, "run", no_subprocess)
+  again = benchmark.run_experiment(
+    suite.experiments[0], tmp_path / "runs", dry_run=False
+  )
+  assert again.dice == model.dice
   baseline = benchmark.run_baseline(suite.baselines[0], "test")
   assert len(baseline.dice) == 3
   assert baseline.dice[0] > 0.3  # Otsu finds the bright organ at least.
   markdown = benchmark.write_tables([model, baseline], tmp_path / "out")
   assert "| unet |" in markdown and "| otsu |" in markdown
+
+
+def test_finished_report_needs_the_overrides_the_last_checkpoint_and_a_later_report(
+  tmp_path,
+):
+  workdir = tmp_path / "run"
+  assert benchmark.finished_report(workdir, {}) is None  # Nothing there.
+  (workdir / "checkpoints" / "10").mkdir(parents=True)
+  (workdir / "eval").mkdir()
+  (workdir / "config.json").write_text(
+    json.dumps({"num_train_steps": 10, "data": {"patch_size": [8, 8]}})
+  )
+  assert benchmark.finished_report(workdir, {}) is None  # No report.
+  report = workdir / "eval" / "test_step10_summary.json"
+  report.write_text("{}")
+  overrides = {"num_train_steps": 10, "data.patch_size": (8, 8)}
+  assert benchmark.finished_report(workdir, overrides) == report
+  # Another budget or patch than the suite asks for: not this run.
+  assert benchmark.finished_report(workdir, {"num_train_steps": 20}) is None
+  assert (
+    benchmark.finished_report(workdir, {"data.patch_size": (16, 16)}) is None
+  )
+  assert benchmark.finished_report(workdir, {"model.width": 2}) is None
+  # A report older than the last checkpoint belongs to an earlier run.
+  stamp = (workdir / "checkpoints" / "10").stat().st_mtime
+  os.utime(report, (stamp - 100, stamp - 100))
+  assert benchmark.finished_report(workdir, overrides) is None
+  # Without the last step's checkpoint the run is unfinished.
+  os.utime(report, (stamp + 100, stamp + 100))
+  (workdir / "checkpoints" / "10").rmdir()
+  assert benchmark.finished_report(workdir, overrides) is None
 
 
 def test_pooled_rows_and_unknown_members(tmp_path):

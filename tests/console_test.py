@@ -238,6 +238,7 @@ def test_progress_on_a_terminal_is_a_tqdm_bar_and_log_lines_stay_whole(
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_main_prints_few_lines_and_logs_everything_to_the_file(
   synthetic_2d_dir, tmp_path
 ):

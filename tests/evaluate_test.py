@@ -390,6 +390,8 @@ def test_robustness_corrupts_raw_images_before_normalisation(run):
       )
 
 
+@pytest.mark.slow
+@pytest.mark.long
 def test_robustness_command_line(run, repo_root, tmp_path):
   _, workdir = run
   result = _cli(

@@ -155,6 +155,8 @@ def test_png_in_png_out_and_bad_inputs_are_skipped(png_run, tmp_path):
   assert "no such file" in reasons[str(tmp_path / "absent.nii.gz")]
 
 
+@pytest.mark.slow
+@pytest.mark.long
 def test_command_line_exit_code_says_some_failed(png_run, tmp_path, repo_root):
   config, workdir, folder = png_run
   good = sorted((folder / "images").glob("*.png"))[0]

@@ -176,6 +176,7 @@ def test_train_and_evaluate_writes_reports_overlays_and_checkpoints(
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_same_seed_gives_identical_parameters(data_dir, tmp_path):
   for name in ("a", "b"):
     train.train_and_evaluate(
@@ -434,6 +435,7 @@ def test_two_processes_match_one_process_with_both_shards(
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_depth_split_mesh_trains_like_the_data_mesh(
   tmp_path, mesh_devices, meshes
 ):
@@ -546,6 +548,7 @@ def test_sigterm_checkpoints_then_exits_cleanly(data_dir, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_deep_supervision_adds_auxiliary_losses(data_dir, tmp_path):
   config = tiny_config(data_dir, num_train_steps=2, eval_every_steps=2)
   config.model.features = (4, 8, 16)
@@ -591,6 +594,7 @@ AUGMENT = [
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_on_device_augmentation_is_deterministic_and_changes_training(
   tmp_path, data_dir
 ):

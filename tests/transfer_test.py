@@ -85,6 +85,7 @@ def test_group_pattern_that_matches_nothing_is_an_error():
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_init_from_loads_weights_and_frozen_layers_stay_bit_identical(
   synthetic_2d_dir, tmp_path
 ):
@@ -113,6 +114,7 @@ def test_init_from_loads_weights_and_frozen_layers_stay_bit_identical(
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_init_from_torchvision_state_dict_fills_the_backbone(
   synthetic_2d_dir, tmp_path
 ):
