@@ -43,7 +43,7 @@ SHIPPED = {
   "zoo_synthetic2d": (9, 3, 0),
   "zoo_synthetic3d": (2, 2, 0),
   "isbi_kfold": (5, 5, 2),
-  "zoo_isbi": (45, 5, 10),
+  "zoo_isbi": (50, 5, 11),
   "zoo_3d": (16, 1, 0),
   "losses_quick": (14, 0, 0),
 }
