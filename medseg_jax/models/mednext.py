@@ -161,20 +161,26 @@ def _shifted_sum(
   `x` is dilated by `dilation` (zeros between voxels) and padded by `pads`
   first; then each tap `t` adds a strided window of it, scaled per channel.
   """
-  d = x.ndim - 2
   k = kernel.shape[0]
   config = [(0, 0, 0)] + [(lo, hi, dilation - 1) for lo, hi in pads]
   padded = jax.lax.pad(x, jnp.zeros((), x.dtype), config + [(0, 0, 0)])
   out = [(n - k) // stride + 1 for n in padded.shape[1:-1]]
   y = None
-  for taps in itertools.product(range(k), repeat=d):
+  for taps, window in _tap_windows(padded, k, stride, out):
+    term = window * kernel[taps][0]
+    y = term if y is None else y + term
+  return y
+
+
+def _tap_windows(padded: jax.Array, k: int, stride: int, out: Sequence[int]):
+  """Yields `(tap, window)`: the strided window of `padded` under each of
+  the k^d kernel taps, `out` voxels per spatial axis."""
+  for taps in itertools.product(range(k), repeat=padded.ndim - 2):
     window = tuple(
       slice(t, t + stride * (o - 1) + 1, stride)
       for t, o in zip(taps, out, strict=True)
     )
-    term = padded[(slice(None), *window)] * kernel[taps][0]
-    y = term if y is None else y + term
-  return y
+    yield taps, padded[(slice(None), *window)]
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
@@ -230,19 +236,10 @@ def _depthwise_taps_bwd(stride, pads, residuals, g):
   # Kernel gradient: one reduction per tap, accumulated in float32.
   config = [(0, 0, 0)] + [(lo, hi, 0) for lo, hi in pads] + [(0, 0, 0)]
   padded = jax.lax.pad(x, jnp.zeros((), x.dtype), config)
-  taps = []
-  for tap in itertools.product(range(k), repeat=d):
-    window = tuple(
-      slice(t, t + stride * (o - 1) + 1, stride)
-      for t, o in zip(tap, g.shape[1:-1], strict=True)
-    )
-    taps.append(
-      jnp.sum(
-        padded[(slice(None), *window)] * g,
-        axis=tuple(range(d + 1)),
-        dtype=jnp.float32,
-      )
-    )
+  taps = [
+    jnp.sum(window * g, axis=tuple(range(d + 1)), dtype=jnp.float32)
+    for _, window in _tap_windows(padded, k, stride, g.shape[1:-1])
+  ]
   dkernel = jnp.stack(taps).reshape(kernel.shape).astype(kernel.dtype)
   return dx.astype(x.dtype), dkernel
 
