@@ -279,7 +279,9 @@ def test_bfloat16_and_remat_keep_parameters_and_float32_logits():
   )
 
 
-@pytest.mark.parametrize("kernel_size", [3, 5, 7])
+@pytest.mark.parametrize(
+  "kernel_size", [3, 5, pytest.param(7, marks=pytest.mark.long)]
+)
 @pytest.mark.parametrize("mode", ["same", "down", "up"])
 @pytest.mark.parametrize(
   "spatial_dims", [2, pytest.param(3, marks=pytest.mark.slow)]
