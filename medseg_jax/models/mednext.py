@@ -156,10 +156,11 @@ def _shifted_sum(
   pads: tuple[tuple[int, int], ...],
   dilation: int = 1,
 ) -> jax.Array:
-  """`sum_t kernel[t] * shift_t(x)`: a depthwise convolution, no gradient.
+  """`sum_t kernel[t] * shift_t(x)`: a depthwise convolution in plain JAX.
 
   `x` is dilated by `dilation` (zeros between voxels) and padded by `pads`
   first; then each tap `t` adds a strided window of it, scaled per channel.
+  `_depthwise_taps` wraps it with a written-out gradient.
   """
   k = kernel.shape[0]
   config = [(0, 0, 0)] + [(lo, hi, dilation - 1) for lo, hi in pads]
