@@ -19,6 +19,13 @@ higher pooled foreground Dice is chosen (ties: off). Written:
                                 fold's, and the choice with its reason
   WORKDIR/cv_per_case.csv       every held-out case, as predicted
 
+With ``--test_split=test`` (a split outside the folds' pool, e.g. the
+``test`` split a plan never looks at), every fold and the fold ensemble
+(mean softmax, the chosen post-processing applied to both) also predict
+that split, written to ``WORKDIR/cv_test.json``: each fold's pooled and
+mean foreground Dice, their mean, and the ensemble's, as nnU-Net compares
+its fold ensemble with single folds.
+
 ``python -m medseg_jax.predict --workdir=WORKDIR ...`` then ensembles the
 folds and applies the choice (``medseg_jax/evaluation/ensemble.py``).
 """
@@ -40,6 +47,7 @@ from absl import flags  # noqa: E402
 from medseg_jax import xla_cpu  # noqa: E402
 
 FOLD_DONE = "cv_fold.json"
+CV_TEST = "cv_test.json"
 
 
 def load_fold_config(config_spec: str, fold: int) -> Any:
@@ -150,6 +158,7 @@ def cross_validate(
   workdir: str,
   num_folds: int | None = None,
   folds: list[int] | None = None,
+  test_split: str = "",
 ) -> dict[str, Any]:
   """Trains and scores every fold; returns the `cv_summary.json` content.
 
@@ -159,6 +168,12 @@ def cross_validate(
     num_folds: default: the plan's, or 5.
     folds: train only these folds (e.g. one per machine); the pooled
       summary is written only once every fold is done.
+    test_split: a split outside the pool: the folds and their ensemble
+      predict it too (`score_test_split`); its summary is under `"test"`.
+
+  Raises:
+    ValueError: if `test_split` shares a split with a fold's training
+      data.
   """
   from medseg_jax import console  # noqa: PLC0415
   from medseg_jax import train  # noqa: PLC0415
@@ -167,6 +182,8 @@ def cross_validate(
   root = pathlib.Path(workdir).expanduser().resolve()
   root.mkdir(parents=True, exist_ok=True)
   num_folds = resolve_folds(config_spec, num_folds)
+  if test_split:
+    check_test_split(load_fold_config(config_spec, 0), test_split)
   for fold in folds if folds is not None else range(num_folds):
     fold_dir = root / f"fold_{fold}"
     if (fold_dir / FOLD_DONE).is_file():
@@ -237,6 +254,121 @@ def cross_validate(
   tmp.write_text(json.dumps(out, indent=2))
   tmp.replace(root / "cv_summary.json")
   console.write(format_table(out))
+  if test_split:
+    out["test"] = score_test_split(
+      root, test_split, largest_component=choice["value"]
+    )
+    console.write(format_test_table(out["test"]))
+  return out
+
+
+def _split_names(split: str) -> set[str]:
+  """`"train[6:24]+validation"` -> `{"train", "validation"}`."""
+  return {part.split("[")[0].strip() for part in split.split("+") if part}
+
+
+def check_test_split(config: Any, test_split: str) -> None:
+  """Refuses a test split that a fold trains or validates on.
+
+  Raises:
+    ValueError: naming the shared split.
+  """
+  pool = _split_names(config.train_split) | _split_names(config.test_split)
+  shared = sorted(_split_names(test_split) & pool)
+  if shared:
+    raise ValueError(
+      f"--test_split={test_split} shares {shared} with the folds' pool "
+      f"(fold 0 trains on {config.train_split} and holds out "
+      f"{config.test_split}); the ensemble must be scored on a split no "
+      "fold has seen, e.g. --test_split=test for a plan."
+    )
+
+
+def score_test_split(
+  root: pathlib.Path, test_split: str, *, largest_component: bool
+) -> dict[str, Any]:
+  """Every fold and the fold ensemble on `test_split`; writes and returns
+  the `cv_test.json` content.
+
+  Each case is predicted once per fold; the ensemble averages those
+  softmax outputs (as `evaluation.ensemble.Ensemble` does), and the
+  largest-component choice applies to single folds and ensemble alike.
+  """
+  import numpy as np  # noqa: PLC0415
+
+  from medseg_jax import console  # noqa: PLC0415
+  from medseg_jax.data import pipeline  # noqa: PLC0415
+  from medseg_jax.evaluation import ensemble as ensemble_lib  # noqa: PLC0415
+  from medseg_jax.evaluation import evaluator  # noqa: PLC0415
+  from medseg_jax.evaluation import inference  # noqa: PLC0415
+
+  runs = ensemble_lib.fold_dirs(root)
+  models, first = ensemble_lib.from_runs(runs)
+  spec = first.spec
+  config = first.config
+
+  def finish(label):
+    return (
+      inference.keep_largest_component(label) if largest_component else label
+    )
+
+  def score(case, label):
+    return evaluator.score_case(
+      case["case_id"],
+      finish(label),
+      case["label"],
+      num_classes=spec.num_classes,
+      spacing=case["spacing"],
+      surface_metrics=False,
+    )
+
+  singles: list[list] = [[] for _ in runs]
+  combined = []
+  examples = pipeline.eval_examples(
+    config, config.data_dir, test_split, pad_multiple=1
+  )
+  for case in console.progress(
+    examples, desc=f"{test_split}: folds + ensemble", unit="case", leave=False
+  ):
+    total = None
+    for k, member in enumerate(models.members):
+      probs = member.predict_probs(case["image"])
+      singles[k].append(score(case, np.argmax(probs, axis=-1)))
+      probs = probs.astype(np.float64)
+      total = probs if total is None else total + probs
+    combined.append(score(case, np.argmax(total, axis=-1)))
+  if not combined:
+    raise ValueError(
+      f"The test split {test_split} of {config.dataset} is empty."
+    )
+
+  def summary_of(cases):
+    s = evaluator.EvalResult(spec.class_names, cases).summary()
+    return {k: s[k] for k in _KEYS}
+
+  per_fold = [
+    dict(fold=int(run.name.split("_")[1]), **summary_of(cases))
+    for run, cases in zip(runs, singles, strict=True)
+  ]
+  ensemble_summary = summary_of(combined)
+  mean_single = {
+    key: float(np.mean([f[key] for f in per_fold]))
+    for key in ("pooled_foreground_dice", "mean_foreground_dice")
+  }
+  out = dict(
+    test_split=test_split,
+    largest_component=largest_component,
+    folds=per_fold,
+    mean_single_fold=mean_single,
+    ensemble=ensemble_summary,
+    ensemble_minus_mean_fold=float(
+      ensemble_summary["pooled_foreground_dice"]
+      - mean_single["pooled_foreground_dice"]
+    ),
+  )
+  tmp = root / (CV_TEST + ".tmp")
+  tmp.write_text(json.dumps(out, indent=2))
+  tmp.replace(root / CV_TEST)
   return out
 
 
@@ -280,6 +412,30 @@ def format_table(summary: dict[str, Any]) -> str:
   return "\n".join(lines)
 
 
+def format_test_table(test: dict[str, Any]) -> str:
+  """The folds and their ensemble on the test split."""
+  n = test["ensemble"]["num_cases"]
+  lines = [
+    f"{test['test_split']} ({n} cases)   pooled fg Dice  mean fg Dice",
+  ]
+  for f in test["folds"]:
+    lines.append(
+      f"fold {f['fold']:<14}  {f['pooled_foreground_dice']:>14.4f}  "
+      f"{f['mean_foreground_dice']:>12.4f}"
+    )
+  mean = test["mean_single_fold"]
+  lines.append(
+    f"{'mean single fold':<19}  {mean['pooled_foreground_dice']:>14.4f}  "
+    f"{mean['mean_foreground_dice']:>12.4f}"
+  )
+  ens = test["ensemble"]
+  lines.append(
+    f"{'fold ensemble':<19}  {ens['pooled_foreground_dice']:>14.4f}  "
+    f"{ens['mean_foreground_dice']:>12.4f}"
+  )
+  return "\n".join(lines)
+
+
 def _define_flags() -> None:
   flags.DEFINE_string(
     "config", None, "configs/x.py:arg of a config with a fold= argument."
@@ -287,6 +443,12 @@ def _define_flags() -> None:
   flags.DEFINE_string("workdir", None, "The folds directory.")
   flags.DEFINE_integer("folds", 0, "Number of folds; 0: the plan's, or 5.")
   flags.DEFINE_list("only", None, "Train only these folds (e.g. 0,1).")
+  flags.DEFINE_string(
+    "test_split",
+    "",
+    "A split outside the folds' pool (e.g. test): every fold and the fold "
+    "ensemble predict it too (cv_test.json).",
+  )
   flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -299,7 +461,7 @@ def main(argv):
   f = flags.FLAGS
   console.setup(f.workdir)
   only = [int(k) for k in f.only] if f.only else None
-  cross_validate(f.config, f.workdir, f.folds or None, only)
+  cross_validate(f.config, f.workdir, f.folds or None, only, f.test_split)
 
 
 if __name__ == "__main__":

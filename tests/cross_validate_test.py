@@ -131,3 +131,56 @@ def test_predict_with_a_folds_dir_writes_the_ensemble_mask(folds_dir, tmp_path):
     np.asarray(mask).reshape(image.shape[:-1]), models.predict_label(image)
   )
   assert first.config.eval.tta_flip_axes == (0, 1)
+
+
+def _dice(prediction, label):
+  fg_pred, fg_label = prediction > 0, label > 0
+  inter = np.logical_and(fg_pred, fg_label).sum()
+  return 2 * inter / (fg_pred.sum() + fg_label.sum())
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_test_split_scores_each_fold_and_the_ensemble(folds_dir):
+  folder, workdir, _ = folds_dir
+  test = cross_validate.score_test_split(
+    workdir, "test", largest_component=False
+  )
+  assert json.loads((workdir / cross_validate.CV_TEST).read_text()) == test
+  assert [f["fold"] for f in test["folds"]] == [0, 1]
+  assert test["ensemble"]["num_cases"] == 1
+  config = case_predictor.load_trained(str(workdir / "fold_0")).config
+  (example,) = pipeline.eval_examples(
+    config, config.data_dir, "test", pad_multiple=1
+  )
+  label = np.asarray(example["label"]).reshape(example["image"].shape[:-1])
+  # One binary class: the pooled foreground Dice is the plain Dice.
+  models, _ = ensemble.load_ensemble(workdir, largest_component=False)
+  expected = _dice(models.predict_label(example["image"]), label)
+  assert test["ensemble"]["pooled_foreground_dice"] == pytest.approx(expected)
+  for f, run in zip(test["folds"], ("fold_0", "fold_1"), strict=True):
+    single, _ = ensemble.from_runs([workdir / run])
+    assert f["pooled_foreground_dice"] == pytest.approx(
+      _dice(single.predict_label(example["image"]), label)
+    )
+  mean = np.mean([f["pooled_foreground_dice"] for f in test["folds"]])
+  assert test["mean_single_fold"]["pooled_foreground_dice"] == pytest.approx(
+    mean
+  )
+  assert test["ensemble_minus_mean_fold"] == pytest.approx(
+    test["ensemble"]["pooled_foreground_dice"] - mean
+  )
+
+
+def test_a_test_split_inside_the_pool_is_refused():
+  import ml_collections
+
+  config = ml_collections.ConfigDict(
+    dict(train_split="train[2:3]", test_split="train[0:2]")
+  )
+  with pytest.raises(ValueError, match=r"shares \['train'\]"):
+    cross_validate.check_test_split(config, "train[0:1]")
+  cross_validate.check_test_split(config, "test")  # disjoint: accepted
+  config.train_split = "train[6:24]+validation"
+  with pytest.raises(ValueError, match="validation"):
+    cross_validate.check_test_split(config, "validation")
