@@ -24,7 +24,12 @@ network is wrapped in a module that returns the region sums of the logits,
   occlusion       explain.occlusion(window,     OcclusionSensitivity(
                     stride, fill=0)               mask_size, overlap, mode=0.,
                                                   activate=False, n_batch=16)
+  occlusion_full  the same, incremental=False    (the same MONAI call)
   integrated_gradients  (no MONAI counterpart; timed alone)
+
+`occlusion` on this batch-norm U-Net is incremental (each occluded copy
+recomputes only the activations its box changes, `explain.incremental`);
+`occlusion_full` pushes every copy through the whole network.
 
 Occlusion uses the same boxes on both sides (`--window`, `--stride`; MONAI's
 `overlap = 1 - stride / window`) and the same batch of 16 occluded copies
@@ -75,6 +80,7 @@ METHODS = (
   "gradcam",
   "gradcam_pp",
   "occlusion",
+  "occlusion_full",
 )
 
 
@@ -96,9 +102,14 @@ def ours(model, method: str, args) -> tuple:
     "occlusion": dict(
       window=args.window, stride=args.stride, fill=0.0, batch_size=16
     ),
-  }.get(method, {})
+  }
   target = explain.Target(class_index=CLASS)
-  return explain.make_explainer(model, method, target, **options)
+  if method == "occlusion_full":  # every copy through the whole network
+    full = dict(options["occlusion"], incremental=False)
+    return explain.make_explainer(model, "occlusion", target, **full)
+  return explain.make_explainer(
+    model, method, target, **options.get(method, {})
+  )
 
 
 def monai_method(method: str, wrapped, args):
@@ -121,7 +132,7 @@ def monai_method(method: str, wrapped, args):
     cls = mv.GradCAM if method == "gradcam" else mv.GradCAMpp
     cam = cls(nn_module=wrapped, target_layers="net.bottleneck")
     return lambda x: cam(x, class_idx=CLASS)[0, 0]
-  if method == "occlusion":
+  if method in ("occlusion", "occlusion_full"):
     occ = mv.OcclusionSensitivity(
       nn_module=wrapped,
       mask_size=args.window,
@@ -164,7 +175,8 @@ def main() -> None:
   args = parser.parse_args()
   methods = [m for m in args.only.split(",") if m]
   for m in methods:
-    explain.get_method(m)
+    if m not in METHODS:
+      raise SystemExit(f"--only: unknown method {m!r}; valid: {METHODS}.")
 
   image = test_image(args.size)
   model = models.get_model(

@@ -58,13 +58,21 @@ def class_head(
   Returns:
     `f32[B, *S, num_classes]`.
   """
+  return head_module(num_classes, spatial_dims, name)(x.astype(jnp.float32))
+
+
+def head_module(
+  num_classes: int, spatial_dims: int, name: str | None = None
+) -> nn.Module:
+  """The 1^d float32 convolution of `class_head` (unbound when built
+  outside a module's `@nn.compact` method)."""
   return nn.Conv(
     num_classes,
     (1,) * spatial_dims,
     kernel_init=layers.conv_init,
     dtype=jnp.float32,
     name=name,
-  )(x.astype(jnp.float32))
+  )
 
 
 def wants_aux(module: nn.Module, deep_supervision: bool) -> bool:
@@ -248,6 +256,42 @@ class UNet(nn.Module):
     scale = 2 if self.double_within_level else 1
     return scale * self.features[level]
 
+  @nn.nowrap
+  def block_module(
+    self, level: int, *, encoder: bool, name: str | None = None
+  ) -> nn.Module:
+    """The block of `level`: `down_{level}` (or `bottleneck`) when
+    `encoder`, else `up_{level}`. Called outside `__call__` it is an unbound
+    module that `apply`s with that block's variables (as
+    `medseg_jax.explain.incremental` does)."""
+    block_cls = layers.ResidualBlock if self.residual else layers.ConvBlock
+    mid = None
+    if self.double_within_level and encoder:
+      mid = self.features[level]
+    return block_cls(
+      self._level_channels(level),
+      spatial_dims=self.spatial_dims,
+      norm=self.norm,
+      mid_features=mid,
+      dtype=self.dtype,
+      name=name,
+    )
+
+  @nn.nowrap
+  def upsample_module(
+    self, level: int, in_channels: int, name: str | None = None
+  ) -> nn.Module:
+    """The up-convolution into decoder level `level` (`upsample_{level}`)
+    from `in_channels` channels; unbound outside `__call__`."""
+    features = in_channels if self.double_within_level else self.features[level]
+    return layers.UpConv(
+      features,
+      spatial_dims=self.spatial_dims,
+      mode=self.upsample,
+      dtype=self.dtype,
+      name=name,
+    )
+
   @nn.compact
   def __call__(self, x: jax.typing.ArrayLike, *, train: bool) -> jax.Array:
     """Computes logits.
@@ -278,20 +322,9 @@ class UNet(nn.Module):
       pad_input=self.pad_input,
     )
     x = sharding.constrain(x.astype(self.dtype), self.partition)
-    block_cls = layers.ResidualBlock if self.residual else layers.ConvBlock
 
     def block(level: int, name: str, x: jax.Array, *, encoder: bool):
-      mid = None
-      if self.double_within_level and encoder:
-        mid = self.features[level]
-      module = block_cls(
-        self._level_channels(level),
-        spatial_dims=d,
-        norm=self.norm,
-        mid_features=mid,
-        dtype=self.dtype,
-        name=name,
-      )
+      module = self.block_module(level, encoder=encoder, name=name)
       return layers.apply_block(
         module, x, train=train, remat=self.remat, partition=self.partition
       )
@@ -309,16 +342,7 @@ class UNet(nn.Module):
     want_aux = wants_aux(self, self.deep_supervision)
     aux = {}
     for level in reversed(range(num_levels - 1)):
-      up_features = (
-        x.shape[-1] if self.double_within_level else self.features[level]
-      )
-      x = layers.UpConv(
-        up_features,
-        spatial_dims=d,
-        mode=self.upsample,
-        dtype=self.dtype,
-        name=f"upsample_{level}",
-      )(x)
+      x = self.upsample_module(level, x.shape[-1], name=f"upsample_{level}")(x)
       x = jnp.concatenate([skips[level], x.astype(self.dtype)], axis=-1)
       x = block(level, f"up_{level}", x, encoder=False)
       if want_aux and level > 0:

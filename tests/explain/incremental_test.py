@@ -1,0 +1,165 @@
+"""Incremental occlusion equals the full batched path, map for map, on
+U-Nets of every supported layout, in 2-D and 3-D, at image borders and
+with padded inputs; unsupported models are named."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from medseg_jax import explain
+from medseg_jax import models
+from medseg_jax.explain import incremental
+from medseg_jax.explain.occlusion import occlusion_boxes
+
+
+def _randomised(variables, key):
+  """Every parameter and batch statistic redrawn, so that a mixed-up
+  layer, offset or crop changes the logits (init's statistics are 0/1)."""
+  paths, tree = jax.tree_util.tree_flatten_with_path(variables)
+  keys = jax.random.split(key, len(paths))
+  out = []
+  for k, (path, v) in zip(keys, paths, strict=True):
+    name = jax.tree_util.keystr(path)
+    if "scale" in name or "var" in name:
+      out.append(0.5 + jax.random.uniform(k, v.shape))
+    elif v.ndim == 1:  # biases, offsets, means
+      out.append(0.2 * jax.random.normal(k, v.shape))
+    else:
+      out.append(0.3 * jax.random.normal(k, v.shape))
+  return jax.tree.unflatten(tree, out)
+
+
+def _setup(dims=2, size=32, batch=2, **options):
+  options = dict(features=(4, 8, 16), norm="batch") | options
+  model = models.get_model("unet", num_classes=3, spatial_dims=dims, **options)
+  shape = (batch, *((size,) * dims if isinstance(size, int) else size), 2)
+  x = jax.random.normal(jax.random.key(3), shape)
+  init_shape = tuple(
+    -(-s // 4) * 4 if i and i <= dims else s for i, s in enumerate(shape)
+  )
+  variables = jax.jit(
+    lambda k: model.init(k, jnp.zeros(init_shape), train=False)
+  )(jax.random.key(2))
+  return model, _randomised(variables, jax.random.key(5)), x
+
+
+def _close(fast, full, model, variables, x, target):
+  """Equal up to float32 rounding of the full path's whole-image score
+  sums (its drop is a difference of two of them): 1e-5 of the sum of the
+  class logit's magnitudes; one wrong voxel in a patch moves a drop by
+  about a whole voxel's logit, hundreds of times more."""
+  logits = np.asarray(model.apply(variables, x, train=False))
+  scale = np.abs(logits[..., target.class_index]).reshape(len(x), -1).sum(1)
+  assert np.isfinite(full).all() and np.abs(full).max() > 0
+  np.testing.assert_allclose(fast, full, rtol=0, atol=1e-5 * scale.max())
+
+
+def _both(model, variables, x, target, **options):
+  def run(flag):
+    fn = jax.jit(
+      lambda v, x: explain.occlusion(
+        model, v, x, target, incremental=flag, **options
+      )
+    )
+    return np.asarray(fn(variables, x))
+
+  return run(True), run(False)
+
+
+CASES = {
+  "2d": dict(),
+  "2d-resize": dict(upsample="resize"),
+  "2d-residual": dict(residual=True),
+  "2d-cicek": dict(double_within_level=True),
+  "2d-no-norm": dict(norm="none"),
+  "2d-deep": dict(features=(2, 4, 4, 8, 8)),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_incremental_equals_full(case):
+  model, variables, x = _setup(**CASES[case])
+  # The class predicted most often, so that its region is not empty.
+  labels = np.argmax(model.apply(variables, x, train=False), axis=-1)
+  common = int(np.bincount(labels.ravel()).argmax())
+  target = explain.Target(class_index=common, region="predicted")
+  fast, full = _both(
+    model, variables, x, target, window=7, stride=5, fill=0.5, batch_size=8
+  )
+  _close(fast, full, model, variables, x, target)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+  "window,stride", [(1, 1), (4, 4), (16, 8), (31, 1000), (32, 1)]
+)
+def test_boxes_from_one_voxel_to_the_whole_image(window, stride):
+  model, variables, x = _setup(size=32, batch=1)
+  target = explain.Target(class_index=2, region="all")
+  fast, full = _both(
+    model, variables, x, target, window=window, stride=stride, fill="mean"
+  )
+  _close(fast, full, model, variables, x, target)
+
+
+@pytest.mark.slow
+def test_3d_and_anisotropic_boxes():
+  model, variables, x = _setup(dims=3, size=(16, 12, 20), batch=1)
+  target = explain.Target(class_index=1, region="predicted")
+  fast, full = _both(
+    model, variables, x, target, window=(3, 5, 4), stride=(2, 3, 3), fill=0.0
+  )
+  assert fast.shape == (1, 16, 12, 20)
+  _close(fast, full, model, variables, x, target)
+
+
+@pytest.mark.slow
+def test_padded_input_as_the_model_pads_it():
+  model, variables, x = _setup(size=(30, 21), batch=2, pad_input=True)
+  target = explain.Target(class_index=1, region="predicted")
+  fast, full = _both(model, variables, x, target, window=6, stride=5)
+  assert fast.shape == (2, 30, 21)
+  _close(fast, full, model, variables, x, target)
+
+
+def test_graph_reproduces_the_model():
+  model, variables, x = _setup(features=(4, 8, 16, 16), residual=True)
+  ops = incremental.graph_of(model)
+  tensors = incremental.run_full(ops, variables, x, model.dtype)
+  want = model.apply(variables, x, train=False)
+  np.testing.assert_allclose(tensors["logits"], want, rtol=1e-6, atol=1e-6)
+
+
+def test_patches_are_smaller_than_the_image():
+  model, variables, x = _setup(size=64, batch=1)
+  ops = incremental.graph_of(model)
+  shapes = incremental.tensor_shapes(
+    jax.eval_shape(lambda: incremental.run_full(ops, variables, x, jnp.float32))
+  )
+  corners, window = occlusion_boxes((64, 64), 8, 8)
+  layout = incremental.plan_layout(ops, shapes, corners, window)
+  # 8-voxel boxes: two 3x3 convolutions per block, poolings, up-convs.
+  assert layout.sizes["down_0"] == (12, 12)
+  assert layout.sizes["pool_0"] == (6, 6)
+  assert layout.sizes["logits"] < (64, 64)
+  # Each row of corners lies inside its tensor.
+  for name, starts in layout.starts.items():
+    size = np.asarray(layout.sizes[name])
+    assert (starts >= 0).all() and (starts + size <= shapes[name]).all()
+
+
+@pytest.mark.parametrize("norm", ["instance", "group"])
+def test_non_local_models_take_the_full_path_or_are_refused(norm):
+  model = models.get_model(
+    "unet", num_classes=2, spatial_dims=2, features=(4, 8), norm=norm
+  )
+  assert incremental.graph_of(model) is None
+  x = jnp.zeros((1, 8, 8, 1))
+  variables = model.init(jax.random.key(0), x, train=False)
+  target = explain.Target(class_index=1, region="all")
+  with pytest.raises(ValueError, match=f"norm={norm!r}"):
+    explain.occlusion(model, variables, x, target, window=4, incremental=True)
+  out = explain.occlusion(model, variables, x, target, window=4, stride=4)
+  assert out.shape == (1, 8, 8)
