@@ -163,3 +163,15 @@ def test_non_local_models_take_the_full_path_or_are_refused(norm):
     explain.occlusion(model, variables, x, target, window=4, incremental=True)
   out = explain.occlusion(model, variables, x, target, window=4, stride=4)
   assert out.shape == (1, 8, 8)
+
+
+def test_chunks_are_even():
+  from medseg_jax.explain import batching
+
+  assert batching.chunk_size(16, 49) == 13  # 4 chunks, 3 padded items
+  assert batching.chunk_size(16, 225) == 15
+  assert batching.chunk_size(16, 32) == 16
+  assert batching.chunk_size(16, 3) == 3
+  assert batching.chunk_size(None, 7) == 7
+  with pytest.raises(ValueError, match="batch_size"):
+    batching.chunk_size(0, 7)
