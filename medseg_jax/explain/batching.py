@@ -67,10 +67,9 @@ def map_in_chunks(
     return a.reshape(count, k, *a.shape[1:])
 
   chunks = jax.tree.map(split, items)
-  if count == 1:
-    out = jax.tree.map(
-      lambda a: a[None], fn(jax.tree.map(lambda a: a[0], chunks))
-    )
+  if count == 1 or unroll:
+    outs = [fn(jax.tree.map(lambda a, i=i: a[i], chunks)) for i in range(count)]
+    out = jax.tree.map(lambda *a: jnp.stack(a), *outs)
   else:
     out = jax.lax.map(fn, chunks)
   return jax.tree.map(lambda a: a.reshape(count * k, *a.shape[2:])[:n], out)

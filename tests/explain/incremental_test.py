@@ -175,3 +175,25 @@ def test_chunks_are_even():
   assert batching.chunk_size(None, 7) == 7
   with pytest.raises(ValueError, match="batch_size"):
     batching.chunk_size(0, 7)
+
+
+@pytest.mark.parametrize("unroll", [False, True])
+def test_map_in_chunks_unrolled_or_looped_gives_every_item(unroll):
+  from medseg_jax.explain import batching
+
+  items = dict(a=jnp.arange(11.0), b=jnp.arange(22.0).reshape(11, 2))
+  calls = []
+
+  def fn(chunk):
+    calls.append(chunk["a"].shape[0])
+    return chunk["a"] * 2 + chunk["b"].sum(1)
+
+  jaxpr = jax.make_jaxpr(
+    lambda t: batching.map_in_chunks(fn, t, 4, unroll=unroll)
+  )(items)
+  out = batching.map_in_chunks(fn, items, 4, unroll=unroll)
+  np.testing.assert_allclose(out, np.arange(11.0) * 2 + np.arange(11) * 4 + 1)
+  # Unrolled: one traced body per chunk (3 chunks of 4), no loop.
+  has_loop = any(e.primitive.name in ("scan", "while") for e in jaxpr.eqns)
+  assert has_loop == (not unroll)
+  assert (len(calls) == 3 * 2) == unroll  # traced per chunk, twice
