@@ -75,10 +75,15 @@ CASES = {
   "2d-no-norm": dict(norm="none"),
   "2d-deep": dict(features=(2, 4, 4, 8, 8)),
 }
+# make test runs the first; make test-long all (5-10 s each).
+_LONG = pytest.mark.long
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize(
+  "case",
+  [c if c == "2d" else pytest.param(c, marks=_LONG) for c in sorted(CASES)],
+)
 def test_incremental_equals_full(case):
   model, variables, x = _setup(**CASES[case])
   # The class predicted most often, so that its region is not empty.
@@ -92,6 +97,7 @@ def test_incremental_equals_full(case):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 @pytest.mark.parametrize(
   "window,stride", [(1, 1), (4, 4), (16, 8), (31, 1000), (32, 1)]
 )
@@ -105,6 +111,7 @@ def test_boxes_from_one_voxel_to_the_whole_image(window, stride):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_3d_and_anisotropic_boxes():
   model, variables, x = _setup(dims=3, size=(16, 12, 20), batch=1)
   target = explain.Target(class_index=1, region="predicted")
@@ -125,11 +132,13 @@ def test_padded_input_as_the_model_pads_it():
 
 
 def test_graph_reproduces_the_model():
-  model, variables, x = _setup(features=(4, 8, 16, 16), residual=True)
+  model, variables, x = _setup(residual=True, upsample="resize")
   ops = incremental.graph_of(model)
-  tensors = incremental.run_full(ops, variables, x, model.dtype)
-  want = model.apply(variables, x, train=False)
-  np.testing.assert_allclose(tensors["logits"], want, rtol=1e-6, atol=1e-6)
+  got = jax.jit(
+    lambda v, x: incremental.run_full(ops, v, x, model.dtype)["logits"]
+  )(variables, x)
+  want = jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x)
+  np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6)
 
 
 def test_patches_are_smaller_than_the_image():
@@ -157,11 +166,15 @@ def test_non_local_models_take_the_full_path_or_are_refused(norm):
   )
   assert incremental.graph_of(model) is None
   x = jnp.zeros((1, 8, 8, 1))
-  variables = model.init(jax.random.key(0), x, train=False)
+  variables = jax.jit(lambda k: model.init(k, x, train=False))(
+    jax.random.key(0)
+  )
   target = explain.Target(class_index=1, region="all")
   with pytest.raises(ValueError, match=f"norm={norm!r}"):
     explain.occlusion(model, variables, x, target, window=4, incremental=True)
-  out = explain.occlusion(model, variables, x, target, window=4, stride=4)
+  out = jax.jit(
+    lambda v, x: explain.occlusion(model, v, x, target, window=4, stride=4)
+  )(variables, x)
   assert out.shape == (1, 8, 8)
 
 
