@@ -145,10 +145,6 @@ def graph_of(model: nn.Module) -> list[Op] | None:
   return unet_graph(model)
 
 
-def input_multiple(model: nn.Module) -> int:
-  return 2 ** (len(model.features) - 1)
-
-
 def run_full(
   ops: Sequence[Op], variables: Any, image: jax.Array, dtype: Any
 ) -> dict[str, jax.Array]:
@@ -176,7 +172,7 @@ class Layout:
   crop_starts: dict[str, np.ndarray]
 
 
-def _needed(op: Op, intervals, size_in: int, size_out: int):
+def _needed(op: Op, intervals, size_out: int):
   """The output interval `[a, b)` a box's input patches can change, per box:
   `intervals` are `(start i64[N], stop i64[N])` of each input."""
   (a, b), h = intervals[0], op.halo
@@ -240,7 +236,7 @@ def plan_layout(
         (starts[n][:, axis], starts[n][:, axis] + sizes[n][axis])
         for n in op.inputs
       ]
-      a, b = _needed(op, intervals, size_in[axis], size_out[axis])
+      a, b = _needed(op, intervals, size_out[axis])
       length = int(np.max(b - a))
       if op.kind == "up" and op.halo == 0:
         length += length % 2  # even: whole input voxels.

@@ -138,7 +138,7 @@ def occlusion(
       + (f" with norm={model.norm!r}" if hasattr(model, "norm") else "")
       + ". Use incremental=None or False for the full path."
     )
-  multiple = incremental_lib.input_multiple(model) if ops else 1
+  multiple = model.input_multiple() if ops else 1
   fits = all(s % multiple == 0 for s in spatial) or getattr(
     model, "pad_input", False
   )
@@ -192,7 +192,7 @@ def _incremental_drops(
 ) -> jax.Array:
   """`f32[N, B]` score drops, each copy through `explain.incremental`."""
   batch, spatial, channels = image.shape[0], image.shape[1:-1], image.shape[-1]
-  multiple = incremental_lib.input_multiple(model)
+  multiple = model.input_multiple()
   padded = tuple(-(-s // multiple) * multiple for s in spatial)
   # As the model's own pad_input: zeros after the end of each axis.
   pads = [(0, 0)] + [(0, p - s) for p, s in zip(padded, spatial, strict=True)]

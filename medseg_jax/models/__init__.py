@@ -150,8 +150,8 @@ def pad_multiple(config: Any) -> int:
 
   `config.data.pad_multiple` if set; else what the model says for its
   fields if it has an `input_multiple()` method (UNETR: `patch_size`;
-  SwinUNETR: `patch_size * 2^len(depths)`; ResEnc U-Net and MedNeXt:
-  `2^(stages - 1)`); else `2 ** (levels - 1)` for encoder-decoder models
+  SwinUNETR: `patch_size * 2^len(depths)`; U-Net, ResEnc U-Net and MedNeXt:
+  `2^(levels or stages - 1)`); else `2 ** (levels - 1)` for encoder-decoder models
   with a `features` list; else 1 (FCN and DeepLab accept any size and pad
   or resize internally).
   """

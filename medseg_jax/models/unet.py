@@ -251,6 +251,11 @@ class UNet(nn.Module):
       )
     super().__post_init__()
 
+  def input_multiple(self) -> int:
+    """Every spatial input size must be a multiple of this (unless
+    `pad_input`): one halving per pooling."""
+    return 2 ** (len(self.features) - 1)
+
   def _level_channels(self, level: int) -> int:
     """Output channels of encoder/decoder level `level`."""
     scale = 2 if self.double_within_level else 1
