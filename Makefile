@@ -14,7 +14,7 @@ PY := $(VENV)/bin/python
 DEMO_WORKDIR ?= workdirs/demo
 export MEDSEG_DATA_DIR ?= $(CURDIR)/data_cache/tensorflow_datasets
 
-.PHONY: demo test test-fast test-long test-notebooks lint format clean-demo bench-deps onednn
+.PHONY: setup demo test test-fast test-long test-notebooks lint format clean-demo bench-deps onednn
 
 # pip -qq: errors only (a failed install still stops make with pip's error).
 $(VENV)/.installed: requirements.txt
@@ -25,39 +25,49 @@ $(VENV)/.installed: requirements.txt
 	@$(PY) -m pip install -qq -r requirements.txt
 	@touch $@
 
-demo: $(VENV)/.installed
+# The fused CPU batch norm (medseg_jax/models/cpu_kernels.py): g++ and JAX's
+# FFI headers only. Optional: when it cannot be built, runs use XLA's batch
+# norm and say so in the log.
+CPU_KERNELS := medseg_jax/models/native/libmedseg_cpu.so
+$(CPU_KERNELS): medseg_jax/models/native/cpu_kernels.cc $(VENV)/.installed
+	@$(PY) -W ignore::RuntimeWarning -m medseg_jax.models.cpu_kernels build --quiet \
+	  || echo "Fused CPU batch norm not built; XLA's batch norm is used."
+
+setup: $(VENV)/.installed $(CPU_KERNELS)
+
+demo: setup
 	$(PY) -m medseg_jax.main --config=configs/unet_synthetic.py \
 	  --workdir=$(DEMO_WORKDIR)
 
-test: $(VENV)/.installed
+test: setup
 	$(PY) -m pytest tests -m "not notebook and not long"
 
-test-fast: $(VENV)/.installed
+test-fast: setup
 	$(PY) -m pytest tests -m "not slow and not notebook and not long"
 
 # The heaviest end-to-end tests (k-fold training, SavedModel and ONNX
 # exports, adversarial kill/resume, whole command lines, multi-run
 # equalities; 10 s to minutes each); CI runs them after make test.
-test-long: $(VENV)/.installed
+test-long: setup
 	$(PY) -m pytest tests -m long
 
 # Every notebook top to bottom in FAST mode (minutes; CI runs it after
 # make test).
-test-notebooks: $(VENV)/.installed
+test-notebooks: setup
 	$(PY) -m pytest tests/notebooks_test.py -m notebook
 
 # torch and monai, for the benchmarks' peer columns only, from the default
 # index (see requirements-bench.txt for which torch build that gives).
 # BENCH_PIP_ARGS passes more, e.g. an index of CPU-only torch wheels.
 BENCH_PIP_ARGS ?=
-bench-deps: $(VENV)/.installed
+bench-deps: setup
 	$(PY) -m pip install --quiet -r requirements-bench.txt $(BENCH_PIP_ARGS)
 
 # Optional CPU speed-up: oneDNN weight gradients as an XLA custom call
 # (about 2 GB of Intel runtimes; see requirements-onednn.txt).
-onednn: $(VENV)/.installed
+onednn: setup
 	$(PY) -m pip install --quiet -r requirements-onednn.txt
-	$(PY) -m medseg_jax.models.onednn build
+	$(PY) -W ignore::RuntimeWarning -m medseg_jax.models.onednn build
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check medseg_jax configs tests benchmarks

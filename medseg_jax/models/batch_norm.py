@@ -33,6 +33,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from medseg_jax.models import cpu_kernels
 from medseg_jax.models import lowering
 
 
@@ -113,6 +114,9 @@ class BatchNorm(nn.Module):
     epsilon: added to the variance.
     dtype: output dtype; `None` gives float32. The arithmetic is float32.
     impl: one of `lowering.BATCH_NORM_IMPLS`.
+    relu: apply a ReLU to the output (`nn.relu(BatchNorm(...)(x))` with the
+      same variables). On the CPU the training pass then runs both as one
+      fused kernel where `lowering.choose` picks it (`cpu_kernels.py`).
   """
 
   use_running_average: bool
@@ -120,6 +124,7 @@ class BatchNorm(nn.Module):
   epsilon: float = 1e-5
   dtype: jax.typing.DTypeLike | None = None
   impl: str = "auto"
+  relu: bool = False
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
@@ -137,10 +142,21 @@ class BatchNorm(nn.Module):
     if self.use_running_average:
       inv = jax.lax.rsqrt(running_var.value + self.epsilon)
       y = (x.astype(jnp.float32) - running_mean.value) * (inv * scale) + bias
-      return y.astype(dtype)
-    y, mean, var = batch_norm_train(
-      x, scale, bias, self.epsilon, lowering.batch_norm_impl_for(self.impl)
-    )
+      return self._activate(y).astype(dtype)
+    if (
+      self.impl == "auto"
+      and cpu_kernels.supports(x)
+      and lowering.choose().batch_norm_kernel == "fused"
+      and cpu_kernels.available()
+    ):
+      y, mean, var = cpu_kernels.batch_norm_train(
+        x, scale, bias, self.epsilon, self.relu
+      )
+    else:
+      y, mean, var = batch_norm_train(
+        x, scale, bias, self.epsilon, lowering.batch_norm_impl_for(self.impl)
+      )
+      y = self._activate(y)
     if not self.is_initializing():
       m = self.momentum
       running_mean.value = m * running_mean.value + (1 - m) * (
@@ -150,3 +166,6 @@ class BatchNorm(nn.Module):
         jax.lax.stop_gradient(var)
       )
     return y.astype(dtype)
+
+  def _activate(self, y: jax.Array) -> jax.Array:
+    return nn.relu(y) if self.relu else y

@@ -65,6 +65,7 @@ def make_norm(
   dtype: jax.typing.DTypeLike = jnp.float32,
   num_groups: int = 32,
   name: str | None = None,
+  relu: bool = False,
 ) -> Callable[[jax.Array], jax.Array]:
   """Creates a normalisation layer by name.
 
@@ -78,6 +79,8 @@ def make_norm(
     num_groups: upper bound on the number of groups for `"group"`; the number
       actually used is `gcd(channels, num_groups)`.
     name: name of the child module.
+    relu: follow the normalisation by a ReLU (fused into batch norm's
+      training pass on the CPU, see `batch_norm.BatchNorm.relu`).
 
   Returns:
     A callable mapping `f[B, *S, C]` to `f[B, *S, C]`.
@@ -90,20 +93,23 @@ def make_norm(
       momentum=0.9,
       epsilon=1e-5,
       dtype=dtype,
+      relu=relu,
       name=name,
     )
+  activate = nn.relu if relu else (lambda x: x)
   if norm == "instance":
-    return nn.InstanceNorm(epsilon=1e-5, dtype=dtype, name=name)
+    layer = nn.InstanceNorm(epsilon=1e-5, dtype=dtype, name=name)
+    return lambda x: activate(layer(x))
   if norm == "group":
 
     def group_norm(x: jax.Array) -> jax.Array:
       groups = math.gcd(x.shape[-1], num_groups)
-      return nn.GroupNorm(
-        num_groups=groups, epsilon=1e-5, dtype=dtype, name=name
-      )(x)
+      return activate(
+        nn.GroupNorm(num_groups=groups, epsilon=1e-5, dtype=dtype, name=name)(x)
+      )
 
     return group_norm
-  return lambda x: x
+  return activate
 
 
 class Conv(nn.Module):
@@ -386,9 +392,9 @@ class ConvBlock(nn.Module):
         name=f"conv_{i}",
       )(x)
       norm = make_norm(
-        self.norm, train=train, dtype=self.dtype, name=f"norm_{i}"
+        self.norm, train=train, dtype=self.dtype, name=f"norm_{i}", relu=True
       )
-      x = nn.relu(norm(x))
+      x = norm(x)
     return x
 
 
@@ -466,11 +472,17 @@ class ResidualBlock(nn.Module):
         dtype=self.dtype,
         name=f"conv_{i}",
       )(y)
+      # A ReLU after the norm is fused into it (batch norm on the CPU).
+      fuse = not last and self.activation is nn.relu
       norm = make_norm(
-        self.norm, train=train, dtype=self.dtype, name=f"norm_{i}"
+        self.norm,
+        train=train,
+        dtype=self.dtype,
+        name=f"norm_{i}",
+        relu=fuse,
       )
       y = norm(y)
-      if not last:
+      if not last and not fuse:
         y = self.activation(y)
     return self.activation(y + shortcut)
 

@@ -20,15 +20,22 @@ tests compare each against the Flax/XLA reference, values and gradients):
   hands to its matmul kernels, instead of reduction loops over the leading
   axes of a channels-last array (`channel_sums`).
 
-`choose` is the one place that decides: the CPU gets all three, other
+Two more are custom calls into native libraries, used on the CPU where the
+library is built and the process has one device (XLA cannot partition a
+custom call): oneDNN's convolutions (`onednn.py`, `make onednn`) and a
+fused training-mode batch norm + ReLU (`cpu_kernels.py`, built by `make
+setup`), which reads and writes each activation about half as often as
+XLA's fusions do.
+
+`choose` is the one place that decides: the CPU gets all of them, other
 backends XLA's own lowering. It also keeps XLA's 3-D convolution under a
 context mesh whose `spatial` axis has more than one device (the models then
 split depth over that axis, and moving depth into the batch would make XLA
 gather whole volumes on every device in the backward pass). The first
 decision of each kind is logged at INFO, e.g.
 
-  CPU lowering: depth-stacked 3-D conv, index-routed max pool, matvec
-  batch-norm sums
+  CPU lowering: depth-stacked 3-D conv, index-routed max pool, fused
+  batch norm, XLA convolutions
 
 Each block also takes an explicit `impl` ("auto" asks `choose`), which the
 tests and benchmarks use to run one lowering on any backend.
@@ -49,6 +56,7 @@ import numpy as np
 from absl import logging
 
 from medseg_jax import sharding
+from medseg_jax.models import cpu_kernels
 from medseg_jax.models import onednn
 
 CONV_IMPLS = ("auto", "xla", "depth_stacked")
@@ -70,6 +78,9 @@ class Lowering:
     batch_norm_sums: `"dot"` (matrix-vector products) or `"sum"`.
     conv_library: `"onednn"` (the custom calls in `onednn.py`, where they
       are built) or `"xla"`, for the convolutions of `conv_general`.
+    batch_norm_kernel: `"fused"` (the custom calls in `cpu_kernels.py`:
+      training-mode batch norm and its ReLU in one pass, where they are
+      built) or `"xla"` (`batch_norm_train` with `batch_norm_sums`).
   """
 
   backend: str
@@ -77,6 +88,7 @@ class Lowering:
   max_pool: str
   batch_norm_sums: str
   conv_library: str = "xla"
+  batch_norm_kernel: str = "xla"
 
   def describe(self) -> str:
     """One line naming the choices, for the log."""
@@ -84,9 +96,12 @@ class Lowering:
     pool = {"index_routed": "index-routed", "xla": "XLA window"}[self.max_pool]
     sums = {"dot": "matvec", "sum": "reduce"}[self.batch_norm_sums]
     library = {"onednn": "oneDNN", "xla": "XLA"}[self.conv_library]
+    norm = {"fused": "fused", "xla": f"XLA ({sums} sums)"}[
+      self.batch_norm_kernel
+    ]
     return (
       f"{self.backend.upper()} lowering: {conv} 3-D conv, {pool} max pool, "
-      f"{sums} batch-norm sums, {library} convolutions"
+      f"{norm} batch norm, {library} convolutions"
     )
 
 
@@ -98,6 +113,7 @@ _CHOICES = {
   "max_pool": ("index_routed", "xla"),
   "batch_norm_sums": ("dot", "sum"),
   "conv_library": ("onednn", "xla"),
+  "batch_norm_kernel": ("fused", "xla"),
 }
 
 
@@ -110,8 +126,9 @@ def override(**choices: str) -> Iterator[None]:
   read when a function is traced, so compile inside the block.
 
   Args:
-    **choices: `conv3d`, `max_pool` and/or `batch_norm_sums`, each one of
-      the values `Lowering` documents.
+    **choices: `conv3d`, `max_pool`, `batch_norm_sums`, `conv_library`
+      and/or `batch_norm_kernel`, each one of the values `Lowering`
+      documents.
 
   Raises:
     ValueError: for an unknown field or value, naming the valid ones.
@@ -155,8 +172,10 @@ def choose(
   Returns:
     The `Lowering`: on the CPU depth-stacked 3-D convolutions (unless the
     mesh splits depth), index-routed max pooling and matvec batch-norm
-    sums; on other backends XLA's own lowering of all three. Fields set
-    by an enclosing `override` win.
+    sums, and, where their libraries are built and the process has one
+    device, oneDNN convolutions and the fused batch norm; on other
+    backends XLA's own lowering of all. Fields set by an enclosing
+    `override` win.
   """
   backend = jax.default_backend() if backend is None else backend
   mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
@@ -174,6 +193,14 @@ def choose(
       and jax.device_count() == 1
       and _OVERRIDE.get("conv_library") != "xla"
       and onednn.available()
+      else "xla"
+    ),
+    batch_norm_kernel=(
+      "fused"
+      if cpu
+      and jax.device_count() == 1
+      and _OVERRIDE.get("batch_norm_kernel") != "xla"
+      and cpu_kernels.available()
       else "xla"
     ),
   )

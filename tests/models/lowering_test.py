@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from absl import logging as absl_logging
 
+from medseg_jax.models import cpu_kernels
 from medseg_jax.models import layers
 from medseg_jax.models import lowering
 from medseg_jax.models import onednn
@@ -102,11 +103,14 @@ def test_each_choice_is_logged_once(fresh_log, caplog):
   lines = [r.getMessage() for r in caplog.records if "lowering" in r.message]
   one_device = jax.device_count() == 1
   cpu_library = "oneDNN" if one_device and onednn.available() else "XLA"
+  cpu_norm = (
+    "fused" if one_device and cpu_kernels.available() else "XLA (matvec sums)"
+  )
   assert lines == [
-    "CPU lowering: depth-stacked 3-D conv, index-routed max pool, matvec "
-    f"batch-norm sums, {cpu_library} convolutions",
-    "GPU lowering: XLA 3-D conv, XLA window max pool, reduce batch-norm sums, "
-    "XLA convolutions",
+    "CPU lowering: depth-stacked 3-D conv, index-routed max pool, "
+    f"{cpu_norm} batch norm, {cpu_library} convolutions",
+    "GPU lowering: XLA 3-D conv, XLA window max pool, XLA (reduce sums) "
+    "batch norm, XLA convolutions",
   ]
 
 
