@@ -146,3 +146,68 @@ def test_importing_the_package_leaves_the_environment_alone():
   assert before["XLA_FLAGS"] == env["XLA_FLAGS"]
   for name, snapshot in zip(modules, after, strict=True):
     assert snapshot == before, f"import {name} changed os.environ"
+
+
+_REUSE = """
+import ctypes, resource, sys, threading
+from medseg_jax import xla_cpu
+if sys.argv[1] == "tuned":
+  assert xla_cpu.tune_allocator()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+libc.malloc.argtypes = [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+size = 128 << 20  # Like XLA's per-step temporaries, from a worker thread.
+faults = []
+def work():
+  for _ in range(3):
+    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
+    block = libc.malloc(size)
+    ctypes.memset(block, 1, size)
+    libc.free(block)
+    faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
+thread = threading.Thread(target=work)
+thread.start()
+thread.join()
+print(faults)
+"""
+
+
+@pytest.mark.skipif(
+  not sys.platform.startswith("linux"), reason="glibc's allocator only"
+)
+def test_tuned_allocator_reuses_a_large_block_instead_of_refaulting_it():
+  pages = (128 << 20) // os.sysconf("SC_PAGE_SIZE")
+
+  def faults(mode):
+    result = subprocess.run(
+      [sys.executable, "-c", _REUSE, mode],
+      cwd=REPO,
+      env={**os.environ, "PYTHONPATH": str(REPO)},
+      capture_output=True,
+      text=True,
+      check=True,
+    )
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+  default, tuned = faults("default"), faults("tuned")
+  # glibc's default: a fresh mmap per block, every page faulted each time.
+  assert all(n > pages // 2 for n in default), default
+  # Tuned: the first block is faulted in once and then reused.
+  assert tuned[0] > pages // 2 and max(tuned[1:]) < pages // 20, tuned
+
+
+def test_allocator_is_tuned_only_for_this_process_before_jax_starts(
+  monkeypatch, jaxlib_0_12
+):
+  calls = []
+  monkeypatch.setattr(xla_cpu, "tune_allocator", lambda: calls.append(1))
+  assert xla_cpu.configure_flags({}, spatial_dims=2)
+  assert not calls  # Another environment (e.g. a child's): not this process.
+  monkeypatch.delenv("XLA_FLAGS", raising=False)
+  monkeypatch.delenv(xla_cpu.ENV_SWITCH, raising=False)
+  assert xla_cpu.configure_flags(spatial_dims=2)
+  assert calls == [1]
+  monkeypatch.setattr(xla_bridge, "backends_are_initialized", lambda: True)
+  assert xla_cpu.configure_flags(spatial_dims=2)  # Flags already there.
+  assert calls == [1]  # Too late: XLA's threads exist.

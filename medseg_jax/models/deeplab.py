@@ -91,8 +91,9 @@ class ConvNormReLU(nn.Module):
       dtype=self.dtype,
       name="conv",
     )(x)
-    norm = layers.make_norm(self.norm, train=train, dtype=self.dtype, name="bn")
-    return nn.relu(norm(x))
+    return layers.make_norm(
+      self.norm, train=train, dtype=self.dtype, name="bn", relu=True
+    )(x)
 
 
 class ASPP(nn.Module):

@@ -170,9 +170,9 @@ class BasicBlock(nn.Module):
       "dtype": self.dtype,
     }
 
-    def norm(name):
+    def norm(name, relu=False):
       return layers.make_norm(
-        self.norm, train=train, dtype=self.dtype, name=name
+        self.norm, train=train, dtype=self.dtype, name=name, relu=relu
       )
 
     y = conv(
@@ -183,7 +183,7 @@ class BasicBlock(nn.Module):
       name="conv1",
       **kw,
     )(x)
-    y = nn.relu(norm("bn1")(y))
+    y = norm("bn1", relu=True)(y)
     y = conv(self.planes, 3, dilation=self.dilation, name="conv2", **kw)(y)
     y = norm("bn2")(y)
     if self.downsample:
@@ -228,13 +228,13 @@ class Bottleneck(nn.Module):
     }
     out = self.planes * EXPANSION["bottleneck"]
 
-    def norm(name):
+    def norm(name, relu=False):
       return layers.make_norm(
-        self.norm, train=train, dtype=self.dtype, name=name
+        self.norm, train=train, dtype=self.dtype, name=name, relu=relu
       )
 
     y = conv(self.planes, 1, name="conv1", **kw)(x)
-    y = nn.relu(norm("bn1")(y))
+    y = norm("bn1", relu=True)(y)
     y = conv(
       self.planes,
       3,
@@ -243,7 +243,7 @@ class Bottleneck(nn.Module):
       name="conv2",
       **kw,
     )(y)
-    y = nn.relu(norm("bn2")(y))
+    y = norm("bn2", relu=True)(y)
     y = conv(out, 1, name="conv3", **kw)(y)
     y = norm("bn3")(y)
     if self.downsample:

@@ -158,10 +158,9 @@ class VGG(nn.Module):
         dtype=self.dtype,
         name=name,
       )(x)
-      norm = layers.make_norm(
-        self.norm, train=train, dtype=self.dtype, name=norm_name
-      )
-      return nn.relu(norm(x))
+      return layers.make_norm(
+        self.norm, train=train, dtype=self.dtype, name=norm_name, relu=True
+      )(x)
 
     x = x.astype(self.dtype)
     features = {}
