@@ -68,7 +68,11 @@ _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8
 # (parameter, value): one arena (threads' arenas cannot grow past 64 MB
 # and fall back to mmap), no mmap, and no returning the heap's top to the
 # system below 2 GB free.
-ALLOCATOR = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
+ALLOCATOR = (
+  (_M_ARENA_MAX, 1),
+  (_M_MMAP_MAX, 0),
+  (_M_TRIM_THRESHOLD, 2**31 - 1),
+)
 
 
 def tune_allocator() -> bool:
