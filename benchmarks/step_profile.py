@@ -40,9 +40,7 @@ def _custom_call_targets(hlo: str) -> dict[str, str]:
   """Instruction name -> custom-call target, from optimised HLO text."""
   targets = {}
   for line in hlo.splitlines():
-    match = re.search(
-      r"%?([\w.\-]+) = .*custom_call_target=\"([^\"]+)\"", line
-    )
+    match = re.search(r"%?([\w.\-]+) = .*custom_call_target=\"([^\"]+)\"", line)
     if match:
       targets[match.group(1)] = match.group(2)
   return targets
@@ -106,7 +104,9 @@ def profile_torch(dims: int, steps: int) -> tuple[float, dict[str, tuple]]:
   shape = train_throughput.SHAPES[dims]
   fmt = {2: torch.channels_last, 3: torch.channels_last_3d}[dims]
   image = torch.randn(shape[0], 1, *shape[1:-1])
-  label = torch.randint(0, train_throughput.NUM_CLASSES, (shape[0], *shape[1:-1]))
+  label = torch.randint(
+    0, train_throughput.NUM_CLASSES, (shape[0], *shape[1:-1])
+  )
   net = train_throughput.make_torch_unet(
     train_throughput.FEATURES, 1, train_throughput.NUM_CLASSES, "batch", dims
   )
@@ -152,8 +152,12 @@ def main() -> None:
   _print("medseg_jax, XLA:CPU thunks by kind", wall, table, args.rows)
   if not args.skip_torch:
     wall, table = profile_torch(args.dims, args.steps)
-    _print("PyTorch eager (channels-last), self CPU time by operator", wall,
-           table, args.rows)
+    _print(
+      "PyTorch eager (channels-last), self CPU time by operator",
+      wall,
+      table,
+      args.rows,
+    )
 
 
 if __name__ == "__main__":
