@@ -150,18 +150,18 @@ def batch_norm_train(
   return y, mean, var
 
 
-def _forward(x, scale, bias, epsilon, relu):
+def _rows_and_two_stats(target: str, x: jax.Array):
+  """The custom call `target`, returning `f32[rows, C]` and two `f32[C]`."""
   channels = x.shape[-1]
   stat = jax.ShapeDtypeStruct((channels,), jnp.float32)
-  y, mean, var = jax.ffi.ffi_call(
-    "medseg_batch_norm_forward",
-    (
-      jax.ShapeDtypeStruct((x.size // channels, channels), jnp.float32),
-      stat,
-      stat,
-    ),
-    vmap_method="sequential",
-  )(_as_rows(x), scale, bias, epsilon=np.float32(epsilon), relu=bool(relu))
+  rows = jax.ShapeDtypeStruct((x.size // channels, channels), jnp.float32)
+  return jax.ffi.ffi_call(target, (rows, stat, stat), vmap_method="sequential")
+
+
+def _forward(x, scale, bias, epsilon, relu):
+  y, mean, var = _rows_and_two_stats("medseg_batch_norm_forward", x)(
+    _as_rows(x), scale, bias, epsilon=np.float32(epsilon), relu=bool(relu)
+  )
   return y.reshape(x.shape), mean, var
 
 
@@ -173,17 +173,7 @@ def _fwd(x, scale, bias, epsilon, relu):
 def _bwd(epsilon, relu, residuals, cotangents):
   x, scale, bias, mean, var = residuals
   dy, dmean, dvar = cotangents
-  channels = x.shape[-1]
-  stat = jax.ShapeDtypeStruct((channels,), jnp.float32)
-  dx, dscale, dbias = jax.ffi.ffi_call(
-    "medseg_batch_norm_backward",
-    (
-      jax.ShapeDtypeStruct((x.size // channels, channels), jnp.float32),
-      stat,
-      stat,
-    ),
-    vmap_method="sequential",
-  )(
+  dx, dscale, dbias = _rows_and_two_stats("medseg_batch_norm_backward", x)(
     _as_rows(x),
     scale,
     bias,

@@ -185,23 +185,11 @@ def choose(
     conv3d="depth_stacked" if cpu and not _splits_depth(mesh) else "xla",
     max_pool="index_routed" if cpu else "xla",
     batch_norm_sums="dot" if cpu else "sum",
-    # XLA cannot partition a custom call, and arrays may be sharded even
-    # without a context mesh: only where the process has one device.
-    conv_library=(
-      "onednn"
-      if cpu
-      and jax.device_count() == 1
-      and _OVERRIDE.get("conv_library") != "xla"
-      and onednn.available()
-      else "xla"
+    conv_library=_custom_call_choice(
+      cpu, "conv_library", "onednn", onednn.available
     ),
-    batch_norm_kernel=(
-      "fused"
-      if cpu
-      and jax.device_count() == 1
-      and _OVERRIDE.get("batch_norm_kernel") != "xla"
-      and cpu_kernels.available()
-      else "xla"
+    batch_norm_kernel=_custom_call_choice(
+      cpu, "batch_norm_kernel", "fused", cpu_kernels.available
     ),
   )
   lowering = dataclasses.replace(lowering, **_OVERRIDE)
@@ -209,6 +197,23 @@ def choose(
     _LOGGED.add(lowering)
     logging.info("%s", lowering.describe())
   return lowering
+
+
+def _custom_call_choice(cpu: bool, field: str, native: str, available) -> str:
+  """`native` for a native library's custom calls where they can run.
+
+  XLA cannot partition a custom call, and arrays may be sharded even
+  without a context mesh: only on the CPU, where the process has one
+  device, the library loads (`available()`) and no override says "xla".
+  """
+  if (
+    cpu
+    and jax.device_count() == 1
+    and _OVERRIDE.get(field) != "xla"
+    and available()
+  ):
+    return native
+  return "xla"
 
 
 def _check(impl: str, valid: tuple[str, ...], what: str) -> None:
