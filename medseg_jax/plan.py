@@ -361,6 +361,8 @@ MIN_BATCH = 2
 MIN_PATCH = 8
 # A batch covers at most this share of the training voxels (nnU-Net: 5 %).
 MAX_BATCH_SHARE = 0.05
+# Smallest patch axis the batch-share rule may shrink to (voxels).
+SHARE_MIN_PATCH = 32
 MAX_BATCH = 64
 # Default budget: nnU-Net's reference GPU memory.
 DEFAULT_MEMORY_GB = 8.0
@@ -817,33 +819,58 @@ def make_plan(
       )
     return measured[key]["total"]
 
-  # No axis below MIN_PATCH voxels (or the median case, if smaller).
+  # No axis below MIN_PATCH voxels (or the median case, if smaller); the
+  # share rule stops at SHARE_MIN_PATCH.
   lowest = [min(MIN_PATCH, max(2, int(m) // 2 * 2)) for m in median]
+  share_lowest = [min(SHARE_MIN_PATCH, max(2, int(m) // 2 * 2)) for m in median]
+  share_limit = MAX_BATCH_SHARE * cases_voxels
   patch = _round_patch(patch_f, dims)
   first_patch = list(patch)
-  while measure(patch, MIN_BATCH) > budget:
-    # Memory is about linear in voxels: shrink to the budget's share, the
-    # axes largest relative to the median case shape first.
-    ratio = budget / measure(patch, MIN_BATCH)
-    target = np.prod(patch) * max(min(ratio * 0.9, 0.85), 0.1)
+  shrunk_for: set[str] = set()
+
+  def overshoot(patch):
+    """Factors by which batch 2 of `patch` exceeds memory and data share."""
+    mem = measure(patch, MIN_BATCH) / budget
+    share = MIN_BATCH * float(np.prod(patch)) / share_limit
+    if share > 1 and np.all(np.asarray(patch) <= np.asarray(share_lowest)):
+      share = 0.0  # As small as the share rule goes.
+    return mem, share
+
+  while max(mem_share := overshoot(patch)) > 1:
+    mem, share = mem_share
+    # Memory is about linear in voxels: shrink to the budget's share (the
+    # data share exactly), the axes largest relative to the median case
+    # shape first.
+    target = np.inf
+    if mem > 1:
+      target = np.prod(patch) * max(min(0.9 / mem, 0.85), 0.1)
+      shrunk_for.add("memory")
+    floor = lowest
+    if share > 1:
+      target = min(target, np.prod(patch) * max(1.0 / share, 0.1))
+      shrunk_for.add("share")
+      if mem <= 1:
+        floor = share_lowest
     patch_f = [float(p) for p in patch]
     while np.prod(patch_f) > target:
       room = np.asarray(patch_f) / np.asarray(median)
-      room[np.asarray(patch_f) <= np.asarray(lowest)] = -np.inf
+      room[np.asarray(patch_f) <= np.asarray(floor)] = -np.inf
       if not np.isfinite(room.max()):
         break
       axis = int(np.argmax(room))
-      patch_f[axis] = max(patch_f[axis] * 0.95, lowest[axis])
+      patch_f[axis] = max(patch_f[axis] * 0.95, floor[axis])
     new = _round_patch(patch_f, dims)
     if new == patch:  # Rounding undid the shrink: drop one multiple.
       step = 2 ** (levels_for(patch, dims) - 1)
       room = np.asarray(patch, float) / np.asarray(median)
-      room[np.asarray(patch) - step < np.asarray(lowest)] = -np.inf
+      room[np.asarray(patch) - step < np.asarray(floor)] = -np.inf
       if np.isfinite(room.max()):
         new = list(patch)
         new[int(np.argmax(room))] -= step
         new = _round_patch(new, dims)
     if new == patch:
+      if mem <= 1:
+        break  # The share rule cannot shrink further; memory fits.
       raise ValueError(
         f"Even patch {patch} with batch {MIN_BATCH} needs "
         f"{measure(patch, MIN_BATCH) / 2**20:.2f} MiB, over the budget "
@@ -875,10 +902,23 @@ def make_plan(
       f"capped at {max_voxels} voxels"
       + (
         f", shrunk from {first_patch} (largest axes relative to the median "
-        f"first) until the train step with batch {MIN_BATCH} fits the "
-        "memory budget"
+        "first) until "
+        + " and ".join(
+          why
+          for key, why in (
+            ("memory", f"the train step with batch {MIN_BATCH} fits the "
+             "memory budget"),
+            ("share", f"a batch of {MIN_BATCH} covers at most "
+             f"{100 * MAX_BATCH_SHARE:g} % of the training voxels (so that "
+             "a batch is a sample of the data, not all of it, and foreground "
+             "oversampling changes what a patch holds; no axis below "
+             f"{SHARE_MIN_PATCH} voxels for this rule)"),
+          )
+          if key in shrunk_for
+        )
         if list(patch) != first_patch
-        else f"; with batch {MIN_BATCH} it fits the memory budget as it is"
+        else f"; with batch {MIN_BATCH} it fits the memory budget and covers "
+        f"at most {100 * MAX_BATCH_SHARE:g} % of the training voxels as it is"
       )
       + f"; each axis a multiple of {2 ** (levels - 1)} (the network's "
       "pooling)"

@@ -249,6 +249,39 @@ def test_tighter_budget_gives_a_smaller_patch_or_batch():
   assert sizes[0] > sizes[1] > sizes[2]
 
 
+def test_few_cases_shrink_the_patch_until_a_batch_is_a_sample():
+  # 3 cases of 96^3: two whole-case patches would be two thirds of the
+  # data, every step the same full batch, and foreground oversampling would
+  # not change what a patch holds.
+  fp, _ = _phantom_fingerprint((96, 96, 96), [(1.0, 1.0, 1.0)] * 3)
+  d = plan.make_plan(
+    fp, memory_budget_bytes=2**40, base_features=4, measure_fn=_linear_memory
+  )["decisions"]
+  patch = d["patch_size"]["value"]
+  assert 2 * np.prod(patch) <= plan.MAX_BATCH_SHARE * 3 * 96**3
+  assert min(patch) >= plan.SHARE_MIN_PATCH
+  assert "covers at most 5 % of the training voxels" in d["patch_size"]["reason"]
+  assert "memory budget" not in d["patch_size"]["reason"]
+  # The same cases, 60 of them: two whole cases are 3 % of the data, so
+  # the patch stays the median case.
+  fp["cases"] = fp["cases"] * 20
+  fp["source"]["splits"]["train"] = 60
+  d = plan.make_plan(
+    fp, memory_budget_bytes=2**40, base_features=4, measure_fn=_linear_memory
+  )["decisions"]
+  assert d["patch_size"]["value"] == [96, 96, 96]
+  assert "as it is" in d["patch_size"]["reason"]
+
+
+def test_the_share_rule_stops_at_its_smallest_patch():
+  # 2 cases of 40^3: 5 % would be a 10^3 patch; the rule stops at 32.
+  fp, _ = _phantom_fingerprint((40, 40, 40), [(1.0, 1.0, 1.0)] * 2)
+  d = plan.make_plan(
+    fp, memory_budget_bytes=2**40, base_features=4, measure_fn=_linear_memory
+  )["decisions"]
+  assert d["patch_size"]["value"] == [32, 32, 32]
+
+
 def test_a_budget_too_small_for_any_patch_is_an_error():
   fp, _ = _phantom_fingerprint((24, 40, 40), [(1.0, 1.0, 1.0)] * 4)
   with pytest.raises(ValueError, match="over the budget"):
