@@ -906,13 +906,18 @@ def make_plan(
         + " and ".join(
           why
           for key, why in (
-            ("memory", f"the train step with batch {MIN_BATCH} fits the "
-             "memory budget"),
-            ("share", f"a batch of {MIN_BATCH} covers at most "
-             f"{100 * MAX_BATCH_SHARE:g} % of the training voxels (so that "
-             "a batch is a sample of the data, not all of it, and foreground "
-             "oversampling changes what a patch holds; no axis below "
-             f"{SHARE_MIN_PATCH} voxels for this rule)"),
+            (
+              "memory",
+              f"the train step with batch {MIN_BATCH} fits the memory budget",
+            ),
+            (
+              "share",
+              f"a batch of {MIN_BATCH} covers at most "
+              f"{100 * MAX_BATCH_SHARE:g} % of the training voxels (so that "
+              "a batch is a sample of the data, not all of it, and foreground "
+              "oversampling changes what a patch holds; no axis below "
+              f"{SHARE_MIN_PATCH} voxels for this rule)",
+            ),
           )
           if key in shrunk_for
         )

@@ -260,7 +260,9 @@ def test_few_cases_shrink_the_patch_until_a_batch_is_a_sample():
   patch = d["patch_size"]["value"]
   assert 2 * np.prod(patch) <= plan.MAX_BATCH_SHARE * 3 * 96**3
   assert min(patch) >= plan.SHARE_MIN_PATCH
-  assert "covers at most 5 % of the training voxels" in d["patch_size"]["reason"]
+  assert (
+    "covers at most 5 % of the training voxels" in d["patch_size"]["reason"]
+  )
   assert "memory budget" not in d["patch_size"]["reason"]
   # The same cases, 60 of them: two whole cases are 3 % of the data, so
   # the patch stays the median case.
