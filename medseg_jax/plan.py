@@ -25,7 +25,10 @@ for the planned spacing and leaves normalisation to the input pipeline.
 The patch and batch size are fitted by compiling the real train step
 (`jax.jit(...).lower(...).compile().memory_analysis()`) on the device the
 plan runs on, so the memory figures are measured, not estimated: plan on
-the kind of device you train on.
+the kind of device you train on. One rule goes beyond nnU-Net's: on a
+dataset of a few large cases the patch also shrinks until a batch of 2
+covers at most 5 % of the training voxels, so that a batch is a sample of
+the data and foreground oversampling changes what a patch holds.
 
 The trainer's `_plan_patch` (configs/unet_folder.py without `patch=`) keeps
 its single rule: `patch_for` shrinks a default patch to the median case
