@@ -898,6 +898,7 @@ def make_plan(
   levels = levels_for(patch, dims)
   features = features_for(levels, dims, base_features)
   total = measure(patch, batch)
+  share_now = MIN_BATCH * float(np.prod(patch)) / cases_voxels
   decisions["patch_size"] = dict(
     value=list(patch),
     reason=(
@@ -925,8 +926,14 @@ def make_plan(
           if key in shrunk_for
         )
         if list(patch) != first_patch
-        else f"; with batch {MIN_BATCH} it fits the memory budget and covers "
-        f"at most {100 * MAX_BATCH_SHARE:g} % of the training voxels as it is"
+        else f"; with batch {MIN_BATCH} it fits the memory budget as it is"
+      )
+      + (
+        f"; a batch of {MIN_BATCH} covers {100 * share_now:.3g} % of the "
+        f"training voxels (over {100 * MAX_BATCH_SHARE:g} %: the share rule "
+        f"stops at {SHARE_MIN_PATCH} voxels an axis or the median case)"
+        if share_now > MAX_BATCH_SHARE
+        else ""
       )
       + f"; each axis a multiple of {2 ** (levels - 1)} (the network's "
       "pooling)"

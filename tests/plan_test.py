@@ -273,6 +273,7 @@ def test_few_cases_shrink_the_patch_until_a_batch_is_a_sample():
   )["decisions"]
   assert d["patch_size"]["value"] == [96, 96, 96]
   assert "as it is" in d["patch_size"]["reason"]
+  assert "covers" not in d["patch_size"]["reason"]
 
 
 def test_the_share_rule_stops_at_its_smallest_patch():
@@ -282,6 +283,7 @@ def test_the_share_rule_stops_at_its_smallest_patch():
     fp, memory_budget_bytes=2**40, base_features=4, measure_fn=_linear_memory
   )["decisions"]
   assert d["patch_size"]["value"] == [32, 32, 32]
+  assert "covers 51.2 % of the training voxels" in d["patch_size"]["reason"]
 
 
 def test_a_budget_too_small_for_any_patch_is_an_error():
