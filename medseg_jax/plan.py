@@ -839,8 +839,10 @@ def make_plan(
       share = 0.0  # As small as the share rule goes.
     return mem, share
 
-  while max(mem_share := overshoot(patch)) > 1:
-    mem, share = mem_share
+  while True:
+    mem, share = overshoot(patch)
+    if max(mem, share) <= 1:
+      break
     # Memory is about linear in voxels: shrink to the budget's share (the
     # data share exactly), the axes largest relative to the median case
     # shape first.
